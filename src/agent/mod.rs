@@ -1,0 +1,450 @@
+//! The agent: the services and checks this server registered for its own node, and the health
+//! runner that probes them (TTL, HTTP, TCP).
+//!
+//! The catalog is the source of truth: check definitions are stored with the checks, so a
+//! restarted agent rebuilds its runners from its own node's entries. Check results go through
+//! the same `Writer` as any other write, and only when a status changes.
+
+mod probe;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{
+    ApplyError, CheckRegistration, Command, NodeRegistration, Registration, ServiceRegistration,
+    View, WriteError, Writer,
+};
+use crate::model::{CheckDefinition, CheckStatus};
+
+/// Consul's floor for `DeregisterCriticalServiceAfter`.
+pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+/// How often the reaper looks for services critical for too long (Consul: 30 s).
+const REAP_EVERY: Duration = Duration::from_secs(10);
+
+pub const NODE_MAINTENANCE_CHECK: &str = "_node_maintenance";
+pub const SERVICE_MAINTENANCE_PREFIX: &str = "_service_maintenance:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+}
+
+/// Who this agent is in the catalog.
+#[derive(Clone, Debug)]
+pub struct NodeIdentity {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub datacenter: String,
+}
+
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: NodeIdentity,
+    writer: Arc<dyn Writer>,
+    view: View,
+    runners: Mutex<HashMap<String, Runner>>,
+    /// When each of our checks was first seen critical, for the reaper.
+    critical_since: Mutex<HashMap<String, Instant>>,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+struct Runner {
+    definition: CheckDefinition,
+    task: tokio::task::JoinHandle<()>,
+    /// For TTL checks: the current expiry, moved forward by every pass/warn/fail.
+    ttl_deadline: Option<watch::Sender<Instant>>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Agent {
+    pub fn new(node: NodeIdentity, writer: Arc<dyn Writer>, view: View, shutdown: CancellationToken) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .build()
+            .expect("HTTP client with default TLS builds");
+        Agent {
+            inner: Arc::new(Inner {
+                node,
+                writer,
+                view,
+                runners: Mutex::new(HashMap::new()),
+                critical_since: Mutex::new(HashMap::new()),
+                http,
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn node(&self) -> &NodeIdentity {
+        &self.inner.node
+    }
+
+    pub fn view(&self) -> &View {
+        &self.inner.view
+    }
+
+    fn node_registration(&self) -> NodeRegistration {
+        let n = &self.inner.node;
+        NodeRegistration {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            address: n.address.clone(),
+            datacenter: n.datacenter.clone(),
+            ..NodeRegistration::default()
+        }
+    }
+
+    async fn write(&self, command: Command) -> Result<(), AgentError> {
+        self.inner.writer.write(command).await??;
+        Ok(())
+    }
+
+    /// Registers this node, the `consul` service of a server and its `serfHealth` check, then
+    /// starts runners for the checks this node already owns (after a restart).
+    pub async fn start(&self, server_port: u16) -> Result<(), AgentError> {
+        let registration = Registration {
+            node: self.node_registration(),
+            service: Some(ServiceRegistration {
+                id: "consul".into(),
+                name: "consul".into(),
+                port: server_port,
+                ..ServiceRegistration::default()
+            }),
+            checks: vec![CheckRegistration {
+                check_id: "serfHealth".into(),
+                name: "Serf Health Status".into(),
+                status: Some(CheckStatus::Passing),
+                output: "Agent alive and reachable".into(),
+                ..CheckRegistration::default()
+            }],
+            ..Registration::default()
+        };
+        self.write(Command::Register(registration)).await?;
+        self.reconcile();
+        let agent = self.clone();
+        tokio::spawn(async move { agent.reap_loop().await });
+        Ok(())
+    }
+
+    /// Registers (or replaces) a service on this node with its checks.
+    pub async fn register_service(
+        &self,
+        service: ServiceRegistration,
+        checks: Vec<CheckRegistration>,
+        replace_existing_checks: bool,
+    ) -> Result<(), AgentError> {
+        let registration = Registration {
+            node: self.node_registration(),
+            service: Some(service),
+            checks,
+            replace_existing_checks,
+            ..Registration::default()
+        };
+        self.write(Command::Register(registration)).await?;
+        self.reconcile();
+        Ok(())
+    }
+
+    pub async fn deregister_service(&self, service_id: &str) -> Result<(), AgentError> {
+        if self.inner.view.load().service(&self.inner.node.name, service_id).is_none() {
+            return Err(AgentError::NotFound(format!("Unknown service ID {service_id:?}")));
+        }
+        self.write(Command::Deregister {
+            node: self.inner.node.name.clone(),
+            service_id: Some(service_id.to_string()),
+            check_id: None,
+        })
+        .await?;
+        self.reconcile();
+        Ok(())
+    }
+
+    pub async fn register_check(&self, check: CheckRegistration) -> Result<(), AgentError> {
+        if !check.service_id.is_empty()
+            && self.inner.view.load().service(&self.inner.node.name, &check.service_id).is_none()
+        {
+            return Err(AgentError::BadRequest(format!(
+                "ServiceID {:?} does not exist",
+                check.service_id
+            )));
+        }
+        let registration = Registration {
+            node: self.node_registration(),
+            skip_node_update: true,
+            checks: vec![check],
+            ..Registration::default()
+        };
+        self.write(Command::Register(registration)).await?;
+        self.reconcile();
+        Ok(())
+    }
+
+    pub async fn deregister_check(&self, check_id: &str) -> Result<(), AgentError> {
+        if self.inner.view.load().check(&self.inner.node.name, check_id).is_none() {
+            return Err(AgentError::NotFound(format!("Unknown check ID {check_id:?}")));
+        }
+        self.write(Command::Deregister {
+            node: self.inner.node.name.clone(),
+            service_id: None,
+            check_id: Some(check_id.to_string()),
+        })
+        .await?;
+        self.reconcile();
+        Ok(())
+    }
+
+    /// A TTL check's pass/warn/fail/update: sets the status and restarts its TTL clock.
+    pub async fn update_ttl(&self, check_id: &str, status: CheckStatus, output: Option<String>) -> Result<(), AgentError> {
+        let state = self.inner.view.load();
+        let Some(check) = state.check(&self.inner.node.name, check_id) else {
+            return Err(AgentError::NotFound(format!("Unknown check ID {check_id:?}")));
+        };
+        let Some(ttl) = check.definition.ttl else {
+            return Err(AgentError::BadRequest(format!(
+                "CheckID {check_id:?} does not have associated TTL"
+            )));
+        };
+        let output = output.unwrap_or_default();
+        if check.status != status || check.output != output {
+            self.write(Command::UpdateCheck {
+                node: self.inner.node.name.clone(),
+                check_id: check_id.to_string(),
+                status,
+                output: Some(output),
+            })
+            .await?;
+        }
+        if let Some(runner) = self.inner.runners.lock().expect("runners lock").get(check_id)
+            && let Some(deadline) = &runner.ttl_deadline
+        {
+            deadline.send_replace(Instant::now() + ttl);
+        }
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/service/maintenance/:id`: a critical `_service_maintenance:<id>` check.
+    pub async fn service_maintenance(&self, service_id: &str, enable: bool, reason: &str) -> Result<(), AgentError> {
+        if self.inner.view.load().service(&self.inner.node.name, service_id).is_none() {
+            return Err(AgentError::NotFound(format!("Unknown service ID {service_id:?}")));
+        }
+        let check_id = format!("{SERVICE_MAINTENANCE_PREFIX}{service_id}");
+        if enable {
+            self.register_check(maintenance_check(&check_id, "Service Maintenance Mode", service_id, reason))
+                .await
+        } else {
+            self.remove_if_present(&check_id).await
+        }
+    }
+
+    /// `PUT /v1/agent/maintenance`: a critical `_node_maintenance` check.
+    pub async fn node_maintenance(&self, enable: bool, reason: &str) -> Result<(), AgentError> {
+        if enable {
+            self.register_check(maintenance_check(NODE_MAINTENANCE_CHECK, "Node Maintenance Mode", "", reason))
+                .await
+        } else {
+            self.remove_if_present(NODE_MAINTENANCE_CHECK).await
+        }
+    }
+
+    async fn remove_if_present(&self, check_id: &str) -> Result<(), AgentError> {
+        match self.deregister_check(check_id).await {
+            Err(AgentError::NotFound(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Makes the running probes match the checks this node owns in the catalog.
+    pub fn reconcile(&self) {
+        let state = self.inner.view.load();
+        let desired: HashMap<String, CheckDefinition> = state
+            .node_checks(&self.inner.node.name)
+            .filter(|c| !c.definition.kind().is_empty())
+            .map(|c| (c.check_id.clone(), c.definition.clone()))
+            .collect();
+        let mut runners = self.inner.runners.lock().expect("runners lock");
+        runners.retain(|id, runner| desired.get(id) == Some(&runner.definition));
+        for (check_id, definition) in desired {
+            if runners.contains_key(&check_id) {
+                continue;
+            }
+            let runner = self.spawn_runner(check_id.clone(), definition);
+            runners.insert(check_id, runner);
+        }
+    }
+
+    fn spawn_runner(&self, check_id: String, definition: CheckDefinition) -> Runner {
+        let agent = self.clone();
+        if let Some(ttl) = definition.ttl {
+            let (tx, rx) = watch::channel(Instant::now() + ttl);
+            let task = tokio::spawn(async move { agent.run_ttl(check_id, rx).await });
+            Runner {
+                definition,
+                task,
+                ttl_deadline: Some(tx),
+            }
+        } else {
+            let def = definition.clone();
+            let task = tokio::spawn(async move { agent.run_probe(check_id, def).await });
+            Runner {
+                definition,
+                task,
+                ttl_deadline: None,
+            }
+        }
+    }
+
+    async fn run_ttl(self, check_id: String, mut deadline: watch::Receiver<Instant>) {
+        loop {
+            let at = *deadline.borrow_and_update();
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                changed = deadline.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(at) => {
+                    self.set_status(&check_id, CheckStatus::Critical, "TTL expired".into()).await;
+                    // Wait for the next pass/warn/fail to move the deadline.
+                    tokio::select! {
+                        _ = self.inner.shutdown.cancelled() => return,
+                        changed = deadline.changed() => if changed.is_err() { return },
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_probe(self, check_id: String, def: CheckDefinition) {
+        let interval = def.interval.unwrap_or(Duration::from_secs(10));
+        let timeout = def.timeout.unwrap_or(Duration::from_secs(10));
+        let mut successes = 0u32;
+        let mut failures = 0u32;
+        loop {
+            let (result, output) = probe::run(&self.inner.http, &def, timeout).await;
+            let next = match result {
+                CheckStatus::Passing => {
+                    successes += 1;
+                    failures = 0;
+                    (successes >= def.success_before_passing).then_some(CheckStatus::Passing)
+                }
+                CheckStatus::Warning => {
+                    successes = 0;
+                    failures = 0;
+                    Some(CheckStatus::Warning)
+                }
+                CheckStatus::Critical => {
+                    failures += 1;
+                    successes = 0;
+                    (failures >= def.failures_before_critical).then_some(CheckStatus::Critical)
+                }
+            };
+            if let Some(status) = next {
+                self.set_status(&check_id, status, output).await;
+            }
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// Writes a probe result through Raft, but only when the status changed.
+    async fn set_status(&self, check_id: &str, status: CheckStatus, output: String) {
+        let current = self
+            .inner
+            .view
+            .load()
+            .check(&self.inner.node.name, check_id)
+            .map(|c| c.status);
+        if current.is_none_or(|s| s == status) {
+            return;
+        }
+        let result = self
+            .write(Command::UpdateCheck {
+                node: self.inner.node.name.clone(),
+                check_id: check_id.to_string(),
+                status,
+                output: Some(output),
+            })
+            .await;
+        match result {
+            Ok(()) | Err(AgentError::Rejected(ApplyError::UnknownCheck(_))) => {}
+            Err(e) => tracing::warn!(check = check_id, error = %e, "could not record check status"),
+        }
+    }
+
+    /// Deregisters services whose check stayed critical longer than its
+    /// `DeregisterCriticalServiceAfter`.
+    async fn reap_loop(self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(REAP_EVERY) => {}
+            }
+            for service_id in self.services_to_reap(Instant::now()) {
+                tracing::info!(service = %service_id, "deregistering service critical for too long");
+                if let Err(e) = self.deregister_service(&service_id).await {
+                    tracing::warn!(service = %service_id, error = %e, "reaper could not deregister");
+                }
+            }
+        }
+    }
+
+    fn services_to_reap(&self, now: Instant) -> Vec<String> {
+        let state = self.inner.view.load();
+        let mut since = self.inner.critical_since.lock().expect("critical lock");
+        let mut due = Vec::new();
+        let mut seen = Vec::new();
+        for check in state.node_checks(&self.inner.node.name) {
+            let Some(after) = check.definition.deregister_critical_service_after else {
+                continue;
+            };
+            if check.service_id.is_empty() || check.status != CheckStatus::Critical {
+                continue;
+            }
+            seen.push(check.check_id.clone());
+            let first = *since.entry(check.check_id.clone()).or_insert(now);
+            if now.duration_since(first) >= after.max(MIN_DEREGISTER_AFTER) && !due.contains(&check.service_id) {
+                due.push(check.service_id.clone());
+            }
+        }
+        since.retain(|id, _| seen.contains(id));
+        due
+    }
+}
+
+fn maintenance_check(check_id: &str, name: &str, service_id: &str, reason: &str) -> CheckRegistration {
+    let notes = if reason.is_empty() {
+        "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.".to_string()
+    } else {
+        reason.to_string()
+    };
+    CheckRegistration {
+        check_id: check_id.into(),
+        name: name.into(),
+        status: Some(CheckStatus::Critical),
+        notes,
+        service_id: service_id.into(),
+        ..CheckRegistration::default()
+    }
+}

@@ -1,0 +1,560 @@
+//! The catalog: a pure, deterministic state machine of nodes, services and checks.
+//!
+//! `State::apply` is the only way the catalog changes; every server applies the same Raft log and
+//! reaches the same state. Nothing here knows about DNS, HTTP, Raft, redb or the clock.
+//! The maps are persistent (`imbl`), so cloning a `State` is O(1) and shares structure: after
+//! each applied batch the store publishes a clone through [`View`], and readers (DNS, HTTP)
+//! never block the writer or each other.
+
+mod command;
+mod view;
+
+pub use command::{
+    ApplyError, CheckRegistration, Command, NodeRegistration, Outcome, Registration,
+    ServiceRegistration,
+};
+pub use view::{View, WriteError, Writer};
+
+use imbl::{OrdMap, OrdSet};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Check, CheckStatus, Index, Node, Service};
+
+/// Key of a service instance or a check: (lower-cased node name, ID).
+pub type ItemKey = (String, String);
+
+/// Per-table modification indexes, the basis of `X-Consul-Index`. Deletions advance them too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Indexes {
+    /// The last Raft index applied (any entry, including ones that changed nothing).
+    pub last: Index,
+    pub nodes: Index,
+    pub services: Index,
+    pub checks: Index,
+}
+
+/// A row the last `apply` touched, so the store persists only what changed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Change {
+    Node(String),
+    Service(ItemKey),
+    Check(ItemKey),
+    /// The per-service-name index of this (lower-cased) service name moved.
+    ServiceIndex(String),
+}
+
+/// A service instance with its node and every check that bears on its health.
+#[derive(Clone, Debug)]
+pub struct Instance<'a> {
+    pub node: &'a Node,
+    pub service: &'a Service,
+    /// Node checks first, then the service's own checks.
+    pub checks: Vec<&'a Check>,
+}
+
+impl Instance<'_> {
+    /// The worst status among the checks; passing when there are none (as Consul).
+    pub fn status(&self) -> CheckStatus {
+        aggregate(self.checks.iter().map(|c| c.status))
+    }
+}
+
+/// Worst of several statuses; passing for none.
+pub fn aggregate(statuses: impl IntoIterator<Item = CheckStatus>) -> CheckStatus {
+    statuses.into_iter().max().unwrap_or(CheckStatus::Passing)
+}
+
+/// The whole catalog.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    nodes: OrdMap<String, Node>,
+    services: OrdMap<ItemKey, Service>,
+    checks: OrdMap<ItemKey, Check>,
+    /// Lower-cased service name → its instances; what DNS and `/health/service` look up.
+    by_service: OrdMap<String, OrdSet<ItemKey>>,
+    /// Lower-cased service name → index of the last change to its instances or their health.
+    service_indexes: OrdMap<String, Index>,
+    indexes: Indexes,
+}
+
+/// The catalog as plain rows: what the store persists and snapshots carry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rows {
+    pub nodes: Vec<Node>,
+    pub services: Vec<(String, Service)>,
+    pub checks: Vec<Check>,
+    pub service_indexes: Vec<(String, Index)>,
+    pub indexes: Indexes,
+}
+
+/// Lower-cases a node or service name into its key.
+pub fn key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds a state from its rows (store load, snapshot install).
+    pub fn from_rows(rows: Rows) -> Self {
+        let mut state = State {
+            indexes: rows.indexes,
+            ..State::default()
+        };
+        for node in rows.nodes {
+            state.nodes.insert(key(&node.name), node);
+        }
+        for (node_key, service) in rows.services {
+            let item = (node_key, service.id.clone());
+            state
+                .by_service
+                .entry(key(&service.name))
+                .or_default()
+                .insert(item.clone());
+            state.services.insert(item, service);
+        }
+        for check in rows.checks {
+            state
+                .checks
+                .insert((key(&check.node), check.check_id.clone()), check);
+        }
+        state.service_indexes = rows.service_indexes.into_iter().collect();
+        state
+    }
+
+    pub fn to_rows(&self) -> Rows {
+        Rows {
+            nodes: self.nodes.values().cloned().collect(),
+            services: self
+                .services
+                .iter()
+                .map(|((n, _), s)| (n.clone(), s.clone()))
+                .collect(),
+            checks: self.checks.values().cloned().collect(),
+            service_indexes: self
+                .service_indexes
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            indexes: self.indexes,
+        }
+    }
+
+    // === reads ===
+
+    pub fn indexes(&self) -> Indexes {
+        self.indexes
+    }
+
+    /// Index of the last change to the instances (or health) of a service name; falls back to
+    /// the services table index for a name never seen.
+    pub fn service_index(&self, name: &str) -> Index {
+        self.service_indexes
+            .get(&key(name))
+            .copied()
+            .unwrap_or(self.indexes.services)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(&key(name))
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn service(&self, node: &str, service_id: &str) -> Option<&Service> {
+        self.services.get(&(key(node), service_id.to_string()))
+    }
+
+    pub fn check(&self, node: &str, check_id: &str) -> Option<&Check> {
+        self.checks.get(&(key(node), check_id.to_string()))
+    }
+
+    /// Services registered on a node, by ID.
+    pub fn node_services(&self, node: &str) -> impl Iterator<Item = &Service> {
+        let node_key = key(node);
+        self.services
+            .range((node_key.clone(), String::new())..)
+            .take_while(move |((n, _), _)| *n == node_key)
+            .map(|(_, s)| s)
+    }
+
+    /// Checks on a node (node-level and service-level), by ID.
+    pub fn node_checks(&self, node: &str) -> impl Iterator<Item = &Check> {
+        let node_key = key(node);
+        self.checks
+            .range((node_key.clone(), String::new())..)
+            .take_while(move |((n, _), _)| *n == node_key)
+            .map(|(_, c)| c)
+    }
+
+    pub fn all_checks(&self) -> impl Iterator<Item = &Check> {
+        self.checks.values()
+    }
+
+    pub fn all_services(&self) -> impl Iterator<Item = (&Node, &Service)> {
+        self.services
+            .iter()
+            .filter_map(|((n, _), s)| self.nodes.get(n).map(|node| (node, s)))
+    }
+
+    /// True when any instance of this service name is registered (healthy or not).
+    pub fn has_service(&self, name: &str) -> bool {
+        self.by_service
+            .get(&key(name))
+            .is_some_and(|set| !set.is_empty())
+    }
+
+    /// Every instance of a service name (case-insensitive), with its checks.
+    pub fn instances(&self, name: &str) -> Vec<Instance<'_>> {
+        let Some(keys) = self.by_service.get(&key(name)) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter_map(|item| {
+                let service = self.services.get(item)?;
+                let node = self.nodes.get(&item.0)?;
+                let checks = self
+                    .node_checks(&item.0)
+                    .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
+                    .collect();
+                Some(Instance {
+                    node,
+                    service,
+                    checks,
+                })
+            })
+            .collect()
+    }
+
+    /// Service name → the union of its instances' tags, as `/v1/catalog/services` lists them.
+    pub fn service_names(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for service in self.services.values() {
+            let tags = out.entry(service.name.clone()).or_default();
+            for tag in &service.tags {
+                if !tags.contains(tag) {
+                    tags.push(tag.clone());
+                }
+            }
+        }
+        out
+    }
+
+    // === writes ===
+
+    /// Applies one command at Raft index `index`, recording every touched row in `changes`.
+    /// A refused command changes nothing.
+    pub fn apply(&mut self, index: Index, command: &Command, changes: &mut Vec<Change>) -> Outcome {
+        self.indexes.last = self.indexes.last.max(index);
+        match command {
+            Command::Register(reg) => self.register(index, reg, changes),
+            Command::Deregister {
+                node,
+                service_id,
+                check_id,
+            } => {
+                self.deregister(index, node, service_id.as_deref(), check_id.as_deref(), changes);
+                Ok(())
+            }
+            Command::UpdateCheck {
+                node,
+                check_id,
+                status,
+                output,
+            } => self.update_check(index, node, check_id, *status, output.as_deref(), changes),
+        }
+    }
+
+    /// Marks the last applied index for entries that carry no command (blank, membership).
+    pub fn note_applied(&mut self, index: Index) {
+        self.indexes.last = self.indexes.last.max(index);
+    }
+
+    fn register(&mut self, index: Index, reg: &Registration, changes: &mut Vec<Change>) -> Outcome {
+        if reg.node.name.is_empty() {
+            return Err(ApplyError::MissingNode);
+        }
+        let node_key = key(&reg.node.name);
+        if let Some(service) = &reg.service
+            && service.name.is_empty()
+        {
+            return Err(ApplyError::MissingServiceName);
+        }
+        // Validate everything before touching anything, so a refusal changes nothing.
+        for check in &reg.checks {
+            let sid = &check.service_id;
+            let in_this_reg = reg.service.as_ref().is_some_and(|s| s.id == *sid);
+            if !sid.is_empty()
+                && !in_this_reg
+                && !self.services.contains_key(&(node_key.clone(), sid.clone()))
+            {
+                return Err(ApplyError::UnknownServiceForCheck(sid.clone()));
+            }
+        }
+
+        self.upsert_node(index, &node_key, reg, changes);
+
+        if let Some(svc) = &reg.service {
+            self.upsert_service(index, &node_key, svc, changes);
+            if reg.replace_existing_checks {
+                let keep: Vec<&str> = reg.checks.iter().map(|c| c.check_id.as_str()).collect();
+                let stale: Vec<ItemKey> = self
+                    .node_checks(&node_key)
+                    .filter(|c| c.service_id == svc.id && !keep.contains(&c.check_id.as_str()))
+                    .map(|c| (node_key.clone(), c.check_id.clone()))
+                    .collect();
+                for item in stale {
+                    self.remove_check(index, &item, changes);
+                }
+            }
+        }
+        for check in &reg.checks {
+            self.upsert_check(index, &node_key, &reg.node.name, check, changes);
+        }
+        Ok(())
+    }
+
+    fn upsert_node(&mut self, index: Index, node_key: &str, reg: &Registration, changes: &mut Vec<Change>) {
+        let existing = self.nodes.get(node_key);
+        if existing.is_some() && reg.skip_node_update {
+            return;
+        }
+        let n = &reg.node;
+        let mut node = Node {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            address: n.address.clone(),
+            datacenter: n.datacenter.clone(),
+            tagged_addresses: n.tagged_addresses.clone(),
+            meta: n.meta.clone(),
+            create_index: index,
+            modify_index: index,
+        };
+        if let Some(old) = existing {
+            if node.id.is_empty() {
+                node.id = old.id.clone();
+            }
+            node.create_index = old.create_index;
+            node.modify_index = old.modify_index;
+            if *old == node {
+                return;
+            }
+            node.modify_index = index;
+        }
+        self.nodes.insert(node_key.to_string(), node);
+        self.indexes.nodes = index;
+        changes.push(Change::Node(node_key.to_string()));
+        self.touch_node_services(index, node_key, changes);
+    }
+
+    fn upsert_service(&mut self, index: Index, node_key: &str, svc: &ServiceRegistration, changes: &mut Vec<Change>) {
+        let item = (node_key.to_string(), svc.id.clone());
+        let mut service = Service {
+            id: svc.id.clone(),
+            name: svc.name.clone(),
+            tags: svc.tags.clone(),
+            address: svc.address.clone(),
+            port: svc.port,
+            meta: svc.meta.clone(),
+            tagged_addresses: svc.tagged_addresses.clone(),
+            weights: svc.weights,
+            enable_tag_override: svc.enable_tag_override,
+            kind: svc.kind.clone(),
+            create_index: index,
+            modify_index: index,
+        };
+        if let Some(old) = self.services.get(&item) {
+            service.create_index = old.create_index;
+            service.modify_index = old.modify_index;
+            if *old == service {
+                return;
+            }
+            service.modify_index = index;
+            if key(&old.name) != key(&service.name) {
+                let old_name = key(&old.name);
+                self.unlink_instance(&old_name, &item);
+                self.bump_service(index, &old_name, changes);
+            }
+        }
+        let name = key(&service.name);
+        self.by_service.entry(name.clone()).or_default().insert(item.clone());
+        self.services.insert(item.clone(), service);
+        self.indexes.services = index;
+        changes.push(Change::Service(item));
+        self.bump_service(index, &name, changes);
+    }
+
+    fn upsert_check(&mut self, index: Index, node_key: &str, node_name: &str, reg: &CheckRegistration, changes: &mut Vec<Change>) {
+        let item = (node_key.to_string(), reg.check_id.clone());
+        let old = self.checks.get(&item);
+        let status = reg
+            .status
+            .or(old.map(|c| c.status))
+            .unwrap_or(CheckStatus::Critical);
+        let output = match old {
+            Some(old) if reg.output.is_empty() && reg.status.is_none() => old.output.clone(),
+            _ => reg.output.clone(),
+        };
+        let mut check = Check {
+            node: old.map(|c| c.node.clone()).unwrap_or_else(|| node_name.to_string()),
+            check_id: reg.check_id.clone(),
+            name: reg.name.clone(),
+            status,
+            notes: reg.notes.clone(),
+            output,
+            service_id: reg.service_id.clone(),
+            definition: reg.definition.clone(),
+            create_index: index,
+            modify_index: index,
+        };
+        if let Some(old) = old {
+            check.create_index = old.create_index;
+            check.modify_index = old.modify_index;
+            if *old == check {
+                return;
+            }
+            check.modify_index = index;
+            if old.service_id != check.service_id {
+                let previous = old.clone();
+                self.bump_check_owner(index, &previous, changes);
+            }
+        }
+        let owner = check.clone();
+        self.checks.insert(item.clone(), check);
+        self.indexes.checks = index;
+        changes.push(Change::Check(item));
+        self.bump_check_owner(index, &owner, changes);
+    }
+
+    fn update_check(
+        &mut self,
+        index: Index,
+        node: &str,
+        check_id: &str,
+        status: CheckStatus,
+        output: Option<&str>,
+        changes: &mut Vec<Change>,
+    ) -> Outcome {
+        let item = (key(node), check_id.to_string());
+        let Some(old) = self.checks.get(&item) else {
+            return Err(ApplyError::UnknownCheck(check_id.to_string()));
+        };
+        let output = output.map(str::to_string).unwrap_or_else(|| old.output.clone());
+        if old.status == status && old.output == output {
+            return Ok(());
+        }
+        let mut check = old.clone();
+        check.status = status;
+        check.output = output;
+        check.modify_index = index;
+        let owner = check.clone();
+        self.checks.insert(item.clone(), check);
+        self.indexes.checks = index;
+        changes.push(Change::Check(item));
+        self.bump_check_owner(index, &owner, changes);
+        Ok(())
+    }
+
+    fn deregister(
+        &mut self,
+        index: Index,
+        node: &str,
+        service_id: Option<&str>,
+        check_id: Option<&str>,
+        changes: &mut Vec<Change>,
+    ) {
+        let node_key = key(node);
+        if !self.nodes.contains_key(&node_key) {
+            return;
+        }
+        match (service_id, check_id) {
+            (Some(sid), _) => self.remove_service(index, &(node_key, sid.to_string()), changes),
+            (None, Some(cid)) => self.remove_check(index, &(node_key, cid.to_string()), changes),
+            (None, None) => {
+                let services: Vec<ItemKey> = self
+                    .node_services(&node_key)
+                    .map(|s| (node_key.clone(), s.id.clone()))
+                    .collect();
+                for item in services {
+                    self.remove_service(index, &item, changes);
+                }
+                let checks: Vec<ItemKey> = self
+                    .node_checks(&node_key)
+                    .map(|c| (node_key.clone(), c.check_id.clone()))
+                    .collect();
+                for item in checks {
+                    self.remove_check(index, &item, changes);
+                }
+                self.nodes.remove(&node_key);
+                self.indexes.nodes = index;
+                changes.push(Change::Node(node_key));
+            }
+        }
+    }
+
+    fn remove_service(&mut self, index: Index, item: &ItemKey, changes: &mut Vec<Change>) {
+        let Some(service) = self.services.remove(item) else {
+            return;
+        };
+        let name = key(&service.name);
+        self.unlink_instance(&name, item);
+        self.indexes.services = index;
+        changes.push(Change::Service(item.clone()));
+        self.bump_service(index, &name, changes);
+        let checks: Vec<ItemKey> = self
+            .node_checks(&item.0)
+            .filter(|c| c.service_id == item.1)
+            .map(|c| (item.0.clone(), c.check_id.clone()))
+            .collect();
+        for check in checks {
+            self.remove_check(index, &check, changes);
+        }
+    }
+
+    fn remove_check(&mut self, index: Index, item: &ItemKey, changes: &mut Vec<Change>) {
+        if let Some(check) = self.checks.remove(item) {
+            self.indexes.checks = index;
+            changes.push(Change::Check(item.clone()));
+            self.bump_check_owner(index, &check, changes);
+        }
+    }
+
+    fn unlink_instance(&mut self, name: &str, item: &ItemKey) {
+        if let Some(set) = self.by_service.get_mut(name) {
+            set.remove(item);
+            if set.is_empty() {
+                self.by_service.remove(name);
+            }
+        }
+    }
+
+    fn bump_service(&mut self, index: Index, name: &str, changes: &mut Vec<Change>) {
+        self.service_indexes.insert(name.to_string(), index);
+        changes.push(Change::ServiceIndex(name.to_string()));
+    }
+
+    /// A check changed: the health of its service, or of every service on its node, moved.
+    fn bump_check_owner(&mut self, index: Index, check: &Check, changes: &mut Vec<Change>) {
+        let node_key = key(&check.node);
+        if check.service_id.is_empty() {
+            self.touch_node_services(index, &node_key, changes);
+        } else if let Some(service) = self.services.get(&(node_key, check.service_id.clone())) {
+            let name = key(&service.name);
+            self.bump_service(index, &name, changes);
+        }
+    }
+
+    fn touch_node_services(&mut self, index: Index, node_key: &str, changes: &mut Vec<Change>) {
+        let names: Vec<String> = self.node_services(node_key).map(|s| key(&s.name)).collect();
+        for name in names {
+            self.bump_service(index, &name, changes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,49 @@
+//! How the rest of the server reads and writes the catalog without knowing about Raft.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::{Command, Outcome, State};
+
+/// The latest applied catalog, published after every applied batch.
+///
+/// Readers take an `Arc<State>` (a lock-free load) and keep a consistent picture for as long as
+/// they hold it; publishing a new state never waits on them.
+#[derive(Clone, Default)]
+pub struct View {
+    current: Arc<ArcSwap<State>>,
+}
+
+impl View {
+    pub fn new(state: State) -> Self {
+        View {
+            current: Arc::new(ArcSwap::from_pointee(state)),
+        }
+    }
+
+    pub fn load(&self) -> Arc<State> {
+        self.current.load_full()
+    }
+
+    pub fn publish(&self, state: State) {
+        self.current.store(Arc::new(state));
+    }
+}
+
+/// Why a write did not go through (as opposed to being refused by the catalog).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("No cluster leader")]
+    NoLeader,
+    #[error("not the leader; the leader is {0}")]
+    NotLeader(String),
+    #[error("raft write failed: {0}")]
+    Failed(String),
+}
+
+/// Proposes commands and waits until they are committed and applied locally.
+#[async_trait::async_trait]
+pub trait Writer: Send + Sync + 'static {
+    async fn write(&self, command: Command) -> Result<Outcome, WriteError>;
+}

@@ -1,0 +1,399 @@
+//! One validated `Config` from command-line flags and an optional TOML file using Consul's key
+//! names. Flags override the file. Any unknown key or bad value is a `ConfigError` naming it; the
+//! binary exits with status 64 on one.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::parse_duration;
+use crate::raft::Timing;
+
+pub const DEFAULT_HTTP_PORT: u16 = 8500;
+pub const DEFAULT_DNS_PORT: u16 = 8600;
+pub const DEFAULT_SERVER_PORT: u16 = 8300;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything a server needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_name: String,
+    pub datacenter: String,
+    /// Lower-case, with the trailing dot: `consul.`.
+    pub domain: String,
+    /// None in dev mode without `--data-dir`: the server uses a temporary directory.
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: SocketAddr,
+    pub dns_addr: SocketAddr,
+    /// The server (RPC) address reported by `/v1/status/leader`.
+    pub rpc_addr: SocketAddr,
+    /// Dev mode opens no RPC listener unless `--rpc-addr` was given.
+    pub rpc_listen: bool,
+    pub log_level: String,
+    pub dns: DnsConfig,
+    pub raft: Timing,
+}
+
+/// The DNS settings that follow Consul's `dns_config` block.
+#[derive(Clone, Debug, Default)]
+pub struct DnsConfig {
+    pub service_ttl: ServiceTtl,
+    pub node_ttl: Duration,
+    /// Unset by default; when set, UDP answers carry at most this many records, without TC.
+    pub udp_answer_limit: Option<usize>,
+    pub only_passing: bool,
+}
+
+/// Consul's `service_ttl` map: an exact name beats a `prefix*`, the longest prefix wins, `*` is
+/// the catch-all; absent means 0.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceTtl {
+    exact: BTreeMap<String, Duration>,
+    prefixes: Vec<(String, Duration)>,
+}
+
+impl ServiceTtl {
+    pub fn from_map(map: BTreeMap<String, Duration>) -> Self {
+        let mut ttl = ServiceTtl::default();
+        for (name, d) in map {
+            match name.strip_suffix('*') {
+                Some(prefix) => ttl.prefixes.push((prefix.to_ascii_lowercase(), d)),
+                None => {
+                    ttl.exact.insert(name.to_ascii_lowercase(), d);
+                }
+            }
+        }
+        // Longest prefix first so the first match is the most specific.
+        ttl.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        ttl
+    }
+
+    pub fn for_service(&self, name: &str) -> Duration {
+        let name = name.to_ascii_lowercase();
+        if let Some(d) = self.exact.get(&name) {
+            return *d;
+        }
+        self.prefixes
+            .iter()
+            .find(|(p, _)| name.starts_with(p.as_str()))
+            .map(|(_, d)| *d)
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Values given on the command line; each overrides the file.
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    pub dev: bool,
+    pub config_file: Option<PathBuf>,
+    pub http_addr: Option<String>,
+    pub dns_addr: Option<String>,
+    pub rpc_addr: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub node: Option<String>,
+    pub datacenter: Option<String>,
+    pub domain: Option<String>,
+    pub log_level: Option<String>,
+}
+
+/// The TOML file, with Consul's key names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_name: Option<String>,
+    datacenter: Option<String>,
+    domain: Option<String>,
+    data_dir: Option<PathBuf>,
+    log_level: Option<String>,
+    client_addr: Option<String>,
+    bind_addr: Option<String>,
+    #[serde(default)]
+    addresses: FileAddresses,
+    #[serde(default)]
+    ports: FilePorts,
+    #[serde(default)]
+    dns_config: FileDnsConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAddresses {
+    http: Option<String>,
+    dns: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePorts {
+    http: Option<u16>,
+    dns: Option<u16>,
+    server: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDnsConfig {
+    service_ttl: Option<BTreeMap<String, String>>,
+    node_ttl: Option<String>,
+    udp_answer_limit: Option<i64>,
+    only_passing: Option<bool>,
+}
+
+/// Reads the file named by the flags (if any) and resolves the final config.
+pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+    let file = match &flags.config_file {
+        Some(path) => Some(read_file(path)?),
+        None => None,
+    };
+    resolve(flags, file.as_deref())
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))
+}
+
+/// Builds the config from flags and the file's text. Never reads the environment.
+pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigError> {
+    let file: FileConfig = match file_text {
+        Some(text) => toml::from_str(text).map_err(|e| {
+            ConfigError::new("config", e.to_string().trim_end().replace('\n', " "))
+        })?,
+        None => FileConfig::default(),
+    };
+
+    let client_ip = parse_ip("client_addr", file.client_addr.as_deref())?;
+    let bind_ip = parse_ip("bind_addr", file.bind_addr.as_deref())?;
+    let http_addr = match &flags.http_addr {
+        Some(a) => parse_addr("http-addr", a)?,
+        None => SocketAddr::new(
+            parse_ip("addresses.http", file.addresses.http.as_deref())?.unwrap_or(client_ip.unwrap_or(LOCALHOST)),
+            file.ports.http.unwrap_or(DEFAULT_HTTP_PORT),
+        ),
+    };
+    let dns_addr = match &flags.dns_addr {
+        Some(a) => parse_addr("dns-addr", a)?,
+        None => SocketAddr::new(
+            parse_ip("addresses.dns", file.addresses.dns.as_deref())?.unwrap_or(client_ip.unwrap_or(LOCALHOST)),
+            file.ports.dns.unwrap_or(DEFAULT_DNS_PORT),
+        ),
+    };
+    let (rpc_addr, rpc_given) = match &flags.rpc_addr {
+        Some(a) => (parse_addr("rpc-addr", a)?, true),
+        None => (
+            SocketAddr::new(
+                bind_ip.unwrap_or(LOCALHOST),
+                file.ports.server.unwrap_or(DEFAULT_SERVER_PORT),
+            ),
+            false,
+        ),
+    };
+
+    let node_name = flags
+        .node
+        .clone()
+        .or(file.node_name)
+        .unwrap_or_else(default_node_name);
+    if node_name.is_empty() {
+        return Err(ConfigError::new("node_name", "must not be empty"));
+    }
+    let datacenter = flags
+        .datacenter
+        .clone()
+        .or(file.datacenter)
+        .unwrap_or_else(|| "dc1".into());
+    if datacenter.is_empty() || !datacenter.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(ConfigError::new(
+            "datacenter",
+            format!("{datacenter:?} must be letters, digits, '-' or '_'"),
+        ));
+    }
+    let domain = normalize_domain(
+        &flags
+            .domain
+            .clone()
+            .or(file.domain)
+            .unwrap_or_else(|| "consul.".into()),
+    )?;
+    let log_level = flags
+        .log_level
+        .clone()
+        .or(file.log_level)
+        .unwrap_or_else(|| "info".into());
+    if !["trace", "debug", "info", "warn", "error"].contains(&log_level.to_ascii_lowercase().as_str()) {
+        return Err(ConfigError::new(
+            "log_level",
+            format!("{log_level:?} is not one of trace, debug, info, warn, error"),
+        ));
+    }
+
+    let d = file.dns_config;
+    let mut ttl_map = BTreeMap::new();
+    for (name, value) in d.service_ttl.unwrap_or_default() {
+        ttl_map.insert(name.clone(), duration(&format!("dns_config.service_ttl.{name}"), &value)?);
+    }
+    let node_ttl = match d.node_ttl {
+        Some(v) => duration("dns_config.node_ttl", &v)?,
+        None => Duration::ZERO,
+    };
+    let udp_answer_limit = match d.udp_answer_limit {
+        None => None,
+        Some(n) if n > 0 => Some(n as usize),
+        Some(n) => {
+            return Err(ConfigError::new(
+                "dns_config.udp_answer_limit",
+                format!("must be greater than 0, got {n}"),
+            ));
+        }
+    };
+
+    Ok(Config {
+        node_name,
+        datacenter,
+        domain,
+        data_dir: flags.data_dir.clone().or(file.data_dir),
+        http_addr,
+        dns_addr,
+        rpc_addr,
+        rpc_listen: rpc_given,
+        log_level,
+        dns: DnsConfig {
+            service_ttl: ServiceTtl::from_map(ttl_map),
+            node_ttl,
+            udp_answer_limit,
+            only_passing: d.only_passing.unwrap_or(false),
+        },
+        raft: Timing::default(),
+    })
+}
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn parse_ip(key: &str, value: Option<&str>) -> Result<Option<IpAddr>, ConfigError> {
+    value
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ConfigError::new(key, format!("{v:?} is not an IP address")))
+        })
+        .transpose()
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(key, format!("{value:?} is not an ip:port address")))
+}
+
+fn duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value).map_err(|e| ConfigError::new(key, e.to_string()))
+}
+
+fn normalize_domain(raw: &str) -> Result<String, ConfigError> {
+    let trimmed = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    let valid = !trimmed.is_empty()
+        && trimmed.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !valid {
+        return Err(ConfigError::new("domain", format!("{raw:?} is not a DNS domain")));
+    }
+    Ok(format!("{trimmed}."))
+}
+
+fn default_node_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "beacon".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags {
+            dev: true,
+            node: Some("n1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_match_consul() {
+        let c = resolve(&flags(), None).unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:8500".parse().unwrap());
+        assert_eq!(c.dns_addr, "127.0.0.1:8600".parse().unwrap());
+        assert_eq!(c.rpc_addr, "127.0.0.1:8300".parse().unwrap());
+        assert!(!c.rpc_listen);
+        assert_eq!(c.datacenter, "dc1");
+        assert_eq!(c.domain, "consul.");
+        assert_eq!(c.dns.udp_answer_limit, None);
+        assert!(!c.dns.only_passing);
+    }
+
+    #[test]
+    fn file_uses_consul_keys_and_flags_win() {
+        let text = r#"
+            datacenter = "east"
+            domain = "Beacon"
+            [ports]
+            http = 9500
+            [dns_config]
+            service_ttl = { "*" = "5s", "web*" = "10s", "web-admin" = "1m" }
+            node_ttl = "30s"
+            udp_answer_limit = 3
+            only_passing = true
+        "#;
+        let mut f = flags();
+        f.datacenter = Some("west".into());
+        let c = resolve(&f, Some(text)).unwrap();
+        assert_eq!(c.datacenter, "west");
+        assert_eq!(c.domain, "beacon.");
+        assert_eq!(c.http_addr.port(), 9500);
+        assert_eq!(c.dns.node_ttl, Duration::from_secs(30));
+        assert_eq!(c.dns.udp_answer_limit, Some(3));
+        assert!(c.dns.only_passing);
+        assert_eq!(c.dns.service_ttl.for_service("db"), Duration::from_secs(5));
+        assert_eq!(c.dns.service_ttl.for_service("web-api"), Duration::from_secs(10));
+        assert_eq!(c.dns.service_ttl.for_service("web-admin"), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = resolve(&flags(), Some("[dns_config]\nbogus_key = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("bogus_key"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = resolve(&flags(), Some("[dns_config]\nnode_ttl = \"soon\"\n")).unwrap_err();
+        assert_eq!(err.key, "dns_config.node_ttl");
+        let err = resolve(&flags(), Some("[dns_config]\nudp_answer_limit = 0\n")).unwrap_err();
+        assert_eq!(err.key, "dns_config.udp_answer_limit");
+        let mut f = flags();
+        f.http_addr = Some("localhost".into());
+        assert_eq!(resolve(&f, None).unwrap_err().key, "http-addr");
+    }
+}

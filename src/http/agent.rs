@@ -1,0 +1,201 @@
+//! `/v1/agent/*`: what this agent registered and runs.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::dto::{self, CheckIn, ServiceIn};
+use super::{Api, ApiError, Params, json};
+use crate::catalog::aggregate;
+use crate::model::CheckStatus;
+
+fn ok() -> Response {
+    StatusCode::OK.into_response()
+}
+
+pub async fn register_service(State(api): State<Api>, params: Params, body: Bytes) -> Result<Response, ApiError> {
+    let service: ServiceIn = dto::decode(&body)?;
+    let (service, checks) = service.into_registration()?;
+    let replace = params.bool("replace-existing-checks")?.unwrap_or(false);
+    api.agent.register_service(service, checks, replace).await?;
+    Ok(ok())
+}
+
+pub async fn deregister_service(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    api.agent.deregister_service(&id).await?;
+    Ok(ok())
+}
+
+pub async fn service_maintenance(State(api): State<Api>, Path(id): Path<String>, params: Params) -> Result<Response, ApiError> {
+    let enable = params
+        .bool("enable")?
+        .ok_or_else(|| ApiError::BadRequest("Missing value for enable".into()))?;
+    api.agent
+        .service_maintenance(&id, enable, params.get("reason").unwrap_or(""))
+        .await?;
+    Ok(ok())
+}
+
+pub async fn node_maintenance(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    let enable = params
+        .bool("enable")?
+        .ok_or_else(|| ApiError::BadRequest("Missing value for enable".into()))?;
+    api.agent
+        .node_maintenance(enable, params.get("reason").unwrap_or(""))
+        .await?;
+    Ok(ok())
+}
+
+pub async fn services(State(api): State<Api>, params: Params) -> Response {
+    let state = api.view.load();
+    let node = &api.agent.node().name;
+    let map: Map<String, Value> = state
+        .node_services(node)
+        .filter(|s| s.id != "consul")
+        .map(|s| (s.id.clone(), dto::agent_service_json(s, &api.datacenter)))
+        .collect();
+    json(state.indexes().services, &Value::Object(map), &params)
+}
+
+pub async fn service(State(api): State<Api>, Path(id): Path<String>, params: Params) -> Result<Response, ApiError> {
+    let state = api.view.load();
+    let service = state
+        .service(&api.agent.node().name, &id)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+    Ok(json(
+        service.modify_index,
+        &dto::agent_service_json(service, &api.datacenter),
+        &params,
+    ))
+}
+
+pub async fn checks(State(api): State<Api>, params: Params) -> Response {
+    let state = api.view.load();
+    let node = &api.agent.node().name;
+    let map: Map<String, Value> = state
+        .node_checks(node)
+        .map(|c| {
+            let service = state.service(node, &c.service_id);
+            (c.check_id.clone(), dto::check_json(c, service))
+        })
+        .collect();
+    json(state.indexes().checks, &Value::Object(map), &params)
+}
+
+pub async fn register_check(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+    let check: CheckIn = dto::decode(&body)?;
+    if check.name.is_empty() {
+        return Err(ApiError::BadRequest("Missing check name".into()));
+    }
+    let id = [&check.id, &check.check_id, &check.name]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_default();
+    let registration = check.to_agent_check(id, check.name.clone(), check.service_id.clone())?;
+    api.agent.register_check(registration).await?;
+    Ok(ok())
+}
+
+pub async fn deregister_check(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    api.agent.deregister_check(&id).await?;
+    Ok(ok())
+}
+
+async fn ttl(api: Api, id: String, status: CheckStatus, params: Params) -> Result<Response, ApiError> {
+    let note = params.get("note").map(str::to_string);
+    api.agent.update_ttl(&id, status, note).await?;
+    Ok(ok())
+}
+
+pub async fn check_pass(State(api): State<Api>, Path(id): Path<String>, params: Params) -> Result<Response, ApiError> {
+    ttl(api, id, CheckStatus::Passing, params).await
+}
+
+pub async fn check_warn(State(api): State<Api>, Path(id): Path<String>, params: Params) -> Result<Response, ApiError> {
+    ttl(api, id, CheckStatus::Warning, params).await
+}
+
+pub async fn check_fail(State(api): State<Api>, Path(id): Path<String>, params: Params) -> Result<Response, ApiError> {
+    ttl(api, id, CheckStatus::Critical, params).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CheckUpdate {
+    status: String,
+    output: String,
+}
+
+pub async fn check_update(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let update: CheckUpdate = dto::decode(&body)?;
+    let status = dto::parse_status(&update.status)?;
+    api.agent.update_ttl(&id, status, Some(update.output)).await?;
+    Ok(ok())
+}
+
+/// 200 passing, 429 warning, 503 critical; the body lists each instance with its checks.
+pub async fn health_by_name(State(api): State<Api>, Path(name): Path<String>, params: Params) -> Result<Response, ApiError> {
+    let state = api.view.load();
+    let node = &api.agent.node().name;
+    let mut worst = Vec::new();
+    let entries: Vec<Value> = state
+        .instances(&name)
+        .into_iter()
+        .filter(|i| i.node.name.eq_ignore_ascii_case(node))
+        .map(|i| {
+            let status = i.status();
+            worst.push(status);
+            json!({
+                "AggregatedStatus": status.as_str(),
+                "Service": dto::agent_service_json(i.service, &api.datacenter),
+                "Checks": i.checks.iter().map(|c| dto::check_json(c, Some(i.service))).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if entries.is_empty() {
+        return Err(ApiError::NotFound(format!("ServiceName {name} Not Found")));
+    }
+    let code = match aggregate(worst) {
+        CheckStatus::Passing => StatusCode::OK,
+        CheckStatus::Warning => StatusCode::TOO_MANY_REQUESTS,
+        CheckStatus::Critical => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut response = json(state.service_index(&name), &Value::Array(entries), &params);
+    *response.status_mut() = code;
+    Ok(response)
+}
+
+pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
+    let node = api.agent.node();
+    let body = json!({
+        "Config": {
+            "Datacenter": api.datacenter,
+            "NodeName": node.name,
+            "NodeID": node.id,
+            "Server": true,
+            "Revision": "",
+            "Version": env!("CARGO_PKG_VERSION"),
+        },
+        "Member": member(&api),
+    });
+    json(api.view.load().indexes().last, &body, &params)
+}
+
+fn member(api: &Api) -> Value {
+    let node = api.agent.node();
+    json!({
+        "Name": node.name,
+        "Addr": api.server_addr.ip().to_string(),
+        "Port": api.server_addr.port(),
+        "Tags": {"role": "consul", "dc": api.datacenter, "port": api.server_addr.port().to_string(), "id": node.id},
+        "Status": 1,
+    })
+}
+
+pub async fn members(State(api): State<Api>, params: Params) -> Response {
+    json(api.view.load().indexes().last, &json!([member(&api)]), &params)
+}

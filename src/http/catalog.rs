@@ -1,0 +1,216 @@
+//! `/v1/catalog/*`: the whole datacenter's nodes and services.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::dto::{self, CheckIn, ServiceIn};
+use super::{Api, ApiError, Params, json, json_true};
+use crate::catalog::{CheckRegistration, Command, NodeRegistration, Registration};
+use crate::model::Node;
+use std::collections::BTreeMap;
+
+/// True when the node carries every `?node-meta=k:v` pair.
+pub fn meta_matches(node: &Node, filters: &[(String, String)]) -> bool {
+    filters
+        .iter()
+        .all(|(k, v)| node.meta.get(k).is_some_and(|x| x == v))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CatalogService {
+    id: String,
+    service: String,
+    tags: Vec<String>,
+    address: String,
+    port: u16,
+    meta: BTreeMap<String, String>,
+    #[serde(rename = "taggedaddresses")]
+    tagged_addresses: BTreeMap<String, dto::TaggedAddressIn>,
+    weights: Option<dto::WeightsIn>,
+    #[serde(rename = "enabletagoverride")]
+    enable_tag_override: bool,
+    kind: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RegisterIn {
+    id: String,
+    node: String,
+    address: String,
+    datacenter: String,
+    #[serde(rename = "taggedaddresses")]
+    tagged_addresses: BTreeMap<String, String>,
+    #[serde(rename = "nodemeta")]
+    node_meta: BTreeMap<String, String>,
+    service: Option<CatalogService>,
+    check: Option<CheckIn>,
+    checks: Vec<CheckIn>,
+    #[serde(rename = "skipnodeupdate")]
+    skip_node_update: bool,
+}
+
+pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+    let reg: RegisterIn = dto::decode(&body)?;
+    if reg.node.is_empty() {
+        return Err(ApiError::BadRequest("Must provide node".into()));
+    }
+    if reg.address.is_empty() && !reg.skip_node_update {
+        return Err(ApiError::BadRequest("Must provide address".into()));
+    }
+    let service = match reg.service {
+        Some(s) => {
+            if s.service.is_empty() {
+                return Err(ApiError::BadRequest("Must provide service name".into()));
+            }
+            let svc = ServiceIn {
+                id: s.id,
+                name: s.service,
+                tags: s.tags,
+                address: s.address,
+                port: s.port,
+                meta: s.meta,
+                tagged_addresses: s.tagged_addresses,
+                weights: s.weights,
+                enable_tag_override: s.enable_tag_override,
+                kind: s.kind,
+                ..ServiceIn::default()
+            };
+            Some(svc.into_registration()?.0)
+        }
+        None => None,
+    };
+    let mut checks = Vec::new();
+    for check in reg.check.iter().chain(reg.checks.iter()) {
+        let id = if check.check_id.is_empty() { check.name.clone() } else { check.check_id.clone() };
+        if id.is_empty() {
+            return Err(ApiError::BadRequest("Missing check ID".into()));
+        }
+        // Catalog checks are data only: the probe settings, if any, are kept for display.
+        let definition = match &check.definition {
+            Some(d) => d.definition().unwrap_or_default(),
+            None => Default::default(),
+        };
+        checks.push(CheckRegistration {
+            check_id: id.clone(),
+            name: if check.name.is_empty() { id } else { check.name.clone() },
+            status: check.status()?,
+            notes: check.notes.clone(),
+            output: check.output.clone(),
+            service_id: check.service_id.clone(),
+            definition: crate::model::CheckDefinition {
+                // A catalog-registered check is not run by any agent.
+                ttl: None,
+                ..definition
+            },
+        });
+    }
+    let registration = Registration {
+        node: NodeRegistration {
+            id: reg.id,
+            name: reg.node,
+            address: reg.address,
+            datacenter: if reg.datacenter.is_empty() { api.datacenter.clone() } else { reg.datacenter },
+            tagged_addresses: reg.tagged_addresses,
+            meta: reg.node_meta,
+        },
+        skip_node_update: reg.skip_node_update,
+        service,
+        checks,
+        replace_existing_checks: false,
+    };
+    api.writer.write(Command::Register(registration)).await??;
+    Ok(json_true())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DeregisterIn {
+    node: String,
+    #[serde(rename = "serviceid")]
+    service_id: String,
+    #[serde(rename = "checkid")]
+    check_id: String,
+}
+
+pub async fn deregister(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+    let d: DeregisterIn = dto::decode(&body)?;
+    if d.node.is_empty() {
+        return Err(ApiError::BadRequest("Must provide node".into()));
+    }
+    let some = |s: String| (!s.is_empty()).then_some(s);
+    api.writer
+        .write(Command::Deregister {
+            node: d.node,
+            service_id: some(d.service_id),
+            check_id: some(d.check_id),
+        })
+        .await??;
+    Ok(json_true())
+}
+
+pub async fn services(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    let state = api.view.load();
+    let filters = params.node_meta()?;
+    let mut out = BTreeMap::<String, Vec<String>>::new();
+    for (node, service) in state.all_services() {
+        if !meta_matches(node, &filters) {
+            continue;
+        }
+        let tags = out.entry(service.name.clone()).or_default();
+        for tag in &service.tags {
+            if !tags.contains(tag) {
+                tags.push(tag.clone());
+            }
+        }
+    }
+    Ok(json(state.indexes().services, &serde_json::to_value(out).unwrap_or_default(), &params))
+}
+
+pub async fn service(State(api): State<Api>, Path(name): Path<String>, params: Params) -> Result<Response, ApiError> {
+    let state = api.view.load();
+    let filters = params.node_meta()?;
+    let tags = params.all("tag");
+    let entries: Vec<Value> = state
+        .instances(&name)
+        .into_iter()
+        .filter(|i| meta_matches(i.node, &filters))
+        .filter(|i| tags.iter().all(|t| i.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t))))
+        .map(|i| dto::catalog_service_json(i.node, i.service))
+        .collect();
+    Ok(json(state.service_index(&name), &Value::Array(entries), &params))
+}
+
+pub async fn nodes(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    let state = api.view.load();
+    let filters = params.node_meta()?;
+    let nodes: Vec<Value> = state
+        .nodes()
+        .filter(|n| meta_matches(n, &filters))
+        .map(dto::node_json)
+        .collect();
+    Ok(json(state.indexes().nodes, &Value::Array(nodes), &params))
+}
+
+pub async fn node(State(api): State<Api>, Path(name): Path<String>, params: Params) -> Response {
+    let state = api.view.load();
+    let index = state.indexes().services.max(state.indexes().nodes);
+    // Consul answers 200 with `null` for an unknown node.
+    let Some(node) = state.node(&name) else {
+        return json(index, &Value::Null, &params);
+    };
+    let services: Map<String, Value> = state
+        .node_services(&name)
+        .map(|s| (s.id.clone(), dto::service_json(s)))
+        .collect();
+    let body = serde_json::json!({"Node": dto::node_json(node), "Services": services});
+    json(index, &body, &params)
+}
+
+pub async fn datacenters(State(api): State<Api>, params: Params) -> Response {
+    json(api.view.load().indexes().last, &serde_json::json!([api.datacenter]), &params)
+}

@@ -1,0 +1,55 @@
+//! One error type for every handler: a status code and a plain-text message, as Consul sends.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::agent::AgentError;
+use crate::catalog::{ApplyError, WriteError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, [("content-type", "text/plain; charset=utf-8")], format!("{self}\n")).into_response()
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        if e.is_not_found() {
+            ApiError::NotFound(e.to_string())
+        } else {
+            ApiError::BadRequest(e.to_string())
+        }
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::NotFound(m) => ApiError::NotFound(m),
+            AgentError::BadRequest(m) => ApiError::BadRequest(m),
+            AgentError::Write(w) => w.into(),
+            AgentError::Rejected(r) => r.into(),
+        }
+    }
+}

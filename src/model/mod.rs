@@ -1,0 +1,167 @@
+//! Shared domain types: nodes, services, checks and their health, as the catalog stores them.
+//!
+//! These are plain data. The JSON shape clients see lives in `http::dto`; the disk encoding in
+//! `store`. Everything here is serde-serializable so Raft entries and snapshots can carry it.
+
+mod duration;
+
+pub use duration::{ParseDurationError, format_duration, parse_duration};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A Raft log index: every change to the catalog is stamped with the index of the entry that made it.
+pub type Index = u64;
+
+/// Health of a check, and of an instance as the worst of its checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Passing => "passing",
+            CheckStatus::Warning => "warning",
+            CheckStatus::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for CheckStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CheckStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "passing" => Ok(CheckStatus::Passing),
+            "warning" => Ok(CheckStatus::Warning),
+            "critical" => Ok(CheckStatus::Critical),
+            other => Err(format!("invalid check status {other:?}")),
+        }
+    }
+}
+
+/// A `{Address, Port}` pair under a node's or service's `TaggedAddresses`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaggedAddress {
+    pub address: String,
+    pub port: u16,
+}
+
+/// A machine in the catalog. Keyed by its lower-cased name: Consul matches node names
+/// case-insensitively, and so do DNS names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub datacenter: String,
+    pub tagged_addresses: BTreeMap<String, String>,
+    pub meta: BTreeMap<String, String>,
+    pub create_index: Index,
+    pub modify_index: Index,
+}
+
+/// SRV weights by aggregated health (Consul's `Weights`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Weights {
+    pub passing: u32,
+    pub warning: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+/// One instance of a service on a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    /// Empty when the instance uses its node's address.
+    pub address: String,
+    pub port: u16,
+    pub meta: BTreeMap<String, String>,
+    pub tagged_addresses: BTreeMap<String, TaggedAddress>,
+    pub weights: Weights,
+    pub enable_tag_override: bool,
+    pub kind: String,
+    pub create_index: Index,
+    pub modify_index: Index,
+}
+
+/// How an agent runs a check. Stored in the catalog with the check so a restarted agent picks
+/// up the checks it owns from its own replicated state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckDefinition {
+    pub http: String,
+    pub method: String,
+    pub header: BTreeMap<String, Vec<String>>,
+    pub body: String,
+    pub tls_skip_verify: bool,
+    pub tcp: String,
+    pub ttl: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub deregister_critical_service_after: Option<Duration>,
+    pub success_before_passing: u32,
+    pub failures_before_critical: u32,
+}
+
+impl CheckDefinition {
+    /// Consul's check `Type` string.
+    pub fn kind(&self) -> &'static str {
+        if self.ttl.is_some() {
+            "ttl"
+        } else if !self.http.is_empty() {
+            "http"
+        } else if !self.tcp.is_empty() {
+            "tcp"
+        } else {
+            ""
+        }
+    }
+}
+
+/// A health check on a node (`service_id` empty) or on one service instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub node: String,
+    pub check_id: String,
+    pub name: String,
+    pub status: CheckStatus,
+    pub notes: String,
+    pub output: String,
+    pub service_id: String,
+    pub definition: CheckDefinition,
+    pub create_index: Index,
+    pub modify_index: Index,
+}
+
+impl Default for CheckStatus {
+    /// Consul starts new checks critical unless told otherwise, so an instance is not served
+    /// before its first successful check.
+    fn default() -> Self {
+        CheckStatus::Critical
+    }
+}

@@ -1,0 +1,130 @@
+//! Persistence in redb: the Raft log and vote, and the catalog state machine.
+//!
+//! One database file per server (`beacon.redb` in the data dir). The state machine is stored as
+//! rows (nodes, services, checks, per-service indexes) written in one transaction per applied
+//! batch, together with the last applied log id and membership, so a restart serves exactly the
+//! acknowledged state without replaying the log. redb calls that commit (fsync) run on the
+//! blocking pool so they never stall the async workers that run Raft heartbeats and DNS.
+
+mod log;
+mod schema;
+mod state_machine;
+
+pub use log::LogStore;
+pub use state_machine::StateMachineStore;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase};
+
+use schema::{META, SCHEMA_VERSION};
+
+/// The database file's name inside the data dir.
+pub const DB_FILE: &str = "beacon.redb";
+
+/// Why the store could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error(
+        "database {path} has schema version {found}, this beacon understands {SCHEMA_VERSION}; refusing to touch it"
+    )]
+    Schema { path: PathBuf, found: String },
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Opens (or creates) the database in `data_dir` and checks that it is ours.
+pub fn open(data_dir: &Path) -> Result<Arc<Database>, StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let path = data_dir.join(DB_FILE);
+    // Opening must not silently replace what is there: if the file exists but cannot be read as
+    // a database, `create` fails and we stop with that error.
+    let db = Database::create(&path).map_err(|source| StoreError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    check_schema(&db, &path)?;
+    Ok(Arc::new(db))
+}
+
+fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let found = {
+        let read = db.begin_read()?;
+        match read.open_table(META) {
+            Ok(table) => table.get("schema_version")?.map(|v| v.value().to_vec()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    match found {
+        Some(v) if v == SCHEMA_VERSION.as_bytes() => Ok(()),
+        Some(v) => Err(StoreError::Schema {
+            path: path.to_path_buf(),
+            found: String::from_utf8_lossy(&v).into_owned(),
+        }),
+        None => {
+            let write = db.begin_write()?;
+            schema::create_all(&write)?;
+            write
+                .open_table(META)?
+                .insert("schema_version", SCHEMA_VERSION.as_bytes())?;
+            write.commit()?;
+            Ok(())
+        }
+    }
+}
+
+/// Maps any store failure into openraft's error, which stops the Raft core: a store that cannot
+/// write must not keep acknowledging.
+pub(crate) fn raft_err(
+    verb: openraft::ErrorVerb,
+    e: impl std::fmt::Display,
+) -> crate::raft::types::StorageError {
+    openraft::StorageIOError::new(
+        openraft::ErrorSubject::Store,
+        verb,
+        openraft::AnyError::error(e.to_string()),
+    )
+    .into()
+}
+
+/// Runs a blocking redb job off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+}

@@ -323,7 +323,7 @@ impl Agent {
                 _ = self.inner.shutdown.cancelled() => return,
                 changed = deadline.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep_until(at) => {
-                    self.set_status(&check_id, CheckStatus::Critical, "TTL expired".into()).await;
+                    self.set_status(&check_id, CheckStatus::Critical, "TTL expired".into(), true).await;
                     // Wait for the next pass/warn/fail to move the deadline.
                     tokio::select! {
                         _ = self.inner.shutdown.cancelled() => return,
@@ -339,6 +339,7 @@ impl Agent {
         let timeout = def.timeout.unwrap_or(Duration::from_secs(10));
         let mut successes = 0u32;
         let mut failures = 0u32;
+        let mut first = true;
         loop {
             let (result, output) = probe::run(&self.inner.http, &def, timeout).await;
             let next = match result {
@@ -359,8 +360,15 @@ impl Agent {
                 }
             };
             if let Some(status) = next {
-                self.set_status(&check_id, status, output).await;
+                self.set_status(&check_id, status, output, first).await;
+            } else if first {
+                // Below the threshold, but still record why the check is where it is.
+                let current = self.current_status(&check_id);
+                if let Some(current) = current {
+                    self.set_status(&check_id, current, output, true).await;
+                }
             }
+            first = false;
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
@@ -368,15 +376,23 @@ impl Agent {
         }
     }
 
-    /// Writes a probe result through Raft, but only when the status changed.
-    async fn set_status(&self, check_id: &str, status: CheckStatus, output: String) {
-        let current = self
-            .inner
+    fn current_status(&self, check_id: &str) -> Option<CheckStatus> {
+        self.inner
             .view
             .load()
             .check(&self.inner.node.name, check_id)
-            .map(|c| c.status);
-        if current.is_none_or(|s| s == status) {
+            .map(|c| c.status)
+    }
+
+    /// Writes a probe result through Raft, but only when the status changed, or (with
+    /// `sync_output`, for a runner's first result) when the recorded output is stale.
+    async fn set_status(&self, check_id: &str, status: CheckStatus, output: String, sync_output: bool) {
+        let state = self.inner.view.load();
+        let Some(current) = state.check(&self.inner.node.name, check_id) else {
+            return;
+        };
+        let output_stale = sync_output && current.output != output;
+        if current.status == status && !output_stale {
             return;
         }
         let result = self

@@ -26,10 +26,60 @@ const MAP_FIELDS: &[&str] = &["meta", "nodemeta", "servicemeta", "header", "tagg
 
 /// Decodes a request body into `T` with Go-like leniency. Errors read like Consul's.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
-    serde_json::from_value(normalize(value))
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
+    let fail = |e: String| ApiError::BadRequest(format!("Request decode failed: {e}"));
+    let value: Value = serde_json::from_slice(body).map_err(|e| fail(e.to_string()))?;
+    if !value.is_object() {
+        return Err(fail(format!("expected a JSON object, got {}", kind(&value))));
+    }
+    let value = normalize(value);
+    // A catalog registration's `Service` is an object (inside it, `Service` is the name).
+    if let Some(service) = value.get("service")
+        && !service.is_object()
+    {
+        return Err(fail(format!("service: expected an object, got {}", kind(service))));
+    }
+    check_objects(&value).map_err(fail)?;
+    if let Some(service) = value.get("service") {
+        check_objects(service).map_err(fail)?;
+    }
+    serde_json::from_value(value).map_err(|e| fail(e.to_string()))
+}
+
+/// Fields whose values are objects. serde would also accept an array for a struct, which Go
+/// refuses; refuse it here too.
+const OBJECT_FIELDS: &[&str] = &["check", "weights", "definition"];
+
+fn check_objects(value: &Value) -> Result<(), String> {
+    let Value::Object(map) = value else { return Ok(()) };
+    for (k, v) in map {
+        let is_object_field = OBJECT_FIELDS.contains(&k.as_str());
+        if is_object_field && !v.is_object() {
+            return Err(format!("{k}: expected an object, got {}", kind(v)));
+        }
+        if k == "checks" {
+            let Value::Array(items) = v else {
+                return Err(format!("checks: expected an array, got {}", kind(v)));
+            };
+            if let Some(bad) = items.iter().find(|i| !i.is_object()) {
+                return Err(format!("checks: expected objects, got {}", kind(bad)));
+            }
+            items.iter().try_for_each(check_objects)?;
+        } else if is_object_field {
+            check_objects(v)?;
+        }
+    }
+    Ok(())
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn normalize(value: Value) -> Value {
@@ -197,7 +247,7 @@ impl CheckIn {
         if probe && interval.is_none_or(|i| i.is_zero()) {
             return Err(invalid("Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks"));
         }
-        if !probe && interval.is_none() && ttl.is_none() {
+        if !probe && ttl.is_none() {
             return Err(invalid("must be one of HTTP, TCP or TTL"));
         }
         if ttl.is_some_and(|t| t.is_zero()) {
@@ -475,6 +525,9 @@ mod tests {
         assert!(decode::<ServiceIn>(br#"{"Name":"web","Port":70000}"#).is_err());
         assert!(decode::<ServiceIn>(br#"{"Name":"web","Tags":"v1"}"#).is_err());
         assert!(decode::<ServiceIn>(b"{not json").is_err());
+        assert!(decode::<ServiceIn>(br#"["web"]"#).is_err());
+        assert!(decode::<ServiceIn>(br#"{"Name":"web","Check":["5s"]}"#).is_err());
+        assert!(decode::<ServiceIn>(br#"{"Name":"web","Checks":[["5s"]]}"#).is_err());
     }
 
     #[test]

@@ -1,0 +1,268 @@
+//! The HTTP API of a real server process, driven with a real HTTP client.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+async fn get(url: &str) -> reqwest::Response {
+    http().get(url).send().await.unwrap()
+}
+
+fn index_of(r: &reqwest::Response) -> u64 {
+    r.headers()
+        .get("X-Consul-Index")
+        .expect("every read has X-Consul-Index")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn status_and_self() {
+    let s = Server::start(&[]);
+    let (st, leader) = get_json(&s.url("/v1/status/leader")).await;
+    assert_eq!(st, 200);
+    assert_eq!(leader, "127.0.0.1:8300");
+    let (_, peers) = get_json(&s.url("/v1/status/peers")).await;
+    assert_eq!(peers, json!(["127.0.0.1:8300"]));
+    let (_, me) = get_json(&s.url("/v1/agent/self")).await;
+    assert_eq!(me["Config"]["Datacenter"], "dc1");
+    assert_eq!(me["Config"]["NodeName"], "test-node");
+    let (_, members) = get_json(&s.url("/v1/agent/members")).await;
+    assert_eq!(members[0]["Name"], "test-node");
+    let (_, dcs) = get_json(&s.url("/v1/catalog/datacenters")).await;
+    assert_eq!(dcs, json!(["dc1"]));
+}
+
+#[tokio::test]
+async fn register_read_back_and_deregister() {
+    let s = Server::start(&[]);
+    // curl -d sends a form content type; the body is JSON regardless.
+    let r = http()
+        .put(s.url("/v1/agent/service/register"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"Name":"web","ID":"web1","Address":"10.0.0.1","Port":8080,"Tags":["v1"],"Meta":{"Team":"a"},"Weights":{"Passing":5},"Check":{"TTL":"30s"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    let (_, services) = get_json(&s.url("/v1/agent/services")).await;
+    assert_eq!(services["web1"]["Service"], "web");
+    assert_eq!(services["web1"]["Meta"]["Team"], "a");
+    assert_eq!(services["web1"]["Weights"]["Passing"], 5);
+    assert!(services.get("consul").is_none(), "the server's own service is not an agent service");
+    let (st, one) = get_json(&s.url("/v1/agent/service/web1")).await;
+    assert_eq!((st, one["Port"].clone()), (200, json!(8080)));
+
+    let r = get(&s.url("/v1/catalog/service/web")).await;
+    let index = index_of(&r);
+    let entries: Value = r.json().await.unwrap();
+    assert_eq!(entries[0]["ServiceID"], "web1");
+    assert_eq!(entries[0]["ServiceAddress"], "10.0.0.1");
+    assert_eq!(entries[0]["Node"], "test-node");
+    assert_eq!(entries[0]["ModifyIndex"].as_u64().unwrap(), index);
+
+    let (_, names) = get_json(&s.url("/v1/catalog/services")).await;
+    assert_eq!(names["web"], json!(["v1"]));
+    assert_eq!(names["consul"], json!([]));
+
+    let (_, health) = get_json(&s.url("/v1/health/service/web")).await;
+    assert_eq!(health[0]["Service"]["ID"], "web1");
+    let check_ids: Vec<&str> = health[0]["Checks"].as_array().unwrap().iter().map(|c| c["CheckID"].as_str().unwrap()).collect();
+    assert_eq!(check_ids, ["serfHealth", "service:web1"]);
+    let (_, passing) = get_json(&s.url("/v1/health/service/web?passing")).await;
+    assert_eq!(passing, json!([]), "the TTL check starts critical");
+    pass(&s, "service:web1").await;
+    let (_, passing) = get_json(&s.url("/v1/health/service/web?passing=1&tag=v1")).await;
+    assert_eq!(passing.as_array().unwrap().len(), 1);
+    let (_, other_tag) = get_json(&s.url("/v1/health/service/web?tag=v2")).await;
+    assert_eq!(other_tag, json!([]));
+
+    let (_, checks) = get_json(&s.url("/v1/health/checks/web")).await;
+    assert_eq!(checks[0]["ServiceName"], "web");
+    assert_eq!(checks[0]["Status"], "passing");
+    let (_, critical) = get_json(&s.url("/v1/health/state/critical")).await;
+    assert_eq!(critical, json!([]));
+    let (_, node_checks) = get_json(&s.url("/v1/health/node/test-node")).await;
+    assert_eq!(node_checks.as_array().unwrap().len(), 2);
+    let (_, node) = get_json(&s.url("/v1/catalog/node/test-node")).await;
+    assert_eq!(node["Node"]["Address"], "127.0.0.1");
+    assert!(node["Services"]["web1"].is_object());
+
+    let (st, _) = put(&s.url("/v1/agent/service/deregister/web1"), "").await;
+    assert_eq!(st, 200);
+    let (_, entries) = get_json(&s.url("/v1/catalog/service/web")).await;
+    assert_eq!(entries, json!([]));
+    let r = get(&s.url("/v1/catalog/service/web")).await;
+    assert!(index_of(&r) > index, "a deregistration advances the index");
+}
+
+#[tokio::test]
+async fn agent_health_endpoint_maps_status_to_http_codes() {
+    let s = Server::start(&[]);
+    register(&s, json!({"Name": "web", "Check": {"TTL": "30s"}})).await;
+    let url = s.url("/v1/agent/health/service/name/web");
+    assert_eq!(get(&url).await.status().as_u16(), 503);
+    let (st, _) = put(&s.url("/v1/agent/check/warn/service:web?note=slow"), "").await;
+    assert_eq!(st, 200);
+    let r = get(&url).await;
+    assert_eq!(r.status().as_u16(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body[0]["AggregatedStatus"], "warning");
+    let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
+    assert_eq!(checks["service:web"]["Output"], "slow");
+    pass(&s, "service:web").await;
+    assert_eq!(get(&url).await.status().as_u16(), 200);
+    assert_eq!(get(&s.url("/v1/agent/health/service/name/nope")).await.status().as_u16(), 404);
+
+    let (st, _) = put(&s.url("/v1/agent/check/update/service:web"), r#"{"Status":"critical","Output":"down"}"#).await;
+    assert_eq!(st, 200);
+    assert_eq!(get(&url).await.status().as_u16(), 503);
+}
+
+#[tokio::test]
+async fn check_register_and_maintenance_mode() {
+    let s = Server::start(&[]);
+    register(&s, json!({"Name": "web", "Address": "10.0.0.1", "Port": 80})).await;
+    let (st, text) = put(&s.url("/v1/agent/check/register"), r#"{"Name":"mem","ServiceID":"web","TTL":"30s","Status":"passing"}"#).await;
+    assert_eq!(st, 200, "{text}");
+    let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
+    assert_eq!(checks["mem"]["Status"], "passing");
+    assert_eq!(checks["mem"]["ServiceID"], "web");
+
+    let (st, _) = put(&s.url("/v1/agent/service/maintenance/web?enable=true&reason=upgrade"), "").await;
+    assert_eq!(st, 200);
+    let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
+    assert_eq!(checks["_service_maintenance:web"]["Status"], "critical");
+    assert_eq!(checks["_service_maintenance:web"]["Notes"], "upgrade");
+    let (_, passing) = get_json(&s.url("/v1/health/service/web?passing")).await;
+    assert_eq!(passing, json!([]));
+    let (st, _) = put(&s.url("/v1/agent/service/maintenance/web?enable=false"), "").await;
+    assert_eq!(st, 200);
+    let (_, passing) = get_json(&s.url("/v1/health/service/web?passing")).await;
+    assert_eq!(passing.as_array().unwrap().len(), 1);
+
+    let (st, _) = put(&s.url("/v1/agent/maintenance?enable=true"), "").await;
+    assert_eq!(st, 200);
+    let (_, passing) = get_json(&s.url("/v1/health/service/web?passing")).await;
+    assert_eq!(passing, json!([]), "node maintenance takes every service out");
+    let (st, _) = put(&s.url("/v1/agent/maintenance?enable=false"), "").await;
+    assert_eq!(st, 200);
+
+    let (st, _) = put(&s.url("/v1/agent/check/deregister/mem"), "").await;
+    assert_eq!(st, 200);
+    let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
+    assert!(checks.get("mem").is_none());
+}
+
+#[tokio::test]
+async fn catalog_register_and_deregister() {
+    let s = Server::start(&[]);
+    let body = json!({
+        "Datacenter": "dc1", "Node": "ext", "Address": "192.0.2.10", "NodeMeta": {"rack": "r1"},
+        "Service": {"Service": "db", "Port": 5432, "Tags": ["primary"]},
+        "Check": {"CheckID": "db-ok", "Name": "db", "Status": "passing", "ServiceID": "db"}
+    });
+    let (st, text) = put(&s.url("/v1/catalog/register"), body.to_string()).await;
+    assert_eq!((st, text.as_str()), (200, "true"));
+    let (_, nodes) = get_json(&s.url("/v1/catalog/nodes?node-meta=rack:r1")).await;
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    assert_eq!(nodes[0]["Node"], "ext");
+    let (_, none) = get_json(&s.url("/v1/catalog/nodes?node-meta=rack:r2")).await;
+    assert_eq!(none, json!([]));
+    let (_, passing) = get_json(&s.url("/v1/health/service/db?passing")).await;
+    assert_eq!(passing[0]["Node"]["Address"], "192.0.2.10");
+
+    let (st, _) = put(&s.url("/v1/catalog/deregister"), r#"{"Node":"ext"}"#).await;
+    assert_eq!(st, 200);
+    let (_, node) = get_json(&s.url("/v1/catalog/node/ext")).await;
+    assert_eq!(node, Value::Null);
+}
+
+#[tokio::test]
+async fn reads_carry_index_and_pretty_formats() {
+    let s = Server::start(&[]);
+    for path in ["/v1/catalog/services", "/v1/catalog/nodes", "/v1/health/state/any", "/v1/agent/checks", "/v1/status/leader"] {
+        let r = get(&s.url(path)).await;
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        assert!(index_of(&r) >= 1, "{path}");
+    }
+    let r = get(&s.url("/v1/catalog/datacenters?pretty")).await;
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\n"), "pretty output is indented: {text:?}");
+    // Tokens are accepted and ignored until ACLs exist.
+    let r = http().get(s.url("/v1/catalog/services?token=abc")).header("X-Consul-Token", "x").bearer_auth("y").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn other_datacenters_have_no_path() {
+    let s = Server::start(&[]);
+    let r = get(&s.url("/v1/catalog/services?dc=dc2")).await;
+    assert_eq!(r.status().as_u16(), 500);
+    assert!(r.text().await.unwrap().contains("No path to datacenter"));
+    assert_eq!(get(&s.url("/v1/catalog/services?dc=dc1")).await.status().as_u16(), 200);
+}
+
+/// Every bad request gets a 4xx with a message and leaves the catalog as it was.
+#[tokio::test]
+async fn bad_input_is_refused_and_stores_nothing() {
+    let s = Server::start(&[]);
+    let before = get(&s.url("/v1/catalog/services")).await;
+    let before_index = index_of(&before);
+    let before_body: Value = before.json().await.unwrap();
+
+    let bad_bodies: &[(&str, &str)] = &[
+        ("{not json", "Request decode failed"),
+        (r#"{"Name":"web","Port":"eighty"}"#, "Request decode failed"),
+        (r#"{"Name":"web","Tags":"v1"}"#, "Request decode failed"),
+        (r#"{"Name":"web","Check":{"TTL":"thirty"}}"#, "invalid duration"),
+        (r#"{"Name":"web","Check":{"Interval":"10s"}}"#, "Invalid check"),
+        (r#"{"Name":"web","Check":{"HTTP":"http://x"}}"#, "Interval must be > 0"),
+        (r#"{"Name":"web","Check":{"TTL":"5s","Status":"fine"}}"#, "Invalid check status"),
+        (r#"{"Port":80}"#, "Missing service name"),
+        (r#"{"Name":"web","Address":"0.0.0.0"}"#, "Invalid service address"),
+        (r#"["Name"]"#, "Request decode failed"),
+    ];
+    for (body, message) in bad_bodies {
+        let (st, text) = put(&s.url("/v1/agent/service/register"), *body).await;
+        assert_eq!(st, 400, "{body} → {text}");
+        assert!(text.contains(message), "{body}: {text:?} lacks {message:?}");
+    }
+
+    let huge = format!(r#"{{"Name":"web","Meta":{{"k":"{}"}}}}"#, "x".repeat(2 << 20));
+    let (st, _) = put(&s.url("/v1/agent/service/register"), huge).await;
+    assert_eq!(st, 413);
+
+    let (st, text) = put(&s.url("/v1/agent/check/pass/nope"), "").await;
+    assert_eq!(st, 404, "{text}");
+    let (st, _) = put(&s.url("/v1/agent/check/update/nope"), r#"{"Status":"passing"}"#).await;
+    assert_eq!(st, 404);
+    let (st, _) = put(&s.url("/v1/agent/service/deregister/nope"), "").await;
+    assert_eq!(st, 404);
+    let (st, _) = put(&s.url("/v1/agent/check/deregister/nope"), "").await;
+    assert_eq!(st, 404);
+    let (st, _) = put(&s.url("/v1/agent/service/maintenance/nope?enable=true"), "").await;
+    assert_eq!(st, 404);
+    let (st, _) = put(&s.url("/v1/agent/maintenance"), "").await;
+    assert_eq!(st, 400, "enable is required");
+    let (st, _) = put(&s.url("/v1/agent/check/register"), r#"{"Name":"c","TTL":"5s","ServiceID":"ghost"}"#).await;
+    assert_eq!(st, 400);
+    let (st, _) = put(&s.url("/v1/catalog/register"), r#"{"Address":"1.2.3.4"}"#).await;
+    assert_eq!(st, 400);
+    let (st, _) = put(&s.url("/v1/catalog/register"), r#"{"Node":"x","Address":"1.2.3.4","Check":{"CheckID":"c","ServiceID":"ghost"}}"#).await;
+    assert_eq!(st, 400);
+    assert_eq!(get(&s.url("/v1/health/state/bogus")).await.status().as_u16(), 400);
+    assert_eq!(get(&s.url("/v1/catalog/nodes?node-meta=nocolon")).await.status().as_u16(), 400);
+    assert_eq!(get(&s.url("/v1/agent/service/nope")).await.status().as_u16(), 404);
+
+    let after = get(&s.url("/v1/catalog/services")).await;
+    assert_eq!(index_of(&after), before_index, "nothing was written");
+    let after_body: Value = after.json().await.unwrap();
+    assert_eq!(after_body, before_body);
+    let (_, nodes) = get_json(&s.url("/v1/catalog/nodes")).await;
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "no node 'x' was created");
+}

@@ -1,0 +1,106 @@
+//! Start-up, shutdown and restart of the real binary.
+
+mod support;
+
+use hickory_proto::rr::RecordType;
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn restart_with_the_same_data_dir_serves_the_acknowledged_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), &[]);
+    for i in 0..5 {
+        register(&s, json!({"Name": "web", "ID": format!("web{i}"), "Address": format!("10.0.0.{}", i + 1), "Port": 80, "Check": {"TTL": "1h"}})).await;
+    }
+    pass(&s, "service:web0").await;
+    pass(&s, "service:web3").await;
+    let (st, _) = put(&s.url("/v1/agent/service/deregister/web4"), "").await;
+    assert_eq!(st, 200);
+    let (_, before) = get_json(&s.url("/v1/health/service/web")).await;
+    // No clean shutdown: every acknowledged write must already be on disk.
+    s.kill();
+
+    let s2 = Server::start_in(dir.path(), &[]);
+    let (_, after) = get_json(&s2.url("/v1/health/service/web")).await;
+    assert_eq!(after.as_array().unwrap().len(), 4);
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|e| e["Service"]["ID"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(
+        after.as_array().unwrap().iter().map(|e| e["Service"]["ModifyIndex"].clone()).collect::<Vec<_>>(),
+        before.as_array().unwrap().iter().map(|e| e["Service"]["ModifyIndex"].clone()).collect::<Vec<_>>(),
+        "indexes survive the restart"
+    );
+    let r = ask(s2.dns, "web.service.consul.", RecordType::A).await;
+    assert_eq!(a_records(&r), ["10.0.0.1", "10.0.0.4"]);
+    // Writes continue at higher indexes after the restart.
+    register(&s2, json!({"Name": "api", "Port": 1})).await;
+    let (_, api) = get_json(&s2.url("/v1/catalog/service/api")).await;
+    let max_before = before.as_array().unwrap().iter().map(|e| e["Service"]["ModifyIndex"].as_u64().unwrap()).max().unwrap();
+    assert!(api[0]["ModifyIndex"].as_u64().unwrap() > max_before);
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly_and_state_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), &[]);
+    register(&s, json!({"Name": "web", "Port": 80})).await;
+    let status = s.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(s.log_text().contains("stopped"), "{}", s.log_text());
+    let s2 = Server::start_in(dir.path(), &[]);
+    let (_, entries) = get_json(&s2.url("/v1/catalog/service/web")).await;
+    assert_eq!(entries.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn agent_without_a_mode_exits_64() {
+    let (code, err) = run_to_exit(&["agent"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("--dev"), "{err}");
+    let (code, err) = run_to_exit(&["agent", "--server"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("--server"), "{err}");
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[dns_config]\nnot_a_key = 1\n", "not_a_key"),
+        ("[dns_config]\nnode_ttl = \"later\"\n", "dns_config.node_ttl"),
+        ("[dns_config]\nudp_answer_limit = -1\n", "dns_config.udp_answer_limit"),
+        ("datacenter = 5\n", "datacenter"),
+    ];
+    for (text, key) in cases {
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        let (code, err) = run_to_exit(&["agent", "--dev", "--config", file.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"]);
+        assert_eq!(code, 64, "{text}: {err}");
+        assert!(err.contains(key), "{text}: {err:?} does not name {key}");
+    }
+    let (code, err) = run_to_exit(&["agent", "--dev", "--http-addr", "nonsense"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("http-addr"), "{err}");
+}
+
+#[test]
+fn corrupt_or_unusable_data_dir_is_a_clear_error_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("beacon.redb");
+    let garbage = b"this is not a database, and it must not be replaced".repeat(100);
+    std::fs::write(&db, &garbage).unwrap();
+    let (code, err) = run_to_exit(&["agent", "--dev", "--data-dir", dir.path().to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("beacon.redb"), "the error names the file: {err}");
+    assert_eq!(std::fs::read(&db).unwrap(), garbage, "the file was not touched");
+
+    // A data dir that is a regular file.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let (code, err) = run_to_exit(&["agent", "--dev", "--data-dir", file.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not-a-dir"), "{err}");
+}

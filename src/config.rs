@@ -82,7 +82,7 @@ impl ServiceTtl {
             }
         }
         // Longest prefix first so the first match is the most specific.
-        ttl.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        ttl.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         ttl
     }
 
@@ -174,9 +174,8 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
 /// Builds the config from flags and the file's text. Never reads the environment.
 pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigError> {
     let file: FileConfig = match file_text {
-        Some(text) => toml::from_str(text).map_err(|e| {
-            ConfigError::new("config", e.to_string().trim_end().replace('\n', " "))
-        })?,
+        Some(text) => toml::from_str(text)
+            .map_err(|e| ConfigError::new("config", e.to_string().trim_end().replace('\n', " ")))?,
         None => FileConfig::default(),
     };
 
@@ -185,14 +184,16 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     let http_addr = match &flags.http_addr {
         Some(a) => parse_addr("http-addr", a)?,
         None => SocketAddr::new(
-            parse_ip("addresses.http", file.addresses.http.as_deref())?.unwrap_or(client_ip.unwrap_or(LOCALHOST)),
+            parse_ip("addresses.http", file.addresses.http.as_deref())?
+                .unwrap_or(client_ip.unwrap_or(LOCALHOST)),
             file.ports.http.unwrap_or(DEFAULT_HTTP_PORT),
         ),
     };
     let dns_addr = match &flags.dns_addr {
         Some(a) => parse_addr("dns-addr", a)?,
         None => SocketAddr::new(
-            parse_ip("addresses.dns", file.addresses.dns.as_deref())?.unwrap_or(client_ip.unwrap_or(LOCALHOST)),
+            parse_ip("addresses.dns", file.addresses.dns.as_deref())?
+                .unwrap_or(client_ip.unwrap_or(LOCALHOST)),
             file.ports.dns.unwrap_or(DEFAULT_DNS_PORT),
         ),
     };
@@ -220,7 +221,11 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
         .clone()
         .or(file.datacenter)
         .unwrap_or_else(|| "dc1".into());
-    if datacenter.is_empty() || !datacenter.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if datacenter.is_empty()
+        || !datacenter
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(ConfigError::new(
             "datacenter",
             format!("{datacenter:?} must be letters, digits, '-' or '_'"),
@@ -238,7 +243,9 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
         .clone()
         .or(file.log_level)
         .unwrap_or_else(|| "info".into());
-    if !["trace", "debug", "info", "warn", "error"].contains(&log_level.to_ascii_lowercase().as_str()) {
+    if !["trace", "debug", "info", "warn", "error"]
+        .contains(&log_level.to_ascii_lowercase().as_str())
+    {
         return Err(ConfigError::new(
             "log_level",
             format!("{log_level:?} is not one of trace, debug, info, warn, error"),
@@ -248,7 +255,10 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     let d = file.dns_config;
     let mut ttl_map = BTreeMap::new();
     for (name, value) in d.service_ttl.unwrap_or_default() {
-        ttl_map.insert(name.clone(), duration(&format!("dns_config.service_ttl.{name}"), &value)?);
+        ttl_map.insert(
+            name.clone(),
+            duration(&format!("dns_config.service_ttl.{name}"), &value)?,
+        );
     }
     let node_ttl = match d.node_ttl {
         Some(v) => duration("dns_config.node_ttl", &v)?,
@@ -312,10 +322,15 @@ fn normalize_domain(raw: &str) -> Result<String, ConfigError> {
         && trimmed.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
     if !valid {
-        return Err(ConfigError::new("domain", format!("{raw:?} is not a DNS domain")));
+        return Err(ConfigError::new(
+            "domain",
+            format!("{raw:?} is not a DNS domain"),
+        ));
     }
     Ok(format!("{trimmed}."))
 }
@@ -376,8 +391,14 @@ mod tests {
         assert_eq!(c.dns.udp_answer_limit, Some(3));
         assert!(c.dns.only_passing);
         assert_eq!(c.dns.service_ttl.for_service("db"), Duration::from_secs(5));
-        assert_eq!(c.dns.service_ttl.for_service("web-api"), Duration::from_secs(10));
-        assert_eq!(c.dns.service_ttl.for_service("web-admin"), Duration::from_secs(60));
+        assert_eq!(
+            c.dns.service_ttl.for_service("web-api"),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            c.dns.service_ttl.for_service("web-admin"),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]

@@ -13,7 +13,11 @@ use beacon::config::{self, Flags};
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "beacon", version, about = "DNS-based service discovery, Consul-compatible")]
+#[command(
+    name = "beacon",
+    version,
+    about = "DNS-based service discovery, Consul-compatible"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,7 +71,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.command {

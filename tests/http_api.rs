@@ -53,7 +53,10 @@ async fn register_read_back_and_deregister() {
     assert_eq!(services["web1"]["Service"], "web");
     assert_eq!(services["web1"]["Meta"]["Team"], "a");
     assert_eq!(services["web1"]["Weights"]["Passing"], 5);
-    assert!(services.get("consul").is_none(), "the server's own service is not an agent service");
+    assert!(
+        services.get("consul").is_none(),
+        "the server's own service is not an agent service"
+    );
     let (st, one) = get_json(&s.url("/v1/agent/service/web1")).await;
     assert_eq!((st, one["Port"].clone()), (200, json!(8080)));
 
@@ -71,7 +74,12 @@ async fn register_read_back_and_deregister() {
 
     let (_, health) = get_json(&s.url("/v1/health/service/web")).await;
     assert_eq!(health[0]["Service"]["ID"], "web1");
-    let check_ids: Vec<&str> = health[0]["Checks"].as_array().unwrap().iter().map(|c| c["CheckID"].as_str().unwrap()).collect();
+    let check_ids: Vec<&str> = health[0]["Checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["CheckID"].as_str().unwrap())
+        .collect();
     assert_eq!(check_ids, ["serfHealth", "service:web1"]);
     let (_, passing) = get_json(&s.url("/v1/health/service/web?passing")).await;
     assert_eq!(passing, json!([]), "the TTL check starts critical");
@@ -116,9 +124,19 @@ async fn agent_health_endpoint_maps_status_to_http_codes() {
     assert_eq!(checks["service:web"]["Output"], "slow");
     pass(&s, "service:web").await;
     assert_eq!(get(&url).await.status().as_u16(), 200);
-    assert_eq!(get(&s.url("/v1/agent/health/service/name/nope")).await.status().as_u16(), 404);
+    assert_eq!(
+        get(&s.url("/v1/agent/health/service/name/nope"))
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
 
-    let (st, _) = put(&s.url("/v1/agent/check/update/service:web"), r#"{"Status":"critical","Output":"down"}"#).await;
+    let (st, _) = put(
+        &s.url("/v1/agent/check/update/service:web"),
+        r#"{"Status":"critical","Output":"down"}"#,
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(get(&url).await.status().as_u16(), 503);
 }
@@ -126,14 +144,26 @@ async fn agent_health_endpoint_maps_status_to_http_codes() {
 #[tokio::test]
 async fn check_register_and_maintenance_mode() {
     let s = Server::start(&[]);
-    register(&s, json!({"Name": "web", "Address": "10.0.0.1", "Port": 80})).await;
-    let (st, text) = put(&s.url("/v1/agent/check/register"), r#"{"Name":"mem","ServiceID":"web","TTL":"30s","Status":"passing"}"#).await;
+    register(
+        &s,
+        json!({"Name": "web", "Address": "10.0.0.1", "Port": 80}),
+    )
+    .await;
+    let (st, text) = put(
+        &s.url("/v1/agent/check/register"),
+        r#"{"Name":"mem","ServiceID":"web","TTL":"30s","Status":"passing"}"#,
+    )
+    .await;
     assert_eq!(st, 200, "{text}");
     let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
     assert_eq!(checks["mem"]["Status"], "passing");
     assert_eq!(checks["mem"]["ServiceID"], "web");
 
-    let (st, _) = put(&s.url("/v1/agent/service/maintenance/web?enable=true&reason=upgrade"), "").await;
+    let (st, _) = put(
+        &s.url("/v1/agent/service/maintenance/web?enable=true&reason=upgrade"),
+        "",
+    )
+    .await;
     assert_eq!(st, 200);
     let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
     assert_eq!(checks["_service_maintenance:web"]["Status"], "critical");
@@ -148,7 +178,11 @@ async fn check_register_and_maintenance_mode() {
     let (st, _) = put(&s.url("/v1/agent/maintenance?enable=true"), "").await;
     assert_eq!(st, 200);
     let (_, passing) = get_json(&s.url("/v1/health/service/web?passing")).await;
-    assert_eq!(passing, json!([]), "node maintenance takes every service out");
+    assert_eq!(
+        passing,
+        json!([]),
+        "node maintenance takes every service out"
+    );
     let (st, _) = put(&s.url("/v1/agent/maintenance?enable=false"), "").await;
     assert_eq!(st, 200);
 
@@ -185,7 +219,13 @@ async fn catalog_register_and_deregister() {
 #[tokio::test]
 async fn reads_carry_index_and_pretty_formats() {
     let s = Server::start(&[]);
-    for path in ["/v1/catalog/services", "/v1/catalog/nodes", "/v1/health/state/any", "/v1/agent/checks", "/v1/status/leader"] {
+    for path in [
+        "/v1/catalog/services",
+        "/v1/catalog/nodes",
+        "/v1/health/state/any",
+        "/v1/agent/checks",
+        "/v1/status/leader",
+    ] {
         let r = get(&s.url(path)).await;
         assert_eq!(r.status().as_u16(), 200, "{path}");
         assert!(index_of(&r) >= 1, "{path}");
@@ -194,7 +234,13 @@ async fn reads_carry_index_and_pretty_formats() {
     let text = r.text().await.unwrap();
     assert!(text.contains("\n"), "pretty output is indented: {text:?}");
     // Tokens are accepted and ignored until ACLs exist.
-    let r = http().get(s.url("/v1/catalog/services?token=abc")).header("X-Consul-Token", "x").bearer_auth("y").send().await.unwrap();
+    let r = http()
+        .get(s.url("/v1/catalog/services?token=abc"))
+        .header("X-Consul-Token", "x")
+        .bearer_auth("y")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
 
@@ -204,7 +250,13 @@ async fn other_datacenters_have_no_path() {
     let r = get(&s.url("/v1/catalog/services?dc=dc2")).await;
     assert_eq!(r.status().as_u16(), 500);
     assert!(r.text().await.unwrap().contains("No path to datacenter"));
-    assert_eq!(get(&s.url("/v1/catalog/services?dc=dc1")).await.status().as_u16(), 200);
+    assert_eq!(
+        get(&s.url("/v1/catalog/services?dc=dc1"))
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
 }
 
 /// Every bad request gets a 4xx with a message and leaves the catalog as it was.
@@ -219,12 +271,27 @@ async fn bad_input_is_refused_and_stores_nothing() {
         ("{not json", "Request decode failed"),
         (r#"{"Name":"web","Port":"eighty"}"#, "Request decode failed"),
         (r#"{"Name":"web","Tags":"v1"}"#, "Request decode failed"),
-        (r#"{"Name":"web","Check":{"TTL":"thirty"}}"#, "invalid duration"),
-        (r#"{"Name":"web","Check":{"Interval":"10s"}}"#, "Invalid check"),
-        (r#"{"Name":"web","Check":{"HTTP":"http://x"}}"#, "Interval must be > 0"),
-        (r#"{"Name":"web","Check":{"TTL":"5s","Status":"fine"}}"#, "Invalid check status"),
+        (
+            r#"{"Name":"web","Check":{"TTL":"thirty"}}"#,
+            "invalid duration",
+        ),
+        (
+            r#"{"Name":"web","Check":{"Interval":"10s"}}"#,
+            "Invalid check",
+        ),
+        (
+            r#"{"Name":"web","Check":{"HTTP":"http://x"}}"#,
+            "Interval must be > 0",
+        ),
+        (
+            r#"{"Name":"web","Check":{"TTL":"5s","Status":"fine"}}"#,
+            "Invalid check status",
+        ),
         (r#"{"Port":80}"#, "Missing service name"),
-        (r#"{"Name":"web","Address":"0.0.0.0"}"#, "Invalid service address"),
+        (
+            r#"{"Name":"web","Address":"0.0.0.0"}"#,
+            "Invalid service address",
+        ),
         (r#"["Name"]"#, "Request decode failed"),
     ];
     for (body, message) in bad_bodies {
@@ -233,13 +300,20 @@ async fn bad_input_is_refused_and_stores_nothing() {
         assert!(text.contains(message), "{body}: {text:?} lacks {message:?}");
     }
 
-    let huge = format!(r#"{{"Name":"web","Meta":{{"k":"{}"}}}}"#, "x".repeat(2 << 20));
+    let huge = format!(
+        r#"{{"Name":"web","Meta":{{"k":"{}"}}}}"#,
+        "x".repeat(2 << 20)
+    );
     let (st, _) = put(&s.url("/v1/agent/service/register"), huge).await;
     assert_eq!(st, 413);
 
     let (st, text) = put(&s.url("/v1/agent/check/pass/nope"), "").await;
     assert_eq!(st, 404, "{text}");
-    let (st, _) = put(&s.url("/v1/agent/check/update/nope"), r#"{"Status":"passing"}"#).await;
+    let (st, _) = put(
+        &s.url("/v1/agent/check/update/nope"),
+        r#"{"Status":"passing"}"#,
+    )
+    .await;
     assert_eq!(st, 404);
     let (st, _) = put(&s.url("/v1/agent/service/deregister/nope"), "").await;
     assert_eq!(st, 404);
@@ -249,20 +323,50 @@ async fn bad_input_is_refused_and_stores_nothing() {
     assert_eq!(st, 404);
     let (st, _) = put(&s.url("/v1/agent/maintenance"), "").await;
     assert_eq!(st, 400, "enable is required");
-    let (st, _) = put(&s.url("/v1/agent/check/register"), r#"{"Name":"c","TTL":"5s","ServiceID":"ghost"}"#).await;
+    let (st, _) = put(
+        &s.url("/v1/agent/check/register"),
+        r#"{"Name":"c","TTL":"5s","ServiceID":"ghost"}"#,
+    )
+    .await;
     assert_eq!(st, 400);
     let (st, _) = put(&s.url("/v1/catalog/register"), r#"{"Address":"1.2.3.4"}"#).await;
     assert_eq!(st, 400);
-    let (st, _) = put(&s.url("/v1/catalog/register"), r#"{"Node":"x","Address":"1.2.3.4","Check":{"CheckID":"c","ServiceID":"ghost"}}"#).await;
+    let (st, _) = put(
+        &s.url("/v1/catalog/register"),
+        r#"{"Node":"x","Address":"1.2.3.4","Check":{"CheckID":"c","ServiceID":"ghost"}}"#,
+    )
+    .await;
     assert_eq!(st, 400);
-    assert_eq!(get(&s.url("/v1/health/state/bogus")).await.status().as_u16(), 400);
-    assert_eq!(get(&s.url("/v1/catalog/nodes?node-meta=nocolon")).await.status().as_u16(), 400);
-    assert_eq!(get(&s.url("/v1/agent/service/nope")).await.status().as_u16(), 404);
+    assert_eq!(
+        get(&s.url("/v1/health/state/bogus"))
+            .await
+            .status()
+            .as_u16(),
+        400
+    );
+    assert_eq!(
+        get(&s.url("/v1/catalog/nodes?node-meta=nocolon"))
+            .await
+            .status()
+            .as_u16(),
+        400
+    );
+    assert_eq!(
+        get(&s.url("/v1/agent/service/nope"))
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
 
     let after = get(&s.url("/v1/catalog/services")).await;
     assert_eq!(index_of(&after), before_index, "nothing was written");
     let after_body: Value = after.json().await.unwrap();
     assert_eq!(after_body, before_body);
     let (_, nodes) = get_json(&s.url("/v1/catalog/nodes")).await;
-    assert_eq!(nodes.as_array().unwrap().len(), 1, "no node 'x' was created");
+    assert_eq!(
+        nodes.as_array().unwrap().len(),
+        1,
+        "no node 'x' was created"
+    );
 }

@@ -25,12 +25,26 @@ async fn restart_with_the_same_data_dir_serves_the_acknowledged_state() {
     let (_, after) = get_json(&s2.url("/v1/health/service/web")).await;
     assert_eq!(after.as_array().unwrap().len(), 4);
     let ids = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array().unwrap().iter().map(|e| e["Service"]["ID"].as_str().unwrap().to_string()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["Service"]["ID"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(ids(&after), ids(&before));
     assert_eq!(
-        after.as_array().unwrap().iter().map(|e| e["Service"]["ModifyIndex"].clone()).collect::<Vec<_>>(),
-        before.as_array().unwrap().iter().map(|e| e["Service"]["ModifyIndex"].clone()).collect::<Vec<_>>(),
+        after
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["Service"]["ModifyIndex"].clone())
+            .collect::<Vec<_>>(),
+        before
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["Service"]["ModifyIndex"].clone())
+            .collect::<Vec<_>>(),
         "indexes survive the restart"
     );
     let r = ask(s2.dns, "web.service.consul.", RecordType::A).await;
@@ -38,7 +52,13 @@ async fn restart_with_the_same_data_dir_serves_the_acknowledged_state() {
     // Writes continue at higher indexes after the restart.
     register(&s2, json!({"Name": "api", "Port": 1})).await;
     let (_, api) = get_json(&s2.url("/v1/catalog/service/api")).await;
-    let max_before = before.as_array().unwrap().iter().map(|e| e["Service"]["ModifyIndex"].as_u64().unwrap()).max().unwrap();
+    let max_before = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Service"]["ModifyIndex"].as_u64().unwrap())
+        .max()
+        .unwrap();
     assert!(api[0]["ModifyIndex"].as_u64().unwrap() > max_before);
 }
 
@@ -70,14 +90,29 @@ fn bad_config_exits_64_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("[dns_config]\nnot_a_key = 1\n", "not_a_key"),
-        ("[dns_config]\nnode_ttl = \"later\"\n", "dns_config.node_ttl"),
-        ("[dns_config]\nudp_answer_limit = -1\n", "dns_config.udp_answer_limit"),
+        (
+            "[dns_config]\nnode_ttl = \"later\"\n",
+            "dns_config.node_ttl",
+        ),
+        (
+            "[dns_config]\nudp_answer_limit = -1\n",
+            "dns_config.udp_answer_limit",
+        ),
         ("datacenter = 5\n", "datacenter"),
     ];
     for (text, key) in cases {
         let file = dir.path().join("c.toml");
         std::fs::write(&file, text).unwrap();
-        let (code, err) = run_to_exit(&["agent", "--dev", "--config", file.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"]);
+        let (code, err) = run_to_exit(&[
+            "agent",
+            "--dev",
+            "--config",
+            file.to_str().unwrap(),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--dns-addr",
+            "127.0.0.1:0",
+        ]);
         assert_eq!(code, 64, "{text}: {err}");
         assert!(err.contains(key), "{text}: {err:?} does not name {key}");
     }
@@ -92,15 +127,40 @@ fn corrupt_or_unusable_data_dir_is_a_clear_error_and_is_left_alone() {
     let db = dir.path().join("beacon.redb");
     let garbage = b"this is not a database, and it must not be replaced".repeat(100);
     std::fs::write(&db, &garbage).unwrap();
-    let (code, err) = run_to_exit(&["agent", "--dev", "--data-dir", dir.path().to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"]);
+    let (code, err) = run_to_exit(&[
+        "agent",
+        "--dev",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--dns-addr",
+        "127.0.0.1:0",
+    ]);
     assert_ne!(code, 0);
-    assert!(err.contains("beacon.redb"), "the error names the file: {err}");
-    assert_eq!(std::fs::read(&db).unwrap(), garbage, "the file was not touched");
+    assert!(
+        err.contains("beacon.redb"),
+        "the error names the file: {err}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "the file was not touched"
+    );
 
     // A data dir that is a regular file.
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let (code, err) = run_to_exit(&["agent", "--dev", "--data-dir", file.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"]);
+    let (code, err) = run_to_exit(&[
+        "agent",
+        "--dev",
+        "--data-dir",
+        file.to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--dns-addr",
+        "127.0.0.1:0",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("not-a-dir"), "{err}");
 }

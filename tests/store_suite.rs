@@ -8,7 +8,9 @@ use openraft::testing::{StoreBuilder, Suite};
 struct RedbBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().unwrap();
         let db = store::open(dir.path()).unwrap();
         let sm = StateMachineStore::load(db.clone(), View::default()).unwrap();

@@ -80,7 +80,12 @@ impl Drop for Runner {
 }
 
 impl Agent {
-    pub fn new(node: NodeIdentity, writer: Arc<dyn Writer>, view: View, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        node: NodeIdentity,
+        writer: Arc<dyn Writer>,
+        view: View,
+        shutdown: CancellationToken,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::limited(10))
             .build()
@@ -142,7 +147,8 @@ impl Agent {
             }],
             ..Registration::default()
         };
-        self.write(Command::Register(registration)).await?;
+        self.write(Command::Register(Box::new(registration)))
+            .await?;
         self.reconcile();
         let agent = self.clone();
         tokio::spawn(async move { agent.reap_loop().await });
@@ -163,14 +169,23 @@ impl Agent {
             replace_existing_checks,
             ..Registration::default()
         };
-        self.write(Command::Register(registration)).await?;
+        self.write(Command::Register(Box::new(registration)))
+            .await?;
         self.reconcile();
         Ok(())
     }
 
     pub async fn deregister_service(&self, service_id: &str) -> Result<(), AgentError> {
-        if self.inner.view.load().service(&self.inner.node.name, service_id).is_none() {
-            return Err(AgentError::NotFound(format!("Unknown service ID {service_id:?}")));
+        if self
+            .inner
+            .view
+            .load()
+            .service(&self.inner.node.name, service_id)
+            .is_none()
+        {
+            return Err(AgentError::NotFound(format!(
+                "Unknown service ID {service_id:?}"
+            )));
         }
         self.write(Command::Deregister {
             node: self.inner.node.name.clone(),
@@ -184,7 +199,12 @@ impl Agent {
 
     pub async fn register_check(&self, check: CheckRegistration) -> Result<(), AgentError> {
         if !check.service_id.is_empty()
-            && self.inner.view.load().service(&self.inner.node.name, &check.service_id).is_none()
+            && self
+                .inner
+                .view
+                .load()
+                .service(&self.inner.node.name, &check.service_id)
+                .is_none()
         {
             return Err(AgentError::BadRequest(format!(
                 "ServiceID {:?} does not exist",
@@ -197,14 +217,23 @@ impl Agent {
             checks: vec![check],
             ..Registration::default()
         };
-        self.write(Command::Register(registration)).await?;
+        self.write(Command::Register(Box::new(registration)))
+            .await?;
         self.reconcile();
         Ok(())
     }
 
     pub async fn deregister_check(&self, check_id: &str) -> Result<(), AgentError> {
-        if self.inner.view.load().check(&self.inner.node.name, check_id).is_none() {
-            return Err(AgentError::NotFound(format!("Unknown check ID {check_id:?}")));
+        if self
+            .inner
+            .view
+            .load()
+            .check(&self.inner.node.name, check_id)
+            .is_none()
+        {
+            return Err(AgentError::NotFound(format!(
+                "Unknown check ID {check_id:?}"
+            )));
         }
         self.write(Command::Deregister {
             node: self.inner.node.name.clone(),
@@ -217,10 +246,17 @@ impl Agent {
     }
 
     /// A TTL check's pass/warn/fail/update: sets the status and restarts its TTL clock.
-    pub async fn update_ttl(&self, check_id: &str, status: CheckStatus, output: Option<String>) -> Result<(), AgentError> {
+    pub async fn update_ttl(
+        &self,
+        check_id: &str,
+        status: CheckStatus,
+        output: Option<String>,
+    ) -> Result<(), AgentError> {
         let state = self.inner.view.load();
         let Some(check) = state.check(&self.inner.node.name, check_id) else {
-            return Err(AgentError::NotFound(format!("Unknown check ID {check_id:?}")));
+            return Err(AgentError::NotFound(format!(
+                "Unknown check ID {check_id:?}"
+            )));
         };
         let Some(ttl) = check.definition.ttl else {
             return Err(AgentError::BadRequest(format!(
@@ -237,7 +273,12 @@ impl Agent {
             })
             .await?;
         }
-        if let Some(runner) = self.inner.runners.lock().expect("runners lock").get(check_id)
+        if let Some(runner) = self
+            .inner
+            .runners
+            .lock()
+            .expect("runners lock")
+            .get(check_id)
             && let Some(deadline) = &runner.ttl_deadline
         {
             deadline.send_replace(Instant::now() + ttl);
@@ -246,14 +287,32 @@ impl Agent {
     }
 
     /// `PUT /v1/agent/service/maintenance/:id`: a critical `_service_maintenance:<id>` check.
-    pub async fn service_maintenance(&self, service_id: &str, enable: bool, reason: &str) -> Result<(), AgentError> {
-        if self.inner.view.load().service(&self.inner.node.name, service_id).is_none() {
-            return Err(AgentError::NotFound(format!("Unknown service ID {service_id:?}")));
+    pub async fn service_maintenance(
+        &self,
+        service_id: &str,
+        enable: bool,
+        reason: &str,
+    ) -> Result<(), AgentError> {
+        if self
+            .inner
+            .view
+            .load()
+            .service(&self.inner.node.name, service_id)
+            .is_none()
+        {
+            return Err(AgentError::NotFound(format!(
+                "Unknown service ID {service_id:?}"
+            )));
         }
         let check_id = format!("{SERVICE_MAINTENANCE_PREFIX}{service_id}");
         if enable {
-            self.register_check(maintenance_check(&check_id, "Service Maintenance Mode", service_id, reason))
-                .await
+            self.register_check(maintenance_check(
+                &check_id,
+                "Service Maintenance Mode",
+                service_id,
+                reason,
+            ))
+            .await
         } else {
             self.remove_if_present(&check_id).await
         }
@@ -262,8 +321,13 @@ impl Agent {
     /// `PUT /v1/agent/maintenance`: a critical `_node_maintenance` check.
     pub async fn node_maintenance(&self, enable: bool, reason: &str) -> Result<(), AgentError> {
         if enable {
-            self.register_check(maintenance_check(NODE_MAINTENANCE_CHECK, "Node Maintenance Mode", "", reason))
-                .await
+            self.register_check(maintenance_check(
+                NODE_MAINTENANCE_CHECK,
+                "Node Maintenance Mode",
+                "",
+                reason,
+            ))
+            .await
         } else {
             self.remove_if_present(NODE_MAINTENANCE_CHECK).await
         }
@@ -386,7 +450,13 @@ impl Agent {
 
     /// Writes a probe result through Raft, but only when the status changed, or (with
     /// `sync_output`, for a runner's first result) when the recorded output is stale.
-    async fn set_status(&self, check_id: &str, status: CheckStatus, output: String, sync_output: bool) {
+    async fn set_status(
+        &self,
+        check_id: &str,
+        status: CheckStatus,
+        output: String,
+        sync_output: bool,
+    ) {
         let state = self.inner.view.load();
         let Some(current) = state.check(&self.inner.node.name, check_id) else {
             return;
@@ -440,7 +510,9 @@ impl Agent {
             }
             seen.push(check.check_id.clone());
             let first = *since.entry(check.check_id.clone()).or_insert(now);
-            if now.duration_since(first) >= after.max(MIN_DEREGISTER_AFTER) && !due.contains(&check.service_id) {
+            if now.duration_since(first) >= after.max(MIN_DEREGISTER_AFTER)
+                && !due.contains(&check.service_id)
+            {
                 due.push(check.service_id.clone());
             }
         }
@@ -449,7 +521,12 @@ impl Agent {
     }
 }
 
-fn maintenance_check(check_id: &str, name: &str, service_id: &str, reason: &str) -> CheckRegistration {
+fn maintenance_check(
+    check_id: &str,
+    name: &str,
+    service_id: &str,
+    reason: &str,
+) -> CheckRegistration {
     let notes = if reason.is_empty() {
         "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.".to_string()
     } else {

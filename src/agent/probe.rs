@@ -7,7 +7,11 @@ use crate::model::{CheckDefinition, CheckStatus};
 /// Consul keeps at most this much check output.
 const OUTPUT_MAX: usize = 4096;
 
-pub async fn run(client: &reqwest::Client, def: &CheckDefinition, timeout: Duration) -> (CheckStatus, String) {
+pub async fn run(
+    client: &reqwest::Client,
+    def: &CheckDefinition,
+    timeout: Duration,
+) -> (CheckStatus, String) {
     if !def.http.is_empty() {
         http(client, def, timeout).await
     } else if !def.tcp.is_empty() {
@@ -17,10 +21,21 @@ pub async fn run(client: &reqwest::Client, def: &CheckDefinition, timeout: Durat
     }
 }
 
-async fn http(client: &reqwest::Client, def: &CheckDefinition, timeout: Duration) -> (CheckStatus, String) {
-    let method = if def.method.is_empty() { "GET" } else { def.method.as_str() };
+async fn http(
+    client: &reqwest::Client,
+    def: &CheckDefinition,
+    timeout: Duration,
+) -> (CheckStatus, String) {
+    let method = if def.method.is_empty() {
+        "GET"
+    } else {
+        def.method.as_str()
+    };
     let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
-        return (CheckStatus::Critical, format!("invalid HTTP method {method:?}"));
+        return (
+            CheckStatus::Critical,
+            format!("invalid HTTP method {method:?}"),
+        );
     };
     let mut request = client.request(method.clone(), &def.http).timeout(timeout);
     for (name, values) in &def.header {
@@ -46,7 +61,10 @@ async fn http(client: &reqwest::Client, def: &CheckDefinition, timeout: Duration
             };
             (status, output)
         }
-        Err(e) => (CheckStatus::Critical, format!("HTTP {method} {}: {e}", def.http)),
+        Err(e) => (
+            CheckStatus::Critical,
+            format!("HTTP {method} {}: {e}", def.http),
+        ),
     }
 }
 
@@ -54,7 +72,10 @@ async fn tcp(addr: &str, timeout: Duration) -> (CheckStatus, String) {
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => (CheckStatus::Passing, format!("TCP connect {addr}: Success")),
         Ok(Err(e)) => (CheckStatus::Critical, format!("dial tcp {addr}: {e}")),
-        Err(_) => (CheckStatus::Critical, format!("dial tcp {addr}: i/o timeout")),
+        Err(_) => (
+            CheckStatus::Critical,
+            format!("dial tcp {addr}: i/o timeout"),
+        ),
     }
 }
 

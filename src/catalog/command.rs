@@ -11,7 +11,7 @@ use crate::model::{CheckDefinition, CheckStatus, TaggedAddress, Weights};
 pub enum Command {
     /// Creates or updates a node and, optionally, one service and some checks on it
     /// (Consul's `Catalog.Register`; the agent endpoints build the same thing).
-    Register(Registration),
+    Register(Box<Registration>),
     /// Removes a check, a service (with its checks), or a whole node (Consul's `Catalog.Deregister`).
     Deregister {
         node: String,
@@ -100,7 +100,9 @@ impl ApplyError {
     pub fn is_not_found(&self) -> bool {
         matches!(
             self,
-            ApplyError::UnknownNode(_) | ApplyError::UnknownService(_) | ApplyError::UnknownCheck(_)
+            ApplyError::UnknownNode(_)
+                | ApplyError::UnknownService(_)
+                | ApplyError::UnknownCheck(_)
         )
     }
 }

@@ -257,7 +257,13 @@ impl State {
                 service_id,
                 check_id,
             } => {
-                self.deregister(index, node, service_id.as_deref(), check_id.as_deref(), changes);
+                self.deregister(
+                    index,
+                    node,
+                    service_id.as_deref(),
+                    check_id.as_deref(),
+                    changes,
+                );
                 Ok(())
             }
             Command::UpdateCheck {
@@ -318,7 +324,13 @@ impl State {
         Ok(())
     }
 
-    fn upsert_node(&mut self, index: Index, node_key: &str, reg: &Registration, changes: &mut Vec<Change>) {
+    fn upsert_node(
+        &mut self,
+        index: Index,
+        node_key: &str,
+        reg: &Registration,
+        changes: &mut Vec<Change>,
+    ) {
         let existing = self.nodes.get(node_key);
         if existing.is_some() && reg.skip_node_update {
             return;
@@ -351,7 +363,13 @@ impl State {
         self.touch_node_services(index, node_key, changes);
     }
 
-    fn upsert_service(&mut self, index: Index, node_key: &str, svc: &ServiceRegistration, changes: &mut Vec<Change>) {
+    fn upsert_service(
+        &mut self,
+        index: Index,
+        node_key: &str,
+        svc: &ServiceRegistration,
+        changes: &mut Vec<Change>,
+    ) {
         let item = (node_key.to_string(), svc.id.clone());
         let mut service = Service {
             id: svc.id.clone(),
@@ -381,14 +399,24 @@ impl State {
             }
         }
         let name = key(&service.name);
-        self.by_service.entry(name.clone()).or_default().insert(item.clone());
+        self.by_service
+            .entry(name.clone())
+            .or_default()
+            .insert(item.clone());
         self.services.insert(item.clone(), service);
         self.indexes.services = index;
         changes.push(Change::Service(item));
         self.bump_service(index, &name, changes);
     }
 
-    fn upsert_check(&mut self, index: Index, node_key: &str, node_name: &str, reg: &CheckRegistration, changes: &mut Vec<Change>) {
+    fn upsert_check(
+        &mut self,
+        index: Index,
+        node_key: &str,
+        node_name: &str,
+        reg: &CheckRegistration,
+        changes: &mut Vec<Change>,
+    ) {
         let item = (node_key.to_string(), reg.check_id.clone());
         let old = self.checks.get(&item);
         let status = reg
@@ -400,7 +428,9 @@ impl State {
             _ => reg.output.clone(),
         };
         let mut check = Check {
-            node: old.map(|c| c.node.clone()).unwrap_or_else(|| node_name.to_string()),
+            node: old
+                .map(|c| c.node.clone())
+                .unwrap_or_else(|| node_name.to_string()),
             check_id: reg.check_id.clone(),
             name: reg.name.clone(),
             status,
@@ -443,7 +473,9 @@ impl State {
         let Some(old) = self.checks.get(&item) else {
             return Err(ApplyError::UnknownCheck(check_id.to_string()));
         };
-        let output = output.map(str::to_string).unwrap_or_else(|| old.output.clone());
+        let output = output
+            .map(str::to_string)
+            .unwrap_or_else(|| old.output.clone());
         if old.status == status && old.output == output {
             return Ok(());
         }

@@ -36,7 +36,7 @@ fn ttl_check(id: &str, service_id: &str, status: Option<CheckStatus>) -> CheckRe
 
 fn register(state: &mut State, index: Index, reg: Registration) -> (Outcome, Vec<Change>) {
     let mut changes = Vec::new();
-    let out = state.apply(index, &Command::Register(reg), &mut changes);
+    let out = state.apply(index, &Command::Register(Box::new(reg)), &mut changes);
     (out, changes)
 }
 
@@ -149,7 +149,10 @@ fn check_for_unknown_service_refuses_whole_registration() {
     );
     assert_eq!(out, Err(ApplyError::UnknownServiceForCheck("ghost".into())));
     assert!(changes.is_empty());
-    assert!(state.node("n1").is_none(), "refusal must not create the node");
+    assert!(
+        state.node("n1").is_none(),
+        "refusal must not create the node"
+    );
 }
 
 #[test]

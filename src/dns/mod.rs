@@ -12,14 +12,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{Catalog, MessageResponseBuilder};
-use hickory_server::Server;
 use rand::seq::SliceRandom;
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -114,7 +114,10 @@ impl ConsulZone {
     }
 
     fn name(&self, relative: &str) -> Option<Name> {
-        Name::from_ascii(relative).ok()?.append_domain(&self.domain_name).ok()
+        Name::from_ascii(relative)
+            .ok()?
+            .append_domain(&self.domain_name)
+            .ok()
     }
 
     /// Answers one question whose name is inside the zone.
@@ -149,7 +152,9 @@ impl ConsulZone {
                     self.nodata(&state)
                 }
             }
-            Lookup::Service { name: svc, tag } => self.service(&state, &name, &svc, tag.as_deref(), qtype, udp),
+            Lookup::Service { name: svc, tag } => {
+                self.service(&state, &name, &svc, tag.as_deref(), qtype, udp)
+            }
             Lookup::Node { name: node } => self.node(&state, &name, &node, qtype),
             Lookup::Addr { ip } => {
                 let ttl = secs(self.dns.node_ttl);
@@ -200,7 +205,9 @@ impl ConsulZone {
         let instances: Vec<Instance<'_>> = state
             .instances(service)
             .into_iter()
-            .filter(|i| tag.is_none_or(|t| i.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t))))
+            .filter(|i| {
+                tag.is_none_or(|t| i.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
+            })
             .collect();
         if instances.is_empty() {
             // Nothing registered carries this name (or tag): no such name.
@@ -234,7 +241,11 @@ impl ConsulZone {
             RecordType::SRV => {
                 let mut seen = Vec::new();
                 for (i, status) in &healthy {
-                    let ident = (i.node.name.as_str(), i.service.address.as_str(), i.service.port);
+                    let ident = (
+                        i.node.name.as_str(),
+                        i.service.address.as_str(),
+                        i.service.port,
+                    );
                     if seen.contains(&ident) {
                         continue;
                     }
@@ -244,7 +255,9 @@ impl ConsulZone {
                         _ => i.service.weights.warning,
                     }
                     .min(u16::MAX as u32) as u16;
-                    let Some((target, ip)) = self.srv_target(i) else { continue };
+                    let Some((target, ip)) = self.srv_target(i) else {
+                        continue;
+                    };
                     reply.answers.push(Record::from_rdata(
                         qname.clone(),
                         ttl,
@@ -286,7 +299,10 @@ impl ConsulZone {
         let dc = &self.datacenter;
         if !i.service.address.is_empty() {
             return match i.service.address.parse::<IpAddr>() {
-                Ok(ip) => Some((self.name(&format!("{}.addr.{dc}", encode_hex_ip(ip)))?, Some(ip))),
+                Ok(ip) => Some((
+                    self.name(&format!("{}.addr.{dc}", encode_hex_ip(ip)))?,
+                    Some(ip),
+                )),
                 // A hostname is its own target.
                 Err(_) => {
                     let mut host = Name::from_ascii(&i.service.address).ok()?;
@@ -343,7 +359,11 @@ fn address_record(name: &Name, ip: IpAddr, qtype: RecordType, ttl: u32) -> Optio
 }
 
 fn error_info(request: &Request, rcode: ResponseCode) -> ResponseInfo {
-    let mut metadata = Metadata::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+    let mut metadata = Metadata::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
     metadata.response_code = rcode;
     ResponseInfo::from(Header {
         metadata,
@@ -387,7 +407,10 @@ impl RequestHandler for DnsHandler {
         }
         let query = &request.queries.queries()[0];
         if !self.zone.domain.zone_of(query.name()) {
-            return self.others.handle_request::<R, T>(request, response_handle).await;
+            return self
+                .others
+                .handle_request::<R, T>(request, response_handle)
+                .await;
         }
 
         let reply = self.zone.answer(

@@ -11,9 +11,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub enum Lookup {
     /// The domain itself.
     Apex,
-    Service { name: String, tag: Option<String> },
-    Node { name: String },
-    Addr { ip: IpAddr },
+    Service {
+        name: String,
+        tag: Option<String>,
+    },
+    Node {
+        name: String,
+    },
+    Addr {
+        ip: IpAddr,
+    },
     /// A shape Beacon does not serve: NXDOMAIN.
     Invalid,
 }
@@ -48,7 +55,11 @@ pub fn parse(labels: &[&str], is_srv: bool) -> Parsed {
         .rposition(|l| matches!(*l, "service" | "node" | "addr"));
     let (kind, parts, locality) = match kind_at {
         Some(i) => (labels[i], &labels[..i], &labels[i + 1..]),
-        None if is_srv && labels.len() >= 2 && labels[0].starts_with('_') && labels[1].starts_with('_') => {
+        None if is_srv
+            && labels.len() >= 2
+            && labels[0].starts_with('_')
+            && labels[1].starts_with('_') =>
+        {
             ("service", &labels[..2], &labels[2..])
         }
         None => return Parsed::invalid(),
@@ -131,7 +142,11 @@ mod tests {
     use super::*;
 
     fn p(name: &str, srv: bool) -> Parsed {
-        let labels: Vec<&str> = if name.is_empty() { vec![] } else { name.split('.').collect() };
+        let labels: Vec<&str> = if name.is_empty() {
+            vec![]
+        } else {
+            name.split('.').collect()
+        };
         parse(&labels, srv)
     }
 
@@ -152,17 +167,38 @@ mod tests {
             ("v1.web.service", false, svc("web", Some("v1")), None),
             ("a.b.web.service", false, svc("web", Some("a.b")), None),
             ("_web._tcp.service", true, svc("web", None), None),
-            ("_web._v1.service.dc1", true, svc("web", Some("v1")), Some("dc1")),
+            (
+                "_web._v1.service.dc1",
+                true,
+                svc("web", Some("v1")),
+                Some("dc1"),
+            ),
             ("_web._tcp", true, svc("web", None), None),
             ("_web._tcp.dc2", true, svc("web", None), Some("dc2")),
             ("_web._tcp", false, Lookup::Invalid, None),
             ("n1.node", false, Lookup::Node { name: "n1".into() }, None),
-            ("my.host.node.dc1", false, Lookup::Node { name: "my.host".into() }, Some("dc1")),
-            ("0a000001.addr.dc1", false, Lookup::Addr { ip: "10.0.0.1".parse().unwrap() }, Some("dc1")),
+            (
+                "my.host.node.dc1",
+                false,
+                Lookup::Node {
+                    name: "my.host".into(),
+                },
+                Some("dc1"),
+            ),
+            (
+                "0a000001.addr.dc1",
+                false,
+                Lookup::Addr {
+                    ip: "10.0.0.1".parse().unwrap(),
+                },
+                Some("dc1"),
+            ),
             (
                 "20010db8000000000000000000000001.addr",
                 false,
-                Lookup::Addr { ip: "2001:db8::1".parse().unwrap() },
+                Lookup::Addr {
+                    ip: "2001:db8::1".parse().unwrap(),
+                },
                 None,
             ),
             ("zz000001.addr", false, Lookup::Invalid, None),

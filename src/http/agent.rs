@@ -16,7 +16,11 @@ fn ok() -> Response {
     StatusCode::OK.into_response()
 }
 
-pub async fn register_service(State(api): State<Api>, params: Params, body: Bytes) -> Result<Response, ApiError> {
+pub async fn register_service(
+    State(api): State<Api>,
+    params: Params,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let service: ServiceIn = dto::decode(&body)?;
     let (service, checks) = service.into_registration()?;
     let replace = params.bool("replace-existing-checks")?.unwrap_or(false);
@@ -24,12 +28,19 @@ pub async fn register_service(State(api): State<Api>, params: Params, body: Byte
     Ok(ok())
 }
 
-pub async fn deregister_service(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn deregister_service(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     api.agent.deregister_service(&id).await?;
     Ok(ok())
 }
 
-pub async fn service_maintenance(State(api): State<Api>, Path(id): Path<String>, params: Params) -> Result<Response, ApiError> {
+pub async fn service_maintenance(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
     let enable = params
         .bool("enable")?
         .ok_or_else(|| ApiError::BadRequest("Missing value for enable".into()))?;
@@ -39,7 +50,10 @@ pub async fn service_maintenance(State(api): State<Api>, Path(id): Path<String>,
     Ok(ok())
 }
 
-pub async fn node_maintenance(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+pub async fn node_maintenance(
+    State(api): State<Api>,
+    params: Params,
+) -> Result<Response, ApiError> {
     let enable = params
         .bool("enable")?
         .ok_or_else(|| ApiError::BadRequest("Missing value for enable".into()))?;
@@ -60,7 +74,11 @@ pub async fn services(State(api): State<Api>, params: Params) -> Response {
     json(state.indexes().services, &Value::Object(map), &params)
 }
 
-pub async fn service(State(api): State<Api>, Path(id): Path<String>, params: Params) -> Result<Response, ApiError> {
+pub async fn service(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
     let state = api.view.load();
     let service = state
         .service(&api.agent.node().name, &id)
@@ -100,26 +118,46 @@ pub async fn register_check(State(api): State<Api>, body: Bytes) -> Result<Respo
     Ok(ok())
 }
 
-pub async fn deregister_check(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn deregister_check(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     api.agent.deregister_check(&id).await?;
     Ok(ok())
 }
 
-async fn ttl(api: Api, id: String, status: CheckStatus, params: Params) -> Result<Response, ApiError> {
+async fn ttl(
+    api: Api,
+    id: String,
+    status: CheckStatus,
+    params: Params,
+) -> Result<Response, ApiError> {
     let note = params.get("note").map(str::to_string);
     api.agent.update_ttl(&id, status, note).await?;
     Ok(ok())
 }
 
-pub async fn check_pass(State(api): State<Api>, Path(id): Path<String>, params: Params) -> Result<Response, ApiError> {
+pub async fn check_pass(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
     ttl(api, id, CheckStatus::Passing, params).await
 }
 
-pub async fn check_warn(State(api): State<Api>, Path(id): Path<String>, params: Params) -> Result<Response, ApiError> {
+pub async fn check_warn(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
     ttl(api, id, CheckStatus::Warning, params).await
 }
 
-pub async fn check_fail(State(api): State<Api>, Path(id): Path<String>, params: Params) -> Result<Response, ApiError> {
+pub async fn check_fail(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
     ttl(api, id, CheckStatus::Critical, params).await
 }
 
@@ -130,15 +168,25 @@ struct CheckUpdate {
     output: String,
 }
 
-pub async fn check_update(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn check_update(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let update: CheckUpdate = dto::decode(&body)?;
     let status = dto::parse_status(&update.status)?;
-    api.agent.update_ttl(&id, status, Some(update.output)).await?;
+    api.agent
+        .update_ttl(&id, status, Some(update.output))
+        .await?;
     Ok(ok())
 }
 
 /// 200 passing, 429 warning, 503 critical; the body lists each instance with its checks.
-pub async fn health_by_name(State(api): State<Api>, Path(name): Path<String>, params: Params) -> Result<Response, ApiError> {
+pub async fn health_by_name(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
     let state = api.view.load();
     let node = &api.agent.node().name;
     let mut worst = Vec::new();
@@ -197,5 +245,9 @@ fn member(api: &Api) -> Value {
 }
 
 pub async fn members(State(api): State<Api>, params: Params) -> Response {
-    json(api.view.load().indexes().last, &json!([member(&api)]), &params)
+    json(
+        api.view.load().indexes().last,
+        &json!([member(&api)]),
+        &params,
+    )
 }

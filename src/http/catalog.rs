@@ -86,7 +86,11 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
     };
     let mut checks = Vec::new();
     for check in reg.check.iter().chain(reg.checks.iter()) {
-        let id = if check.check_id.is_empty() { check.name.clone() } else { check.check_id.clone() };
+        let id = if check.check_id.is_empty() {
+            check.name.clone()
+        } else {
+            check.check_id.clone()
+        };
         if id.is_empty() {
             return Err(ApiError::BadRequest("Missing check ID".into()));
         }
@@ -97,7 +101,11 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
         };
         checks.push(CheckRegistration {
             check_id: id.clone(),
-            name: if check.name.is_empty() { id } else { check.name.clone() },
+            name: if check.name.is_empty() {
+                id
+            } else {
+                check.name.clone()
+            },
             status: check.status()?,
             notes: check.notes.clone(),
             output: check.output.clone(),
@@ -114,7 +122,11 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
             id: reg.id,
             name: reg.node,
             address: reg.address,
-            datacenter: if reg.datacenter.is_empty() { api.datacenter.clone() } else { reg.datacenter },
+            datacenter: if reg.datacenter.is_empty() {
+                api.datacenter.clone()
+            } else {
+                reg.datacenter
+            },
             tagged_addresses: reg.tagged_addresses,
             meta: reg.node_meta,
         },
@@ -123,7 +135,9 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
         checks,
         replace_existing_checks: false,
     };
-    api.writer.write(Command::Register(registration)).await??;
+    api.writer
+        .write(Command::Register(Box::new(registration)))
+        .await??;
     Ok(json_true())
 }
 
@@ -168,10 +182,18 @@ pub async fn services(State(api): State<Api>, params: Params) -> Result<Response
             }
         }
     }
-    Ok(json(state.indexes().services, &serde_json::to_value(out).unwrap_or_default(), &params))
+    Ok(json(
+        state.indexes().services,
+        &serde_json::to_value(out).unwrap_or_default(),
+        &params,
+    ))
 }
 
-pub async fn service(State(api): State<Api>, Path(name): Path<String>, params: Params) -> Result<Response, ApiError> {
+pub async fn service(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
     let state = api.view.load();
     let filters = params.node_meta()?;
     let tags = params.all("tag");
@@ -179,10 +201,17 @@ pub async fn service(State(api): State<Api>, Path(name): Path<String>, params: P
         .instances(&name)
         .into_iter()
         .filter(|i| meta_matches(i.node, &filters))
-        .filter(|i| tags.iter().all(|t| i.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t))))
+        .filter(|i| {
+            tags.iter()
+                .all(|t| i.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
+        })
         .map(|i| dto::catalog_service_json(i.node, i.service))
         .collect();
-    Ok(json(state.service_index(&name), &Value::Array(entries), &params))
+    Ok(json(
+        state.service_index(&name),
+        &Value::Array(entries),
+        &params,
+    ))
 }
 
 pub async fn nodes(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
@@ -212,5 +241,9 @@ pub async fn node(State(api): State<Api>, Path(name): Path<String>, params: Para
 }
 
 pub async fn datacenters(State(api): State<Api>, params: Params) -> Response {
-    json(api.view.load().indexes().last, &serde_json::json!([api.datacenter]), &params)
+    json(
+        api.view.load().indexes().last,
+        &serde_json::json!([api.datacenter]),
+        &params,
+    )
 }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer};
 use serde_json::{Map, Value, json};
 
 use super::ApiError;
@@ -22,21 +22,33 @@ use crate::model::{
 };
 
 /// Object fields whose values are user maps: their own keys are data, not field names.
-const MAP_FIELDS: &[&str] = &["meta", "nodemeta", "servicemeta", "header", "taggedaddresses"];
+const MAP_FIELDS: &[&str] = &[
+    "meta",
+    "nodemeta",
+    "servicemeta",
+    "header",
+    "taggedaddresses",
+];
 
 /// Decodes a request body into `T` with Go-like leniency. Errors read like Consul's.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let fail = |e: String| ApiError::BadRequest(format!("Request decode failed: {e}"));
     let value: Value = serde_json::from_slice(body).map_err(|e| fail(e.to_string()))?;
     if !value.is_object() {
-        return Err(fail(format!("expected a JSON object, got {}", kind(&value))));
+        return Err(fail(format!(
+            "expected a JSON object, got {}",
+            kind(&value)
+        )));
     }
     let value = normalize(value);
     // A catalog registration's `Service` is an object (inside it, `Service` is the name).
     if let Some(service) = value.get("service")
         && !service.is_object()
     {
-        return Err(fail(format!("service: expected an object, got {}", kind(service))));
+        return Err(fail(format!(
+            "service: expected an object, got {}",
+            kind(service)
+        )));
     }
     check_objects(&value).map_err(fail)?;
     if let Some(service) = value.get("service") {
@@ -50,7 +62,9 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 const OBJECT_FIELDS: &[&str] = &["check", "weights", "definition"];
 
 fn check_objects(value: &Value) -> Result<(), String> {
-    let Value::Object(map) = value else { return Ok(()) };
+    let Value::Object(map) = value else {
+        return Ok(());
+    };
     for (k, v) in map {
         let is_object_field = OBJECT_FIELDS.contains(&k.as_str());
         if is_object_field && !v.is_object() {
@@ -88,7 +102,11 @@ fn normalize(value: Value) -> Value {
             map.into_iter()
                 .filter(|(_, v)| !v.is_null())
                 .map(|(k, v)| {
-                    let key: String = k.chars().filter(|c| *c != '_').collect::<String>().to_ascii_lowercase();
+                    let key: String = k
+                        .chars()
+                        .filter(|c| *c != '_')
+                        .collect::<String>()
+                        .to_ascii_lowercase();
                     let v = if MAP_FIELDS.contains(&key.as_str()) {
                         normalize_user_map(v)
                     } else {
@@ -126,8 +144,14 @@ impl<'de> Deserialize<'de> for GoDuration {
             Text(String),
             Nanos(i64),
         }
-        match Raw::deserialize(d).map_err(|_| de::Error::custom("invalid duration: expected a string like \"10s\" or integer nanoseconds"))? {
-            Raw::Text(s) => parse_duration(&s).map(GoDuration).map_err(de::Error::custom),
+        match Raw::deserialize(d).map_err(|_| {
+            de::Error::custom(
+                "invalid duration: expected a string like \"10s\" or integer nanoseconds",
+            )
+        })? {
+            Raw::Text(s) => parse_duration(&s)
+                .map(GoDuration)
+                .map_err(de::Error::custom),
             Raw::Nanos(n) if n >= 0 => Ok(GoDuration(Duration::from_nanos(n as u64))),
             Raw::Nanos(n) => Err(de::Error::custom(format!("time: invalid duration {n}ns"))),
         }
@@ -232,11 +256,16 @@ impl CheckIn {
             (self.udp.is_some(), "UDP"),
             (self.h2_ping.is_some(), "H2PING"),
             (self.docker_container_id.is_some(), "Docker"),
-            (self.alias_node.is_some() || self.alias_service.is_some(), "Alias"),
+            (
+                self.alias_node.is_some() || self.alias_service.is_some(),
+                "Alias",
+            ),
             (self.os_service.is_some(), "OSService"),
         ];
         if let Some((_, kind)) = unsupported.iter().find(|(present, _)| *present) {
-            return Err(invalid(&format!("{kind} checks are not supported by Beacon")));
+            return Err(invalid(&format!(
+                "{kind} checks are not supported by Beacon"
+            )));
         }
         let ttl = self.ttl.map(|d| d.0);
         let interval = self.interval.map(|d| d.0);
@@ -245,7 +274,9 @@ impl CheckIn {
         }
         let probe = !self.http.is_empty() || !self.tcp.is_empty();
         if probe && interval.is_none_or(|i| i.is_zero()) {
-            return Err(invalid("Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks"));
+            return Err(invalid(
+                "Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks",
+            ));
         }
         if !probe && ttl.is_none() {
             return Err(invalid("must be one of HTTP, TCP or TTL"));
@@ -253,8 +284,14 @@ impl CheckIn {
         if ttl.is_some_and(|t| t.is_zero()) {
             return Err(invalid("TTL must be > 0 for TTL checks"));
         }
-        if !self.http.is_empty() && !(self.http.starts_with("http://") || self.http.starts_with("https://")) {
-            return Err(invalid(&format!("HTTP must be an http:// or https:// URL, got {:?}", self.http)));
+        if !(self.http.is_empty()
+            || self.http.starts_with("http://")
+            || self.http.starts_with("https://"))
+        {
+            return Err(invalid(&format!(
+                "HTTP must be an http:// or https:// URL, got {:?}",
+                self.http
+            )));
         }
         if self.timeout.is_some_and(|t| t.0.is_zero()) {
             return Err(invalid("Timeout must be > 0"));
@@ -276,14 +313,27 @@ impl CheckIn {
     }
 
     pub fn status(&self) -> Result<Option<CheckStatus>, ApiError> {
-        self.status.as_deref().filter(|s| !s.is_empty()).map(parse_status).transpose()
+        self.status
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(parse_status)
+            .transpose()
     }
 
     /// The agent check this describes, owned by `service_id` (or the node when empty).
-    pub fn to_agent_check(&self, check_id: String, default_name: String, service_id: String) -> Result<CheckRegistration, ApiError> {
+    pub fn to_agent_check(
+        &self,
+        check_id: String,
+        default_name: String,
+        service_id: String,
+    ) -> Result<CheckRegistration, ApiError> {
         Ok(CheckRegistration {
             check_id,
-            name: if self.name.is_empty() { default_name } else { self.name.clone() },
+            name: if self.name.is_empty() {
+                default_name
+            } else {
+                self.name.clone()
+            },
             status: self.status()?,
             notes: self.notes.clone(),
             output: self.output.clone(),
@@ -295,7 +345,9 @@ impl CheckIn {
 
 impl ServiceIn {
     /// Validates the registration and splits it into the service and its checks.
-    pub fn into_registration(self) -> Result<(ServiceRegistration, Vec<CheckRegistration>), ApiError> {
+    pub fn into_registration(
+        self,
+    ) -> Result<(ServiceRegistration, Vec<CheckRegistration>), ApiError> {
         if self.name.is_empty() {
             return Err(ApiError::BadRequest("Missing service name".into()));
         }
@@ -305,7 +357,11 @@ impl ServiceIn {
             return Err(ApiError::BadRequest("Invalid service address".into()));
         }
         validate_meta(&self.meta)?;
-        let id = if self.id.is_empty() { self.name.clone() } else { self.id.clone() };
+        let id = if self.id.is_empty() {
+            self.name.clone()
+        } else {
+            self.id.clone()
+        };
         let mut inline: Vec<&CheckIn> = self.check.iter().collect();
         inline.extend(self.checks.iter());
         let many = inline.len() > 1;
@@ -330,7 +386,15 @@ impl ServiceIn {
             tagged_addresses: self
                 .tagged_addresses
                 .into_iter()
-                .map(|(k, v)| (k, TaggedAddress { address: v.address, port: v.port }))
+                .map(|(k, v)| {
+                    (
+                        k,
+                        TaggedAddress {
+                            address: v.address,
+                            port: v.port,
+                        },
+                    )
+                })
                 .collect(),
             weights: weights(self.weights),
             enable_tag_override: self.enable_tag_override,
@@ -355,8 +419,15 @@ pub fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), ApiError> {
         return bad(format!("{} pairs exceeds the limit of 64", meta.len()));
     }
     for (k, v) in meta {
-        if k.is_empty() || k.len() > 128 || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return bad(format!("key {k:?} must be 1-128 characters of [A-Za-z0-9_-]"));
+        if k.is_empty()
+            || k.len() > 128
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return bad(format!(
+                "key {k:?} must be 1-128 characters of [A-Za-z0-9_-]"
+            ));
         }
         if k.starts_with("consul-") {
             return bad(format!("key {k:?} uses the reserved prefix consul-"));
@@ -502,7 +573,11 @@ mod tests {
                         "Meta":{"Version":"2"},"check":{"ttl":"30s","Deregister_Critical_Service_After":"90m"}}"#;
         let s: ServiceIn = decode(body).unwrap();
         assert_eq!((s.name.as_str(), s.id.as_str(), s.port), ("web", "w1", 80));
-        assert_eq!(s.meta.get("Version").map(String::as_str), Some("2"), "meta keys keep their case");
+        assert_eq!(
+            s.meta.get("Version").map(String::as_str),
+            Some("2"),
+            "meta keys keep their case"
+        );
         let check = s.check.unwrap();
         assert_eq!(check.ttl, Some(GoDuration(Duration::from_secs(30))));
         assert_eq!(
@@ -538,7 +613,8 @@ mod tests {
 
     #[test]
     fn inline_check_ids_follow_consul() {
-        let s: ServiceIn = decode(br#"{"Name":"web","Checks":[{"TTL":"5s"},{"TTL":"6s"}]}"#).unwrap();
+        let s: ServiceIn =
+            decode(br#"{"Name":"web","Checks":[{"TTL":"5s"},{"TTL":"6s"}]}"#).unwrap();
         let (svc, checks) = s.into_registration().unwrap();
         assert_eq!(svc.id, "web");
         let ids: Vec<_> = checks.iter().map(|c| c.check_id.as_str()).collect();
@@ -559,7 +635,8 @@ mod tests {
         for body in bad {
             let c: CheckIn = decode(body.as_bytes()).unwrap();
             assert!(
-                c.to_agent_check("x".into(), "x".into(), String::new()).is_err(),
+                c.to_agent_check("x".into(), "x".into(), String::new())
+                    .is_err(),
                 "{body} should be refused"
             );
         }

@@ -23,7 +23,12 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (status, [("content-type", "text/plain; charset=utf-8")], format!("{self}\n")).into_response()
+        (
+            status,
+            [("content-type", "text/plain; charset=utf-8")],
+            format!("{self}\n"),
+        )
+            .into_response()
     }
 }
 

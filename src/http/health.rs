@@ -10,7 +10,11 @@ use crate::model::CheckStatus;
 
 /// Every instance with its node and checks; `?passing` keeps only instances whose checks all
 /// pass, `?tag=` (repeatable) keeps instances carrying every tag.
-pub async fn service(State(api): State<Api>, Path(name): Path<String>, params: Params) -> Result<Response, ApiError> {
+pub async fn service(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
     let state = api.view.load();
     let passing = params.bool("passing")?.unwrap_or(false);
     let filters = params.node_meta()?;
@@ -19,7 +23,10 @@ pub async fn service(State(api): State<Api>, Path(name): Path<String>, params: P
         .instances(&name)
         .into_iter()
         .filter(|i| meta_matches(i.node, &filters))
-        .filter(|i| tags.iter().all(|t| i.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t))))
+        .filter(|i| {
+            tags.iter()
+                .all(|t| i.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
+        })
         .filter(|i| !passing || i.status() == CheckStatus::Passing)
         .map(|i| {
             json!({
@@ -32,11 +39,19 @@ pub async fn service(State(api): State<Api>, Path(name): Path<String>, params: P
             })
         })
         .collect();
-    Ok(json(state.service_index(&name), &Value::Array(entries), &params))
+    Ok(json(
+        state.service_index(&name),
+        &Value::Array(entries),
+        &params,
+    ))
 }
 
 /// The service-level checks of every instance of a service.
-pub async fn checks(State(api): State<Api>, Path(name): Path<String>, params: Params) -> Result<Response, ApiError> {
+pub async fn checks(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
     let state = api.view.load();
     let filters = params.node_meta()?;
     let out: Vec<Value> = state
@@ -51,10 +66,18 @@ pub async fn checks(State(api): State<Api>, Path(name): Path<String>, params: Pa
                 .collect::<Vec<_>>()
         })
         .collect();
-    Ok(json(state.service_index(&name), &Value::Array(out), &params))
+    Ok(json(
+        state.service_index(&name),
+        &Value::Array(out),
+        &params,
+    ))
 }
 
-pub async fn state(State(api): State<Api>, Path(wanted): Path<String>, params: Params) -> Result<Response, ApiError> {
+pub async fn state(
+    State(api): State<Api>,
+    Path(wanted): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
     let filter: Option<CheckStatus> = match wanted.as_str() {
         "any" => None,
         other => Some(
@@ -68,7 +91,11 @@ pub async fn state(State(api): State<Api>, Path(wanted): Path<String>, params: P
     let out: Vec<Value> = state
         .all_checks()
         .filter(|c| filter.is_none_or(|s| c.status == s))
-        .filter(|c| state.node(&c.node).is_some_and(|n| meta_matches(n, &filters)))
+        .filter(|c| {
+            state
+                .node(&c.node)
+                .is_some_and(|n| meta_matches(n, &filters))
+        })
         .map(|c| dto::check_json(c, state.service(&c.node, &c.service_id)))
         .collect();
     Ok(json(state.indexes().checks, &Value::Array(out), &params))

@@ -55,19 +55,31 @@ pub struct Api {
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/agent/service/register", put(agent::register_service))
-        .route("/v1/agent/service/deregister/{id}", put(agent::deregister_service))
-        .route("/v1/agent/service/maintenance/{id}", put(agent::service_maintenance))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(agent::deregister_service),
+        )
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(agent::service_maintenance),
+        )
         .route("/v1/agent/maintenance", put(agent::node_maintenance))
         .route("/v1/agent/service/{id}", get(agent::service))
         .route("/v1/agent/services", get(agent::services))
         .route("/v1/agent/checks", get(agent::checks))
         .route("/v1/agent/check/register", put(agent::register_check))
-        .route("/v1/agent/check/deregister/{id}", put(agent::deregister_check))
+        .route(
+            "/v1/agent/check/deregister/{id}",
+            put(agent::deregister_check),
+        )
         .route("/v1/agent/check/pass/{*id}", put(agent::check_pass))
         .route("/v1/agent/check/warn/{*id}", put(agent::check_warn))
         .route("/v1/agent/check/fail/{*id}", put(agent::check_fail))
         .route("/v1/agent/check/update/{*id}", put(agent::check_update))
-        .route("/v1/agent/health/service/name/{name}", get(agent::health_by_name))
+        .route(
+            "/v1/agent/health/service/name/{name}",
+            get(agent::health_by_name),
+        )
         .route("/v1/agent/self", get(agent::self_info))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/catalog/register", put(catalog::register))
@@ -84,7 +96,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(api.clone(), check_datacenter))
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            check_datacenter,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
 }
@@ -107,7 +122,11 @@ async fn check_datacenter(State(api): State<Api>, request: Request, next: Next) 
 
 async fn status_leader(State(api): State<Api>, params: Params) -> Response {
     let index = api.view.load().indexes().last;
-    json(index, &Value::String(api.status.leader().unwrap_or_default()), &params)
+    json(
+        index,
+        &Value::String(api.status.leader().unwrap_or_default()),
+        &params,
+    )
 }
 
 async fn status_peers(State(api): State<Api>, params: Params) -> Response {
@@ -129,7 +148,10 @@ impl Params {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -165,7 +187,9 @@ impl Params {
             Some(v) => match v.to_ascii_lowercase().as_str() {
                 "true" | "1" => Ok(Some(true)),
                 "false" | "0" => Ok(Some(false)),
-                _ => Err(ApiError::BadRequest(format!("Invalid value for {key}: {v:?}"))),
+                _ => Err(ApiError::BadRequest(format!(
+                    "Invalid value for {key}: {v:?}"
+                ))),
             },
         }
     }
@@ -174,7 +198,10 @@ impl Params {
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
         Ok(Params::parse(parts.uri.query()))
     }
 }
@@ -189,7 +216,10 @@ pub fn json(index: u64, body: &Value, params: &Params) -> Response {
     .unwrap_or_else(|_| "null".into());
     let mut response = (StatusCode::OK, text).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
     headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
     headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));

@@ -72,7 +72,11 @@ impl Cluster {
             max_in_snapshot_log_to_keep: 1000,
             ..Default::default()
         };
-        let config = Arc::new(config.validate().map_err(|e| StartError::Config(e.to_string()))?);
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| StartError::Config(e.to_string()))?,
+        );
         let log = LogStore::new(db.clone());
         let sm = StateMachineStore::load(db, view)?;
         let raft = Raft::new(id, config, network::Network, log, sm)

@@ -1,13 +1,13 @@
 //! The Raft network. A single dev server has no peers, so every RPC reports the peer as
 //! unreachable; server-to-server RPC over `--rpc-addr` replaces this with cluster support.
 
+use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 
 use super::types::{NodeId, TypeConfig};
 

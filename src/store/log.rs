@@ -29,7 +29,11 @@ impl LogStore {
         read_meta(&self.db, key)
     }
 
-    async fn write_meta<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), StoreError> {
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let bytes = encode(value)?;
         let db = self.db.clone();
         blocking(move || {
@@ -42,7 +46,10 @@ impl LogStore {
     }
 }
 
-pub(super) fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, StoreError> {
+pub(super) fn read_meta<T: DeserializeOwned>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
     let tx = db.begin_read()?;
     let table = tx.open_table(META)?;
     match table.get(key)? {
@@ -55,7 +62,10 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Db(format!("encode: {e}")))
 }
 
-pub(super) fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(super) fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table,
         detail: e.to_string(),
@@ -150,7 +160,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -190,7 +204,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let tx = db.begin_write()?;
-            tx.open_table(LOG)?.retain_in(log_id.index.., |_, _| false)?;
+            tx.open_table(LOG)?
+                .retain_in(log_id.index.., |_, _| false)?;
             tx.commit()?;
             Ok(())
         })
@@ -203,8 +218,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let tx = db.begin_write()?;
-            tx.open_table(META)?.insert(meta::LAST_PURGED, bytes.as_slice())?;
-            tx.open_table(LOG)?.retain_in(..=log_id.index, |_, _| false)?;
+            tx.open_table(META)?
+                .insert(meta::LAST_PURGED, bytes.as_slice())?;
+            tx.open_table(LOG)?
+                .retain_in(..=log_id.index, |_, _| false)?;
             tx.commit()?;
             Ok(())
         })

@@ -61,8 +61,10 @@ impl StateMachineStore {
             for item in tx.open_table(SERVICES)?.iter()? {
                 let (k, v) = item?;
                 let (node_key, _) = k.value();
-                rows.services
-                    .push((node_key.to_string(), decode::<Service>("services", v.value())?));
+                rows.services.push((
+                    node_key.to_string(),
+                    decode::<Service>("services", v.value())?,
+                ));
             }
             for item in tx.open_table(CHECKS)?.iter()? {
                 let (_, v) = item?;
@@ -70,7 +72,8 @@ impl StateMachineStore {
             }
             for item in tx.open_table(SERVICE_INDEXES)?.iter()? {
                 let (k, v) = item?;
-                rows.service_indexes.push((k.value().to_string(), v.value()));
+                rows.service_indexes
+                    .push((k.value().to_string(), v.value()));
             }
         }
         let state = State::from_rows(rows);

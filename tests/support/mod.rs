@@ -39,7 +39,12 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String) {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (status.code().unwrap_or(-1), err);
         }
         if started.elapsed() > DEADLINE {
@@ -114,7 +119,10 @@ impl Server {
                 return line.clone();
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("beacon exited with {status} before {needle:?}:\n{}", self.log_text());
+                panic!(
+                    "beacon exited with {status} before {needle:?}:\n{}",
+                    self.log_text()
+                );
             }
             if started.elapsed() > DEADLINE {
                 panic!("no {needle:?} within {DEADLINE:?}:\n{}", self.log_text());
@@ -175,7 +183,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("---- beacon log ----\n{}\n--------------------", self.log_text());
+            eprintln!(
+                "---- beacon log ----\n{}\n--------------------",
+                self.log_text()
+            );
         }
     }
 }
@@ -216,7 +227,10 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let r = http().get(url).send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 pub fn query_message(name: &str, rtype: RecordType, edns: Option<u16>) -> Message {

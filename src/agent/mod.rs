@@ -63,6 +63,8 @@ struct Inner {
     /// When each of our checks was first seen critical, for the reaper.
     critical_since: Mutex<HashMap<String, Instant>>,
     http: reqwest::Client,
+    /// For checks with `TLSSkipVerify`.
+    http_insecure: reqwest::Client,
     shutdown: CancellationToken,
 }
 
@@ -86,10 +88,14 @@ impl Agent {
         view: View,
         shutdown: CancellationToken,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(10))
-            .build()
-            .expect("HTTP client with default TLS builds");
+        let client = |insecure: bool| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::limited(10))
+                .tls_danger_accept_invalid_certs(insecure)
+                .build()
+                .expect("HTTP client with default TLS builds")
+        };
+        let (http, http_insecure) = (client(false), client(true));
         Agent {
             inner: Arc::new(Inner {
                 node,
@@ -98,6 +104,7 @@ impl Agent {
                 runners: Mutex::new(HashMap::new()),
                 critical_since: Mutex::new(HashMap::new()),
                 http,
+                http_insecure,
                 shutdown,
             }),
         }
@@ -405,7 +412,12 @@ impl Agent {
         let mut failures = 0u32;
         let mut first = true;
         loop {
-            let (result, output) = probe::run(&self.inner.http, &def, timeout).await;
+            let client = if def.tls_skip_verify {
+                &self.inner.http_insecure
+            } else {
+                &self.inner.http
+            };
+            let (result, output) = probe::run(client, &def, timeout).await;
             let next = match result {
                 CheckStatus::Passing => {
                     successes += 1;

@@ -192,7 +192,16 @@ impl Drop for Server {
 }
 
 /// Polls `check` until it returns Some, or panics with `what` after the deadline.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_within(DEADLINE, what, check).await
+}
+
+/// `eventually` with a longer deadline, for behaviour that is slow by specification.
+pub async fn eventually_within<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -202,7 +211,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        if started.elapsed() > DEADLINE {
+        if started.elapsed() > deadline {
             panic!("timed out waiting for: {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

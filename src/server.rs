@@ -2,7 +2,7 @@
 //! agent, and shuts everything down in order when told to.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,6 +161,3 @@ fn new_node_id() -> String {
             .collect::<String>()
     )
 }
-
-/// The address a listener is bound to, for callers that pass port 0.
-pub type BoundAddr = SocketAddr;

@@ -208,26 +208,6 @@ async fn http_check_against_a_closed_port_stays_critical_and_out_of_dns() {
     assert!(reply.answers.is_empty());
 }
 
-/// A tiny HTTP server answering every request with `status`.
-async fn http_target(status: u16) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let _ = conn.read(&mut buf).await;
-                let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-                );
-                let _ = conn.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn http_and_tcp_checks_drive_health() {
     let ok = http_target(200).await;

@@ -8,29 +8,9 @@ use hickory_proto::rr::RecordType;
 use serde_json::json;
 use support::*;
 
-async fn ok_target() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let _ = conn.read(&mut buf).await;
-                let _ = conn
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn success_before_passing_holds_the_check_critical_until_reached() {
-    let target = ok_target().await;
+    let target = http_target(200).await;
     let s = Server::start(&[]);
     register(
         &s,

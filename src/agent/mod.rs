@@ -183,21 +183,29 @@ impl Agent {
     }
 
     pub async fn deregister_service(&self, service_id: &str) -> Result<(), AgentError> {
-        if self
-            .inner
-            .view
-            .load()
-            .service(&self.inner.node.name, service_id)
-            .is_none()
-        {
+        if !self.owns_service(service_id) {
             return Err(AgentError::NotFound(format!(
                 "Unknown service ID {service_id:?}"
             )));
         }
+        self.deregister(Some(service_id), None).await
+    }
+
+    fn owns_service(&self, service_id: &str) -> bool {
+        let state = self.inner.view.load();
+        state.service(&self.inner.node.name, service_id).is_some()
+    }
+
+    /// Removes a service (with its checks) or a check of this node, then updates the runners.
+    async fn deregister(
+        &self,
+        service_id: Option<&str>,
+        check_id: Option<&str>,
+    ) -> Result<(), AgentError> {
         self.write(Command::Deregister {
             node: self.inner.node.name.clone(),
-            service_id: Some(service_id.to_string()),
-            check_id: None,
+            service_id: service_id.map(str::to_string),
+            check_id: check_id.map(str::to_string),
         })
         .await?;
         self.reconcile();
@@ -205,14 +213,7 @@ impl Agent {
     }
 
     pub async fn register_check(&self, check: CheckRegistration) -> Result<(), AgentError> {
-        if !check.service_id.is_empty()
-            && self
-                .inner
-                .view
-                .load()
-                .service(&self.inner.node.name, &check.service_id)
-                .is_none()
-        {
+        if !check.service_id.is_empty() && !self.owns_service(&check.service_id) {
             return Err(AgentError::BadRequest(format!(
                 "ServiceID {:?} does not exist",
                 check.service_id
@@ -242,14 +243,7 @@ impl Agent {
                 "Unknown check ID {check_id:?}"
             )));
         }
-        self.write(Command::Deregister {
-            node: self.inner.node.name.clone(),
-            service_id: None,
-            check_id: Some(check_id.to_string()),
-        })
-        .await?;
-        self.reconcile();
-        Ok(())
+        self.deregister(None, Some(check_id)).await
     }
 
     /// A TTL check's pass/warn/fail/update: sets the status and restarts its TTL clock.
@@ -300,13 +294,7 @@ impl Agent {
         enable: bool,
         reason: &str,
     ) -> Result<(), AgentError> {
-        if self
-            .inner
-            .view
-            .load()
-            .service(&self.inner.node.name, service_id)
-            .is_none()
-        {
+        if !self.owns_service(service_id) {
             return Err(AgentError::NotFound(format!(
                 "Unknown service ID {service_id:?}"
             )));

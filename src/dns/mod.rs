@@ -9,7 +9,6 @@ pub mod names;
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
@@ -476,6 +475,3 @@ pub fn serve(handler: DnsHandler, udp: UdpSocket, tcp: TcpListener) -> Server<Dn
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, 65535);
     server
 }
-
-/// For tests and benches: the handler as a shared value.
-pub type SharedHandler = Arc<DnsHandler>;

@@ -42,6 +42,7 @@ fn catalog_with(services: usize, instances: usize) -> State {
             state
                 .apply(
                     index,
+                    0,
                     &CatalogCommand::Register(Box::new(reg)),
                     &mut changes,
                 )

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CheckDefinition, CheckStatus, TaggedAddress, Weights};
+use crate::model::{CheckDefinition, CheckStatus, Index, KvEntry, Session, TaggedAddress, Weights};
 
 /// A change to the catalog, proposed through Raft and applied identically on every server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,6 +25,126 @@ pub enum Command {
         status: CheckStatus,
         output: Option<String>,
     },
+    /// Writes a key; with `cas`, only if its ModifyIndex matches (0: only if absent).
+    KvSet {
+        key: String,
+        #[serde(with = "crate::model::base64_bytes")]
+        value: Vec<u8>,
+        flags: u64,
+        cas: Option<Index>,
+    },
+    /// Deletes a key, or every key under a prefix; with `cas`, only if the index matches.
+    KvDelete {
+        key: String,
+        recurse: bool,
+        cas: Option<Index>,
+    },
+    /// Takes the key's lock for a session (Consul's `?acquire=`).
+    KvAcquire {
+        key: String,
+        #[serde(with = "crate::model::base64_bytes")]
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    /// Gives the key's lock back (Consul's `?release=`).
+    KvRelease {
+        key: String,
+        #[serde(with = "crate::model::base64_bytes")]
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    /// Creates a session; its ID was chosen by the proposer so every replica agrees.
+    SessionCreate(Session),
+    /// Destroys (invalidates) a session: by request or on TTL expiry.
+    SessionDestroy { id: String },
+    /// KV operations applied all or nothing.
+    Txn(Vec<TxnOp>),
+}
+
+/// One Raft log entry: a command and the proposer's wall-clock time, so time-based rules
+/// (lock-delay) come out the same on every replica.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+/// A KV operation inside a transaction (Consul's `KVTxnOp` verbs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Set {
+        key: String,
+        #[serde(with = "crate::model::base64_bytes")]
+        value: Vec<u8>,
+        flags: u64,
+    },
+    Cas {
+        key: String,
+        #[serde(with = "crate::model::base64_bytes")]
+        value: Vec<u8>,
+        flags: u64,
+        index: Index,
+    },
+    Lock {
+        key: String,
+        #[serde(with = "crate::model::base64_bytes")]
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    Unlock {
+        key: String,
+        #[serde(with = "crate::model::base64_bytes")]
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    Get {
+        key: String,
+    },
+    GetTree {
+        key: String,
+    },
+    CheckIndex {
+        key: String,
+        index: Index,
+    },
+    CheckSession {
+        key: String,
+        session: String,
+    },
+    CheckNotExists {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
+    DeleteTree {
+        key: String,
+    },
+    DeleteCas {
+        key: String,
+        index: Index,
+    },
+}
+
+/// What a successful command returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Applied {
+    Done,
+    /// `true`/`false` of cas, acquire, release and conditional deletes.
+    Bool(bool),
+    /// Per-op results of a transaction (entries read or written, in order).
+    Txn(Vec<KvEntry>),
+}
+
+/// A failed operation inside a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnError {
+    pub op_index: usize,
+    pub what: String,
 }
 
 /// The node part of a registration.
@@ -93,6 +213,14 @@ pub enum ApplyError {
     UnknownService(String),
     #[error("Unknown check ID {0:?}")]
     UnknownCheck(String),
+    #[error("invalid session {0:?}")]
+    UnknownSession(String),
+    #[error("Check {0:?} is in critical state")]
+    CriticalCheck(String),
+    #[error("Missing check {0:?} for session")]
+    MissingSessionCheck(String),
+    #[error("transaction failed")]
+    Txn(Vec<TxnError>),
 }
 
 impl ApplyError {
@@ -108,4 +236,4 @@ impl ApplyError {
 }
 
 /// What applying one command produced.
-pub type Outcome = Result<(), ApplyError>;
+pub type Outcome = Result<Applied, ApplyError>;

@@ -7,18 +7,21 @@
 //! never block the writer or each other.
 
 mod command;
+mod kv;
 mod view;
 
+pub use kv::{SESSION_TTL_MAX, SESSION_TTL_MIN};
+
 pub use command::{
-    ApplyError, CheckRegistration, Command, NodeRegistration, Outcome, Registration,
-    ServiceRegistration,
+    Applied, ApplyError, CheckRegistration, Command, NodeRegistration, Outcome, Registration,
+    Request, ServiceRegistration, TxnError, TxnOp,
 };
 pub use view::{View, WriteError, Writer};
 
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Check, CheckStatus, Index, Node, Service};
+use crate::model::{Check, CheckStatus, Index, KvEntry, Node, Service, Session};
 
 /// Key of a service instance or a check: (lower-cased node name, ID).
 pub type ItemKey = (String, String);
@@ -31,6 +34,8 @@ pub struct Indexes {
     pub nodes: Index,
     pub services: Index,
     pub checks: Index,
+    pub kv: Index,
+    pub sessions: Index,
 }
 
 /// A row the last `apply` touched, so the store persists only what changed.
@@ -41,6 +46,9 @@ pub enum Change {
     Check(ItemKey),
     /// The per-service-name index of this (lower-cased) service name moved.
     ServiceIndex(String),
+    Kv(String),
+    Session(String),
+    LockDelay(String),
 }
 
 /// A service instance with its node and every check that bears on its health.
@@ -74,6 +82,11 @@ pub struct State {
     by_service: OrdMap<String, OrdSet<ItemKey>>,
     /// Lower-cased service name → index of the last change to its instances or their health.
     service_indexes: OrdMap<String, Index>,
+    kv: OrdMap<String, KvEntry>,
+    sessions: OrdMap<String, Session>,
+    /// Key → wall-clock ms until which it cannot be acquired (set when a session holding it
+    /// is invalidated). Part of the state so every replica decides acquires alike.
+    lock_delays: OrdMap<String, u64>,
     indexes: Indexes,
 }
 
@@ -84,6 +97,12 @@ pub struct Rows {
     pub services: Vec<(String, Service)>,
     pub checks: Vec<Check>,
     pub service_indexes: Vec<(String, Index)>,
+    #[serde(default)]
+    pub kv: Vec<KvEntry>,
+    #[serde(default)]
+    pub sessions: Vec<Session>,
+    #[serde(default)]
+    pub lock_delays: Vec<(String, u64)>,
     pub indexes: Indexes,
 }
 
@@ -121,6 +140,13 @@ impl State {
                 .insert((key(&check.node), check.check_id.clone()), check);
         }
         state.service_indexes = rows.service_indexes.into_iter().collect();
+        state.kv = rows.kv.into_iter().map(|e| (e.key.clone(), e)).collect();
+        state.sessions = rows
+            .sessions
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        state.lock_delays = rows.lock_delays.into_iter().collect();
         state
     }
 
@@ -135,6 +161,13 @@ impl State {
             checks: self.checks.values().cloned().collect(),
             service_indexes: self
                 .service_indexes
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            kv: self.kv.values().cloned().collect(),
+            sessions: self.sessions.values().cloned().collect(),
+            lock_delays: self
+                .lock_delays
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
@@ -246,12 +279,18 @@ impl State {
 
     // === writes ===
 
-    /// Applies one command at Raft index `index`, recording every touched row in `changes`.
-    /// A refused command changes nothing.
-    pub fn apply(&mut self, index: Index, command: &Command, changes: &mut Vec<Change>) -> Outcome {
+    /// Applies one command at Raft index `index`, proposed at wall-clock `at_ms`, recording
+    /// every touched row in `changes`. A refused command changes nothing.
+    pub fn apply(
+        &mut self,
+        index: Index,
+        at_ms: u64,
+        command: &Command,
+        changes: &mut Vec<Change>,
+    ) -> Outcome {
         self.indexes.last = self.indexes.last.max(index);
-        match command {
-            Command::Register(reg) => self.register(index, reg, changes),
+        let outcome = match command {
+            Command::Register(reg) => self.register(index, reg, changes).map(|()| Applied::Done),
             Command::Deregister {
                 node,
                 service_id,
@@ -264,15 +303,61 @@ impl State {
                     check_id.as_deref(),
                     changes,
                 );
-                Ok(())
+                Ok(Applied::Done)
             }
             Command::UpdateCheck {
                 node,
                 check_id,
                 status,
                 output,
-            } => self.update_check(index, node, check_id, *status, output.as_deref(), changes),
+            } => self
+                .update_check(index, node, check_id, *status, output.as_deref(), changes)
+                .map(|()| Applied::Done),
+            Command::KvSet {
+                key,
+                value,
+                flags,
+                cas,
+            } => Ok(Applied::Bool(
+                self.kv_set(index, key, value, *flags, *cas, changes),
+            )),
+            Command::KvDelete { key, recurse, cas } => Ok(Applied::Bool(
+                self.kv_delete(index, key, *recurse, *cas, changes),
+            )),
+            Command::KvAcquire {
+                key,
+                value,
+                flags,
+                session,
+            } => self
+                .kv_acquire(index, at_ms, key, value, *flags, session, changes)
+                .map(Applied::Bool),
+            Command::KvRelease {
+                key,
+                value,
+                flags,
+                session,
+            } => self
+                .kv_release(index, key, value, *flags, session, changes)
+                .map(Applied::Bool),
+            Command::SessionCreate(session) => self
+                .session_create(index, session, changes)
+                .map(|()| Applied::Done),
+            Command::SessionDestroy { id } => {
+                self.session_destroy(index, at_ms, id, changes);
+                Ok(Applied::Done)
+            }
+            Command::Txn(ops) => self.txn(index, at_ms, ops, changes).map(Applied::Txn),
+        };
+        if matches!(
+            command,
+            Command::Register(_) | Command::Deregister { .. } | Command::UpdateCheck { .. }
+        ) {
+            // A linked check that went critical or away (or a node that left) invalidates
+            // its sessions.
+            self.invalidate_unhealthy_sessions(index, at_ms, changes);
         }
+        outcome
     }
 
     /// Marks the last applied index for entries that carry no command (blank, membership).
@@ -280,7 +365,12 @@ impl State {
         self.indexes.last = self.indexes.last.max(index);
     }
 
-    fn register(&mut self, index: Index, reg: &Registration, changes: &mut Vec<Change>) -> Outcome {
+    fn register(
+        &mut self,
+        index: Index,
+        reg: &Registration,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), ApplyError> {
         if reg.node.name.is_empty() {
             return Err(ApplyError::MissingNode);
         }
@@ -468,7 +558,7 @@ impl State {
         status: CheckStatus,
         output: Option<&str>,
         changes: &mut Vec<Change>,
-    ) -> Outcome {
+    ) -> Result<(), ApplyError> {
         let item = (key(node), check_id.to_string());
         let Some(old) = self.checks.get(&item) else {
             return Err(ApplyError::UnknownCheck(check_id.to_string()));

@@ -36,7 +36,7 @@ fn ttl_check(id: &str, service_id: &str, status: Option<CheckStatus>) -> CheckRe
 
 fn register(state: &mut State, index: Index, reg: Registration) -> (Outcome, Vec<Change>) {
     let mut changes = Vec::new();
-    let out = state.apply(index, &Command::Register(Box::new(reg)), &mut changes);
+    let out = state.apply(index, 0, &Command::Register(Box::new(reg)), &mut changes);
     (out, changes)
 }
 
@@ -103,13 +103,13 @@ fn update_check_changes_health_and_index_only_on_change() {
         output: Some("ok".into()),
     };
     let mut changes = Vec::new();
-    state.apply(6, &cmd, &mut changes).unwrap();
+    state.apply(6, 0, &cmd, &mut changes).unwrap();
     assert_eq!(state.instances("web")[0].status(), CheckStatus::Passing);
     assert_eq!(state.check("n1", "service:web1").unwrap().modify_index, 6);
     assert_eq!(state.service_index("web"), 6);
 
     let mut changes = Vec::new();
-    state.apply(7, &cmd, &mut changes).unwrap();
+    state.apply(7, 0, &cmd, &mut changes).unwrap();
     assert!(changes.is_empty());
     assert_eq!(state.check("n1", "service:web1").unwrap().modify_index, 6);
 }
@@ -122,6 +122,7 @@ fn update_of_unknown_check_is_refused() {
     let mut changes = Vec::new();
     let out = state.apply(
         6,
+        0,
         &Command::UpdateCheck {
             node: "n1".into(),
             check_id: "nope".into(),
@@ -188,6 +189,7 @@ fn deregister_service_removes_its_checks_and_index_entry() {
     state
         .apply(
             8,
+            0,
             &Command::Deregister {
                 node: "n1".into(),
                 service_id: Some("web1".into()),
@@ -212,6 +214,7 @@ fn deregister_node_removes_everything_on_it() {
     state
         .apply(
             9,
+            0,
             &Command::Deregister {
                 node: "N1".into(),
                 service_id: None,
@@ -272,6 +275,7 @@ fn rows_round_trip_preserves_state() {
     state
         .apply(
             6,
+            0,
             &Command::UpdateCheck {
                 node: "n1".into(),
                 check_id: "service:web1".into(),
@@ -294,6 +298,7 @@ fn replicas_fed_the_same_commands_agree() {
         let mut ch = Vec::new();
         s.apply(
             2,
+            0,
             &Command::UpdateCheck {
                 node: "n1".into(),
                 check_id: "service:web1".into(),
@@ -305,4 +310,249 @@ fn replicas_fed_the_same_commands_agree() {
         .unwrap();
     }
     assert_eq!(a, b);
+}
+
+// === KV and sessions ===
+
+fn run(state: &mut State, index: Index, at_ms: u64, cmd: Command) -> Outcome {
+    let mut changes = Vec::new();
+    state.apply(index, at_ms, &cmd, &mut changes)
+}
+
+fn set(key: &str, value: &str, cas: Option<Index>) -> Command {
+    Command::KvSet {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        flags: 0,
+        cas,
+    }
+}
+
+fn session(id: &str, behavior: crate::model::SessionBehavior, checks: &[&str]) -> Command {
+    Command::SessionCreate(crate::model::Session {
+        id: id.into(),
+        node: "n1".into(),
+        lock_delay: std::time::Duration::from_secs(15),
+        behavior,
+        service_checks: checks.iter().map(|c| c.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
+fn acquire(key: &str, session: &str) -> Command {
+    Command::KvAcquire {
+        key: key.into(),
+        value: b"me".to_vec(),
+        flags: 0,
+        session: session.into(),
+    }
+}
+
+#[test]
+fn kv_cas_zero_creates_only_and_cas_index_must_match() {
+    let mut s = State::new();
+    assert_eq!(
+        run(&mut s, 1, 0, set("a", "1", Some(0))),
+        Ok(Applied::Bool(true))
+    );
+    assert_eq!(
+        run(&mut s, 2, 0, set("a", "2", Some(0))),
+        Ok(Applied::Bool(false))
+    );
+    assert_eq!(s.kv_get("a").unwrap().value, b"1");
+    assert_eq!(
+        run(&mut s, 3, 0, set("a", "3", Some(1))),
+        Ok(Applied::Bool(true))
+    );
+    let e = s.kv_get("a").unwrap();
+    assert_eq!(
+        (e.create_index, e.modify_index, e.value.as_slice()),
+        (1, 3, &b"3"[..])
+    );
+    assert_eq!(s.indexes().kv, 3);
+}
+
+#[test]
+fn kv_recursive_delete_and_prefix_reads() {
+    let mut s = State::new();
+    for (i, k) in ["a/1", "a/2", "ab", "b"].iter().enumerate() {
+        run(&mut s, i as u64 + 1, 0, set(k, "x", None)).unwrap();
+    }
+    let keys: Vec<_> = s.kv_prefix("a").map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["a/1", "a/2", "ab"]);
+    run(
+        &mut s,
+        9,
+        0,
+        Command::KvDelete {
+            key: "a/".into(),
+            recurse: true,
+            cas: None,
+        },
+    )
+    .unwrap();
+    let keys: Vec<_> = s.kv_prefix("").map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["ab", "b"]);
+    assert_eq!(s.indexes().kv, 9);
+}
+
+#[test]
+fn lock_is_exclusive_and_release_or_destroy_frees_it_with_lock_delay() {
+    use crate::model::SessionBehavior::Release;
+    let mut s = State::new();
+    web(&mut s, 1);
+    run(&mut s, 2, 0, session("s1", Release, &[])).unwrap();
+    run(&mut s, 3, 0, session("s2", Release, &[])).unwrap();
+    assert_eq!(
+        run(&mut s, 4, 1_000, acquire("lock", "s1")),
+        Ok(Applied::Bool(true))
+    );
+    assert_eq!(
+        run(&mut s, 5, 1_000, acquire("lock", "s2")),
+        Ok(Applied::Bool(false))
+    );
+    assert_eq!(
+        run(&mut s, 6, 1_000, acquire("lock", "s1")),
+        Ok(Applied::Bool(true))
+    );
+    assert_eq!(
+        s.kv_get("lock").unwrap().lock_index,
+        1,
+        "re-acquire does not bump"
+    );
+
+    run(
+        &mut s,
+        7,
+        10_000,
+        Command::SessionDestroy { id: "s1".into() },
+    )
+    .unwrap();
+    let e = s.kv_get("lock").unwrap();
+    assert!(
+        e.session.is_empty(),
+        "release behavior keeps the key, unlocked"
+    );
+    // Within s1's 15 s lock-delay, nobody may take it; after it, s2 can.
+    assert_eq!(
+        run(&mut s, 8, 20_000, acquire("lock", "s2")),
+        Ok(Applied::Bool(false))
+    );
+    assert_eq!(
+        run(&mut s, 9, 25_001, acquire("lock", "s2")),
+        Ok(Applied::Bool(true))
+    );
+    assert_eq!(s.kv_get("lock").unwrap().lock_index, 2);
+    assert_eq!(
+        run(&mut s, 10, 0, acquire("lock", "ghost")),
+        Err(ApplyError::UnknownSession("ghost".into()))
+    );
+}
+
+#[test]
+fn delete_behavior_removes_held_keys() {
+    use crate::model::SessionBehavior::Delete;
+    let mut s = State::new();
+    web(&mut s, 1);
+    run(&mut s, 2, 0, session("s1", Delete, &[])).unwrap();
+    run(&mut s, 3, 0, acquire("k", "s1")).unwrap();
+    run(&mut s, 4, 0, Command::SessionDestroy { id: "s1".into() }).unwrap();
+    assert!(s.kv_get("k").is_none());
+    assert!(s.session("s1").is_none());
+}
+
+#[test]
+fn critical_linked_check_invalidates_session() {
+    use crate::model::SessionBehavior::Release;
+    let mut s = State::new();
+    web(&mut s, 1);
+    let pass = Command::UpdateCheck {
+        node: "n1".into(),
+        check_id: "service:web1".into(),
+        status: CheckStatus::Passing,
+        output: None,
+    };
+    // A critical check cannot back a new session.
+    assert_eq!(
+        run(&mut s, 2, 0, session("s1", Release, &["service:web1"])),
+        Err(ApplyError::CriticalCheck("service:web1".into()))
+    );
+    run(&mut s, 3, 0, pass).unwrap();
+    run(&mut s, 4, 0, session("s1", Release, &["service:web1"])).unwrap();
+    run(&mut s, 5, 0, acquire("k", "s1")).unwrap();
+    run(
+        &mut s,
+        6,
+        0,
+        Command::UpdateCheck {
+            node: "n1".into(),
+            check_id: "service:web1".into(),
+            status: CheckStatus::Critical,
+            output: None,
+        },
+    )
+    .unwrap();
+    assert!(s.session("s1").is_none());
+    assert!(s.kv_get("k").unwrap().session.is_empty());
+}
+
+#[test]
+fn txn_is_all_or_nothing() {
+    let mut s = State::new();
+    run(&mut s, 1, 0, set("x", "old", None)).unwrap();
+    let before = s.clone();
+    let ops = vec![
+        TxnOp::Set {
+            key: "y".into(),
+            value: b"new".to_vec(),
+            flags: 0,
+        },
+        TxnOp::Cas {
+            key: "x".into(),
+            value: b"new".to_vec(),
+            flags: 0,
+            index: 99,
+        },
+    ];
+    let mut changes = Vec::new();
+    let out = s.apply(2, 0, &Command::Txn(ops), &mut changes);
+    match out {
+        Err(ApplyError::Txn(errors)) => assert_eq!(errors[0].op_index, 1),
+        other => panic!("expected a txn failure, got {other:?}"),
+    }
+    assert!(changes.is_empty());
+    assert!(s.kv_get("y").is_none());
+    assert_eq!(s.kv_get("x"), before.kv_get("x"));
+
+    let ops = vec![
+        TxnOp::Set {
+            key: "y".into(),
+            value: b"new".to_vec(),
+            flags: 0,
+        },
+        TxnOp::Cas {
+            key: "x".into(),
+            value: b"new".to_vec(),
+            flags: 0,
+            index: 1,
+        },
+        TxnOp::Get { key: "x".into() },
+    ];
+    match s.apply(3, 0, &Command::Txn(ops), &mut changes) {
+        Ok(Applied::Txn(entries)) => assert_eq!(entries.len(), 3),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.kv_get("y").unwrap().value, b"new");
+}
+
+#[test]
+fn kv_and_sessions_survive_rows_round_trip() {
+    use crate::model::SessionBehavior::Release;
+    let mut s = State::new();
+    web(&mut s, 1);
+    run(&mut s, 2, 0, session("s1", Release, &[])).unwrap();
+    run(&mut s, 3, 0, acquire("k", "s1")).unwrap();
+    run(&mut s, 4, 5, Command::SessionDestroy { id: "s1".into() }).unwrap();
+    run(&mut s, 5, 0, set("bin", "\u{0}\u{ff}", None)).unwrap();
+    assert_eq!(State::from_rows(s.to_rows()), s);
 }

@@ -165,3 +165,70 @@ impl Default for CheckStatus {
         CheckStatus::Critical
     }
 }
+
+/// A key/value entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    pub key: String,
+    #[serde(with = "base64_bytes")]
+    pub value: Vec<u8>,
+    pub flags: u64,
+    /// How many times the key's lock was acquired.
+    pub lock_index: u64,
+    /// The session holding the lock, empty when unlocked.
+    pub session: String,
+    pub create_index: Index,
+    pub modify_index: Index,
+}
+
+/// What happens to the keys a session holds when it is invalidated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionBehavior {
+    #[default]
+    Release,
+    Delete,
+}
+
+impl SessionBehavior {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionBehavior::Release => "release",
+            SessionBehavior::Delete => "delete",
+        }
+    }
+}
+
+/// A session: the owner of KV locks, invalidated by destroy, TTL expiry, or a linked check
+/// going critical.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub name: String,
+    pub node: String,
+    pub lock_delay: Duration,
+    pub behavior: SessionBehavior,
+    pub ttl: Option<Duration>,
+    /// Node-level check IDs on `node` that keep the session alive.
+    pub node_checks: Vec<String>,
+    /// Service check IDs on `node` that keep the session alive.
+    pub service_checks: Vec<String>,
+    pub create_index: Index,
+    pub modify_index: Index,
+}
+
+/// Serde for byte values as base64 text: compact in JSON, and the form Consul's API uses.
+pub(crate) mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}

@@ -14,7 +14,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use redb::Database;
 
-use crate::catalog::{Command, Outcome, View, WriteError, Writer};
+use crate::catalog::{Command, Outcome, Request, View, WriteError, Writer};
 use crate::store::{LogStore, StateMachineStore, StoreError};
 use types::{NodeId, Raft};
 
@@ -157,8 +157,12 @@ struct RaftWriter {
 impl Writer for RaftWriter {
     async fn write(&self, command: Command) -> Result<Outcome, WriteError> {
         let deadline = tokio::time::Instant::now() + LEADER_HOLD;
+        let request = Request {
+            at_ms: now_ms(),
+            command,
+        };
         loop {
-            match self.raft.client_write(command.clone()).await {
+            match self.raft.client_write(request.clone()).await {
                 Ok(response) => return Ok(response.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     if let Some(node) = f.leader_node {
@@ -173,4 +177,12 @@ impl Writer for RaftWriter {
             }
         }
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, stamped on each proposed command.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

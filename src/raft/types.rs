@@ -2,12 +2,12 @@
 
 use std::io::Cursor;
 
-use crate::catalog::{Command, Outcome};
+use crate::catalog::{Outcome, Request};
 
 openraft::declare_raft_types!(
     /// Beacon's Raft types: catalog commands in, apply outcomes out.
     pub TypeConfig:
-        D = Command,
+        D = Request,
         R = Outcome,
         NodeId = NodeId,
         Node = openraft::BasicNode,

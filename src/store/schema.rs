@@ -14,6 +14,9 @@ pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 pub const SERVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("services");
 pub const CHECKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("checks");
 pub const SERVICE_INDEXES: TableDefinition<&str, u64> = TableDefinition::new("service_indexes");
+pub const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+pub const LOCK_DELAYS: TableDefinition<&str, u64> = TableDefinition::new("lock_delays");
 
 pub mod meta {
     pub const VOTE: &str = "vote";
@@ -32,5 +35,8 @@ pub fn create_all(tx: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     tx.open_table(SERVICES)?;
     tx.open_table(CHECKS)?;
     tx.open_table(SERVICE_INDEXES)?;
+    tx.open_table(KV)?;
+    tx.open_table(SESSIONS)?;
+    tx.open_table(LOCK_DELAYS)?;
     Ok(())
 }

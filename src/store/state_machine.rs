@@ -9,10 +9,12 @@ use openraft::{EntryPayload, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::log::{decode, encode, read_meta};
-use super::schema::{CHECKS, META, NODES, SERVICE_INDEXES, SERVICES, meta};
+use super::schema::{
+    CHECKS, KV, LOCK_DELAYS, META, NODES, SERVICE_INDEXES, SERVICES, SESSIONS, meta,
+};
 use super::{StoreError, blocking, raft_err};
-use crate::catalog::{Change, Indexes, Rows, State, View};
-use crate::model::{Check, Node, Service};
+use crate::catalog::{Applied, Change, Indexes, Rows, State, View};
+use crate::model::{Check, KvEntry, Node, Service, Session};
 use crate::raft::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -39,6 +41,9 @@ enum RowWrite {
     Service((String, String), Option<Vec<u8>>),
     Check((String, String), Option<Vec<u8>>),
     ServiceIndex(String, Option<u64>),
+    Kv(String, Option<Vec<u8>>),
+    Session(String, Option<Vec<u8>>),
+    LockDelay(String, Option<u64>),
 }
 
 impl StateMachineStore {
@@ -74,6 +79,19 @@ impl StateMachineStore {
                 let (k, v) = item?;
                 rows.service_indexes
                     .push((k.value().to_string(), v.value()));
+            }
+            for item in tx.open_table(KV)?.iter()? {
+                let (_, v) = item?;
+                rows.kv.push(decode::<KvEntry>("kv", v.value())?);
+            }
+            for item in tx.open_table(SESSIONS)?.iter()? {
+                let (_, v) = item?;
+                rows.sessions
+                    .push(decode::<Session>("sessions", v.value())?);
+            }
+            for item in tx.open_table(LOCK_DELAYS)?.iter()? {
+                let (k, v) = item?;
+                rows.lock_delays.push((k.value().to_string(), v.value()));
             }
         }
         let state = State::from_rows(rows);
@@ -111,6 +129,18 @@ impl StateMachineStore {
                         let v = Some(self.state.service_index(&name));
                         RowWrite::ServiceIndex(name, v)
                     }
+                    Change::Kv(k) => {
+                        let v = self.state.kv_get(&k).map(encode).transpose()?;
+                        RowWrite::Kv(k, v)
+                    }
+                    Change::Session(id) => {
+                        let v = self.state.session(&id).map(encode).transpose()?;
+                        RowWrite::Session(id, v)
+                    }
+                    Change::LockDelay(k) => {
+                        let v = self.state.lock_delay(&k);
+                        RowWrite::LockDelay(k, v)
+                    }
                 })
             })
             .collect()
@@ -130,8 +160,29 @@ fn write_rows(tx: &WriteTransaction, writes: &[RowWrite]) -> Result<(), StoreErr
     let mut services = tx.open_table(SERVICES)?;
     let mut checks = tx.open_table(CHECKS)?;
     let mut service_indexes = tx.open_table(SERVICE_INDEXES)?;
+    let mut kv = tx.open_table(KV)?;
+    let mut sessions = tx.open_table(SESSIONS)?;
+    let mut lock_delays = tx.open_table(LOCK_DELAYS)?;
     for w in writes {
         match w {
+            RowWrite::Kv(k, Some(v)) => {
+                kv.insert(k.as_str(), v.as_slice())?;
+            }
+            RowWrite::Kv(k, None) => {
+                kv.remove(k.as_str())?;
+            }
+            RowWrite::Session(k, Some(v)) => {
+                sessions.insert(k.as_str(), v.as_slice())?;
+            }
+            RowWrite::Session(k, None) => {
+                sessions.remove(k.as_str())?;
+            }
+            RowWrite::LockDelay(k, Some(v)) => {
+                lock_delays.insert(k.as_str(), *v)?;
+            }
+            RowWrite::LockDelay(k, None) => {
+                lock_delays.remove(k.as_str())?;
+            }
             RowWrite::Node(k, Some(v)) => {
                 nodes.insert(k.as_str(), v.as_slice())?;
             }
@@ -189,15 +240,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             match entry.payload {
                 EntryPayload::Blank => {
                     self.state.note_applied(index);
-                    outcomes.push(Ok(()));
+                    outcomes.push(Ok(Applied::Done));
                 }
-                EntryPayload::Normal(command) => {
-                    outcomes.push(self.state.apply(index, &command, &mut changes));
+                EntryPayload::Normal(request) => {
+                    outcomes.push(self.state.apply(
+                        index,
+                        request.at_ms,
+                        &request.command,
+                        &mut changes,
+                    ));
                 }
                 EntryPayload::Membership(m) => {
                     self.state.note_applied(index);
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
-                    outcomes.push(Ok(()));
+                    outcomes.push(Ok(Applied::Done));
                 }
             }
         }
@@ -272,6 +328,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for (name, index) in &rows.service_indexes {
             writes.push(RowWrite::ServiceIndex(name.clone(), Some(*index)));
         }
+        for entry in &rows.kv {
+            let bytes = encode(entry).map_err(|e| raft_err(ErrorVerb::Write, e))?;
+            writes.push(RowWrite::Kv(entry.key.clone(), Some(bytes)));
+        }
+        for session in &rows.sessions {
+            let bytes = encode(session).map_err(|e| raft_err(ErrorVerb::Write, e))?;
+            writes.push(RowWrite::Session(session.id.clone(), Some(bytes)));
+        }
+        for (key, until) in &rows.lock_delays {
+            writes.push(RowWrite::LockDelay(key.clone(), Some(*until)));
+        }
         let mut meta_rows = self
             .applied_meta()
             .map_err(|e| raft_err(ErrorVerb::Write, e))?;
@@ -284,6 +351,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             tx.open_table(SERVICES)?.retain(|_, _| false)?;
             tx.open_table(CHECKS)?.retain(|_, _| false)?;
             tx.open_table(SERVICE_INDEXES)?.retain(|_, _| false)?;
+            tx.open_table(KV)?.retain(|_, _| false)?;
+            tx.open_table(SESSIONS)?.retain(|_, _| false)?;
+            tx.open_table(LOCK_DELAYS)?.retain(|_, _| false)?;
             write_rows(&tx, &writes)?;
             write_meta(&tx, &meta_rows)?;
             tx.commit()?;

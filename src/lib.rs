@@ -6,6 +6,7 @@
 //! - [`http`]: the Consul-compatible HTTP API (axum).
 //! - [`dns`]: the `consul.` DNS zone answered from the in-memory catalog view (hickory-server).
 //! - [`agent`]: services and checks owned by this agent and the health runner that probes them.
+//! - [`sessions`]: session TTL expiry, proposed through Raft.
 //! - [`raft`]: openraft configuration, the `Writer` that proposes commands, cluster status.
 //! - [`store`]: redb persistence of the Raft log, vote and catalog state machine.
 //! - [`catalog`]: the pure, deterministic state machine and its published read view.
@@ -19,4 +20,5 @@ pub mod http;
 pub mod model;
 pub mod raft;
 pub mod server;
+pub mod sessions;
 pub mod store;

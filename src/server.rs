@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::dns::{self, DnsHandler, ZoneSettings};
 use crate::http::{self, Api};
 use crate::raft::Cluster;
+use crate::sessions::SessionTimers;
 use crate::store;
 
 /// The single server's Raft node ID (cluster support assigns real ones).
@@ -82,6 +83,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         datacenter: config.datacenter.clone(),
     };
     let agent = Agent::new(node, writer.clone(), view.clone(), token.child_token());
+    let writer_for_sessions = writer.clone();
 
     let handler = DnsHandler::new(
         view.clone(),
@@ -99,6 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         writer,
         agent: agent.clone(),
         status: Arc::new(cluster.clone()),
+        sessions: SessionTimers::start(view.clone(), writer_for_sessions, token.child_token()),
         datacenter: config.datacenter.clone(),
         server_addr: rpc_addr,
     };

@@ -107,7 +107,7 @@ impl State {
         changes: &mut Vec<Change>,
     ) -> bool {
         if let Some(cas) = cas {
-            if !self.kv.get(key).is_some_and(|e| e.modify_index == cas) {
+            if self.kv.get(key).is_none_or(|e| e.modify_index != cas) {
                 return false;
             }
             self.remove_kv(index, key, changes);

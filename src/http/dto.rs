@@ -40,6 +40,33 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             kind(&value)
         )));
     }
+    decode_value(value)
+}
+
+/// Decodes a JSON array body (e.g. a transaction) whose items are objects.
+pub fn decode_list<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, ApiError> {
+    let fail = |e: String| ApiError::BadRequest(format!("Request decode failed: {e}"));
+    let value: Value = serde_json::from_slice(body).map_err(|e| fail(e.to_string()))?;
+    let Value::Array(items) = value else {
+        return Err(fail(format!("expected a JSON array, got {}", kind(&value))));
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            if item.is_object() {
+                decode_value(item)
+            } else {
+                Err(fail(format!(
+                    "expected objects in the array, got {}",
+                    kind(&item)
+                )))
+            }
+        })
+        .collect()
+}
+
+fn decode_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    let fail = |e: String| ApiError::BadRequest(format!("Request decode failed: {e}"));
     let value = normalize(value);
     // A catalog registration's `Service` is an object (inside it, `Service` is the name).
     if let Some(service) = value.get("service")
@@ -59,7 +86,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// Fields whose values are objects. serde would also accept an array for a struct, which Go
 /// refuses; refuse it here too.
-const OBJECT_FIELDS: &[&str] = &["check", "weights", "definition"];
+const OBJECT_FIELDS: &[&str] = &["check", "weights", "definition", "kv"];
 
 fn check_objects(value: &Value) -> Result<(), String> {
     let Value::Object(map) = value else {

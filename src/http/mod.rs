@@ -6,6 +6,8 @@ mod catalog;
 mod dto;
 mod error;
 mod health;
+mod kv;
+mod session;
 
 use std::sync::Arc;
 
@@ -47,6 +49,7 @@ pub struct Api {
     pub writer: Arc<dyn Writer>,
     pub agent: Agent,
     pub status: Arc<dyn ClusterStatus>,
+    pub sessions: crate::sessions::SessionTimers,
     pub datacenter: String,
     /// The server (RPC) address, reported as the member address.
     pub server_addr: std::net::SocketAddr,
@@ -93,6 +96,21 @@ pub fn router(api: Api) -> Router {
         .route("/v1/health/checks/{name}", get(health::checks))
         .route("/v1/health/state/{state}", get(health::state))
         .route("/v1/health/node/{node}", get(health::node))
+        .route(
+            "/v1/kv/",
+            get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/txn", put(kv::txn))
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/list", get(session::list))
+        .route("/v1/session/node/{node}", get(session::node))
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
         .fallback(not_found)

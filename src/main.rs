@@ -1,5 +1,7 @@
 //! The `beacon` binary: CLI parsing, logging, exit codes. Everything else lives in the library.
 
+mod cli;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run a Beacon agent.
     Agent(AgentArgs),
+    /// Read and write the key/value store of a running agent.
+    Kv(cli::kv::KvArgs),
 }
 
 #[derive(Args)]
@@ -67,7 +71,7 @@ struct AgentArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(cli::normalize_flags(std::env::args())) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -80,6 +84,28 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Agent(args) => agent(args),
+        Command::Kv(args) => client(cli::kv::run(args)),
+    }
+}
+
+/// Runs a client subcommand; errors go to stderr with exit status 1, as Consul's CLI does.
+fn client(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,0 +1,124 @@
+//! `beacon kv …` against a real server, as a user would run it.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+
+use support::*;
+
+fn beacon(env_addr: Option<(&str, &str)>, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_beacon"));
+    cmd.args(args)
+        .env_remove("BEACON_HTTP_ADDR")
+        .env_remove("CONSUL_HTTP_ADDR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((k, v)) = env_addr {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            input.write_all(bytes).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn kv_cli_put_get_delete_with_consul_flags() {
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    let env = Some(("BEACON_HTTP_ADDR", addr.as_str()));
+    let o = beacon(env, &["kv", "put", "-flags=9", "cfg/db", "postgres"], None);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "Success! Data written to: cfg/db");
+    let o = beacon(env, &["kv", "get", "cfg/db"], None);
+    assert_eq!(stdout(&o), "postgres\n");
+    let o = beacon(env, &["kv", "get", "-detailed", "cfg/db"], None);
+    assert!(stdout(&o).contains("Flags           9"), "{}", stdout(&o));
+
+    // Values from stdin and from base64.
+    let o = beacon(env, &["kv", "put", "cfg/bin", "-"], Some(b"\x00\x01binary"));
+    assert!(o.status.success());
+    let o = beacon(env, &["kv", "get", "-base64", "cfg/bin"], None);
+    assert_eq!(stdout(&o).trim(), "AAFiaW5hcnk=");
+    let o = beacon(env, &["kv", "put", "-base64", "cfg/b64", "aGk="], None);
+    assert!(o.status.success());
+    assert_eq!(
+        stdout(&beacon(env, &["kv", "get", "cfg/b64"], None)),
+        "hi\n"
+    );
+
+    // -cas with a stale index fails with exit status 1 and writes nothing.
+    let o = beacon(
+        env,
+        &["kv", "put", "-cas", "-modify-index=1", "cfg/db", "mysql"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("CAS failed"));
+    assert_eq!(
+        stdout(&beacon(env, &["kv", "get", "cfg/db"], None)),
+        "postgres\n"
+    );
+
+    let o = beacon(env, &["kv", "get", "-recurse", "cfg/"], None);
+    assert_eq!(stdout(&o).lines().count(), 3);
+
+    // --http-addr beats the environment; CONSUL_HTTP_ADDR works with a scheme.
+    let wrong = Some(("BEACON_HTTP_ADDR", "127.0.0.1:1"));
+    let o = beacon(wrong, &["kv", "get", "--http-addr", &addr, "cfg/db"], None);
+    assert_eq!(stdout(&o), "postgres\n");
+    let with_scheme = format!("http://{addr}");
+    let o = beacon(
+        Some(("CONSUL_HTTP_ADDR", with_scheme.as_str())),
+        &["kv", "get", "cfg/db"],
+        None,
+    );
+    assert_eq!(stdout(&o), "postgres\n");
+
+    let o = beacon(env, &["kv", "delete", "-recurse", "cfg/"], None);
+    assert!(o.status.success());
+    let o = beacon(env, &["kv", "get", "cfg/db"], None);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn kv_export_then_import_round_trips() {
+    let source = Server::start(&[]);
+    let src_addr = source.http.to_string();
+    let env = Some(("BEACON_HTTP_ADDR", src_addr.as_str()));
+    for (k, v, f) in [
+        ("app/a", "1", "0"),
+        ("app/b/c", "two", "5"),
+        ("app/bin", "\u{1}\u{2}", "0"),
+    ] {
+        let o = beacon(env, &["kv", "put", &format!("-flags={f}"), k, v], None);
+        assert!(o.status.success());
+    }
+    let exported = beacon(env, &["kv", "export", "app/"], None);
+    assert!(exported.status.success());
+    let parsed: serde_json::Value = serde_json::from_slice(&exported.stdout).unwrap();
+    assert_eq!(parsed.as_array().unwrap().len(), 3);
+    assert_eq!(parsed[1]["flags"], 5);
+
+    let target = Server::start(&[]);
+    let dst_addr = target.http.to_string();
+    let dst = Some(("BEACON_HTTP_ADDR", dst_addr.as_str()));
+    let o = beacon(dst, &["kv", "import", "-"], Some(&exported.stdout));
+    assert!(o.status.success(), "{o:?}");
+    let again = beacon(dst, &["kv", "export", "app/"], None);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&again.stdout).unwrap(),
+        parsed,
+        "export → import → export is the identity"
+    );
+}

@@ -50,6 +50,29 @@ pub struct Config {
     pub log_level: String,
     pub dns: DnsConfig,
     pub raft: Timing,
+    pub mode: Mode,
+    /// Form a new cluster once this many servers know each other (0: only join).
+    pub bootstrap_expect: usize,
+    /// Other servers' RPC addresses, tried until one answers.
+    pub join: Vec<String>,
+    pub autopilot: Autopilot,
+}
+
+/// How the agent runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One server that elects itself; temporary data dir unless one is given.
+    Dev,
+    /// A server in a cluster of several, formed with `bootstrap_expect` / `join`.
+    Server,
+}
+
+/// Dead-server clean-up, as Consul's autopilot does it.
+#[derive(Clone, Debug)]
+pub struct Autopilot {
+    pub cleanup_dead_servers: bool,
+    /// A voter the leader has not reached for this long is removed, if a healthy majority remains.
+    pub dead_server_threshold: Duration,
 }
 
 /// The DNS settings that follow Consul's `dns_config` block.
@@ -103,6 +126,9 @@ impl ServiceTtl {
 #[derive(Clone, Debug, Default)]
 pub struct Flags {
     pub dev: bool,
+    pub server: bool,
+    pub bootstrap_expect: Option<usize>,
+    pub join: Vec<String>,
     pub config_file: Option<PathBuf>,
     pub http_addr: Option<String>,
     pub dns_addr: Option<String>,
@@ -131,6 +157,29 @@ struct FileConfig {
     ports: FilePorts,
     #[serde(default)]
     dns_config: FileDnsConfig,
+    server: Option<bool>,
+    bootstrap_expect: Option<usize>,
+    retry_join: Option<Vec<String>>,
+    start_join: Option<Vec<String>>,
+    raft_snapshot_threshold: Option<u64>,
+    raft_trailing_logs: Option<u64>,
+    #[serde(default)]
+    performance: FilePerformance,
+    #[serde(default)]
+    autopilot: FileAutopilot,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePerformance {
+    raft_multiplier: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAutopilot {
+    cleanup_dead_servers: Option<bool>,
+    dead_server_threshold: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,11 +324,76 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
         }
     };
 
+    let mode = if flags.dev {
+        Mode::Dev
+    } else if flags.server || file.server == Some(true) {
+        Mode::Server
+    } else {
+        return Err(ConfigError::new(
+            "mode",
+            "beacon agent needs a mode: --dev (a one-node server that elects itself) or --server (a clustered server)",
+        ));
+    };
+    let bootstrap_expect = flags
+        .bootstrap_expect
+        .or(file.bootstrap_expect)
+        .unwrap_or(0);
+    let mut join = flags.join.clone();
+    if join.is_empty() {
+        join = file.retry_join.or(file.start_join).unwrap_or_default();
+    }
+    for addr in &join {
+        parse_addr("join", addr)?;
+    }
+    let data_dir = flags.data_dir.clone().or(file.data_dir);
+    if mode == Mode::Server {
+        if data_dir.is_none() {
+            return Err(ConfigError::new("data_dir", "a server needs --data-dir"));
+        }
+        if bootstrap_expect == 0 && join.is_empty() {
+            return Err(ConfigError::new(
+                "bootstrap_expect",
+                "a server needs --bootstrap-expect N (to form a cluster) or --join ADDR (to join one)",
+            ));
+        }
+    }
+    let multiplier = file.performance.raft_multiplier.unwrap_or(1);
+    if !(1..=10).contains(&multiplier) {
+        return Err(ConfigError::new(
+            "performance.raft_multiplier",
+            format!("must be between 1 and 10, got {multiplier}"),
+        ));
+    }
+    let mut raft = Timing::with_multiplier(multiplier);
+    if let Some(n) = file.raft_snapshot_threshold {
+        if n == 0 {
+            return Err(ConfigError::new(
+                "raft_snapshot_threshold",
+                "must be greater than 0",
+            ));
+        }
+        raft.snapshot_threshold = n;
+    }
+    if let Some(n) = file.raft_trailing_logs {
+        raft.trailing_logs = n;
+    }
+    let autopilot = Autopilot {
+        cleanup_dead_servers: file.autopilot.cleanup_dead_servers.unwrap_or(true),
+        dead_server_threshold: match file.autopilot.dead_server_threshold {
+            Some(v) => duration("autopilot.dead_server_threshold", &v)?,
+            None => Duration::from_secs(30),
+        },
+    };
+
     Ok(Config {
+        mode,
+        bootstrap_expect,
+        join,
+        autopilot,
         node_name,
         datacenter,
         domain,
-        data_dir: flags.data_dir.clone().or(file.data_dir),
+        data_dir,
         http_addr,
         dns_addr,
         rpc_addr,
@@ -291,7 +405,7 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
             udp_answer_limit,
             only_passing: d.only_passing.unwrap_or(false),
         },
-        raft: Timing::default(),
+        raft,
     })
 }
 

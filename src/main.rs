@@ -31,6 +31,16 @@ enum Command {
     Agent(AgentArgs),
     /// Read and write the key/value store of a running agent.
     Kv(cli::kv::KvArgs),
+    /// Ask the local server to leave its cluster gracefully, then shut down.
+    Leave(cli::ops::AddrArgs),
+    /// Ask the local server to join the cluster of the server at ADDR (its RPC address).
+    Join(cli::ops::JoinArgs),
+    /// List the servers of the cluster.
+    Members(cli::ops::AddrArgs),
+    /// Operator commands.
+    Operator(cli::ops::OperatorArgs),
+    /// Save or restore a snapshot of the catalog.
+    Snapshot(cli::ops::SnapshotArgs),
 }
 
 #[derive(Args)]
@@ -38,9 +48,15 @@ struct AgentArgs {
     /// One-node server that bootstraps its own cluster and elects itself.
     #[arg(long)]
     dev: bool,
-    /// Run as a clustered server (not available yet).
+    /// Run as a server of a cluster (with --bootstrap-expect and/or --join).
     #[arg(long)]
     server: bool,
+    /// Form a new cluster once this many servers know each other.
+    #[arg(long, value_name = "N")]
+    bootstrap_expect: Option<usize>,
+    /// Another server's RPC address; repeatable; retried until reached.
+    #[arg(long = "join", value_name = "ADDR")]
+    join: Vec<String>,
     /// TOML config file with Consul's key names; flags override it.
     #[arg(long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -85,6 +101,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => agent(args),
         Command::Kv(args) => client(cli::kv::run(args)),
+        Command::Leave(args) => client(cli::ops::leave(args)),
+        Command::Join(args) => client(cli::ops::join(args)),
+        Command::Members(args) => client(cli::ops::members(args)),
+        Command::Operator(args) => client(cli::ops::operator(args)),
+        Command::Snapshot(args) => client(cli::ops::snapshot(args)),
     }
 }
 
@@ -110,17 +131,11 @@ fn client(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCo
 }
 
 fn agent(args: AgentArgs) -> ExitCode {
-    if !args.dev {
-        let why = if args.server {
-            "--server (clustered servers) is not available yet"
-        } else {
-            "beacon agent needs a mode"
-        };
-        eprintln!("error: {why}; the modes are: --dev (a one-node server that elects itself)");
-        return ExitCode::from(EXIT_USAGE);
-    }
     let flags = Flags {
         dev: args.dev,
+        server: args.server,
+        bootstrap_expect: args.bootstrap_expect,
+        join: args.join,
         config_file: args.config,
         http_addr: args.http_addr,
         dns_addr: args.dns_addr,

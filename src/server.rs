@@ -1,5 +1,6 @@
-//! The composition root: opens the store, starts Raft, binds and serves DNS and HTTP, starts the
-//! agent, and shuts everything down in order when told to.
+//! The composition root: opens the store, starts Raft, binds and serves RPC, DNS and HTTP,
+//! forms or joins the cluster, starts the agent and the leader's duties, and shuts everything
+//! down in order when told to (or when this server leaves the cluster).
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -9,21 +10,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, NodeIdentity};
-use crate::catalog::View;
-use crate::config::Config;
+use crate::catalog::{Command, View, Writer};
+use crate::config::{Autopilot, Config, Mode};
 use crate::dns::{self, DnsHandler, ZoneSettings};
 use crate::http::{self, Api};
-use crate::raft::Cluster;
+use crate::raft::types::ServerNode;
+use crate::raft::{Cluster, formation, rpc};
 use crate::sessions::SessionTimers;
 use crate::store;
 
-/// The single server's Raft node ID (cluster support assigns real ones).
-const SINGLE_NODE_ID: u64 = 1;
-
-/// Runs a dev server until `shutdown` resolves.
+/// Runs a server until `shutdown` resolves or it leaves its cluster.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Dev mode without --data-dir keeps its state in a directory removed at exit.
     let (data_dir, _temp): (PathBuf, Option<tempfile::TempDir>) = match &config.data_dir {
@@ -37,10 +37,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     let db = store::open(&data_dir)?;
-    tracing::info!(data_dir = %data_dir.display(), "opened data dir");
-
-    let view = View::default();
-    let cluster = Cluster::start(SINGLE_NODE_ID, db, view.clone(), &config.raft).await?;
+    let node_id = store::node_id(&db)?;
+    tracing::info!(data_dir = %data_dir.display(), node_id, "opened data dir");
 
     let http_listener = TcpListener::bind(config.http_addr)
         .await
@@ -52,24 +50,39 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("binding dns on {}", config.dns_addr))?;
     tracing::info!("listening dns-udp on {}", udp.local_addr()?);
     tracing::info!("listening dns-tcp on {}", tcp.local_addr()?);
-    let rpc_addr = if config.rpc_listen {
-        // Reserved for server-to-server RPC; a single server receives none yet.
+    let rpc_listener = if config.mode == Mode::Server || config.rpc_listen {
         let rpc = TcpListener::bind(config.rpc_addr)
             .await
             .with_context(|| format!("binding rpc on {}", config.rpc_addr))?;
-        let addr = rpc.local_addr()?;
-        tracing::info!("listening rpc on {addr}");
-        tokio::spawn(async move { while rpc.accept().await.is_ok() {} });
-        addr
+        tracing::info!("listening rpc on {}", rpc.local_addr()?);
+        Some(rpc)
     } else {
-        config.rpc_addr
+        None
+    };
+    let rpc_addr = match &rpc_listener {
+        Some(l) => l.local_addr()?,
+        None => config.rpc_addr,
     };
 
-    cluster
-        .bootstrap_single(SINGLE_NODE_ID, rpc_addr.to_string())
-        .await?;
-
+    let view = View::default();
+    let me = ServerNode {
+        rpc_addr: rpc_addr.to_string(),
+        name: config.node_name.clone(),
+    };
+    let cluster = Cluster::start(node_id, me, db, view.clone(), &config.raft).await?;
     let token = CancellationToken::new();
+    if let Some(listener) = rpc_listener {
+        let router = rpc::router(cluster.clone());
+        let stop = token.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "rpc server failed");
+            }
+        });
+    }
+
     let writer = cluster.writer();
     let node = NodeIdentity {
         id: view
@@ -83,7 +96,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         datacenter: config.datacenter.clone(),
     };
     let agent = Agent::new(node, writer.clone(), view.clone(), token.child_token());
-    let writer_for_sessions = writer.clone();
+    let leader_check = cluster.clone();
+    let sessions = SessionTimers::start(
+        view.clone(),
+        writer.clone(),
+        Box::new(move || leader_check.is_leader()),
+        token.child_token(),
+    );
 
     let handler = DnsHandler::new(
         view.clone(),
@@ -96,14 +115,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     .map_err(anyhow::Error::msg)?;
     let mut dns_server = dns::serve(handler, udp, tcp);
 
+    let leave = CancellationToken::new();
     let api = Api {
         view: view.clone(),
-        writer,
+        writer: writer.clone(),
         agent: agent.clone(),
-        status: Arc::new(cluster.clone()),
-        sessions: SessionTimers::start(view.clone(), writer_for_sessions, token.child_token()),
+        cluster: cluster.clone(),
+        sessions,
         datacenter: config.datacenter.clone(),
-        server_addr: rpc_addr,
+        leave: leave.clone(),
     };
     let http_token = token.clone();
     let http_task = tokio::spawn(async move {
@@ -113,16 +133,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     });
 
-    if !cluster.wait_for_leader(Duration::from_secs(30)).await {
-        anyhow::bail!("no leader elected within 30s");
+    let ready = async {
+        match config.mode {
+            Mode::Dev => cluster.bootstrap_single().await?,
+            Mode::Server => {
+                formation::form(&cluster, &config.join, config.bootstrap_expect, &token).await?
+            }
+        }
+        while !cluster.wait_for_leader(Duration::from_secs(5)).await {
+            tracing::info!("waiting for a cluster leader");
+        }
+        tokio::spawn(leader_duties(
+            cluster.clone(),
+            writer.clone(),
+            config.autopilot.clone(),
+            token.child_token(),
+        ));
+        agent
+            .start(rpc_addr.port())
+            .await
+            .context("registering this server in the catalog")?;
+        tracing::info!(leader = ?cluster.leader_addr(), "beacon agent ready");
+        anyhow::Ok(())
+    };
+    tokio::pin!(shutdown);
+    let stopped_early = tokio::select! {
+        result = ready => { result?; false }
+        _ = &mut shutdown => true,
+    };
+    if !stopped_early {
+        tokio::select! {
+            _ = &mut shutdown => {}
+            _ = leave.cancelled() => tracing::info!("left the cluster"),
+        }
     }
-    agent
-        .start(rpc_addr.port())
-        .await
-        .context("registering this server in the catalog")?;
-    tracing::info!(leader = ?cluster.leader_addr(), "beacon agent ready");
-
-    shutdown.await;
     tracing::info!("shutting down");
     token.cancel();
     if let Err(e) = dns_server.shutdown_gracefully().await {
@@ -132,6 +176,69 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     cluster.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What only the leader does: name the cluster once, and remove servers that stay dead.
+async fn leader_duties(
+    cluster: Cluster,
+    writer: Arc<dyn Writer>,
+    autopilot: Autopilot,
+    stop: CancellationToken,
+) {
+    let mut leader_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        if !cluster.is_leader() {
+            leader_since = None;
+            continue;
+        }
+        let since = *leader_since.get_or_insert_with(Instant::now);
+        if cluster.view().load().cluster_id().is_empty() {
+            let id = uuid::Uuid::new_v4().to_string();
+            if let Err(e) = writer.write(Command::InitCluster { id }).await {
+                tracing::warn!(error = %e, "could not name the cluster");
+            }
+        }
+        if autopilot.cleanup_dead_servers {
+            remove_dead_server(&cluster, since, autopilot.dead_server_threshold).await;
+        }
+    }
+}
+
+/// Removes one voter the leader has not reached for `threshold`, if the voters that remain
+/// healthy still form a majority of the current configuration.
+async fn remove_dead_server(cluster: &Cluster, leader_since: Instant, threshold: Duration) {
+    let members = cluster.members();
+    let voters: Vec<_> = members.iter().filter(|m| m.voter).collect();
+    let dead: Vec<_> = voters
+        .iter()
+        .filter(|m| m.id != cluster.id())
+        .filter(|m| {
+            let last = cluster
+                .contacts()
+                .last(m.id)
+                .unwrap_or(leader_since)
+                .max(leader_since);
+            last.elapsed() > threshold
+        })
+        .collect();
+    let Some(victim) = dead.first() else { return };
+    let healthy = voters.len() - dead.len();
+    if healthy * 2 <= voters.len() {
+        tracing::warn!(
+            dead = dead.len(),
+            voters = voters.len(),
+            "dead servers, but removing them would lose the majority"
+        );
+        return;
+    }
+    tracing::info!(server = %victim.node.name, addr = %victim.node.rpc_addr, "autopilot: removing dead server");
+    if let Err(e) = cluster.remove_server(victim.id).await {
+        tracing::warn!(error = %e, "autopilot could not remove a dead server");
+    }
 }
 
 fn advertise_ip(ip: IpAddr) -> IpAddr {
@@ -144,23 +251,5 @@ fn advertise_ip(ip: IpAddr) -> IpAddr {
 
 /// A random UUID, Consul's node ID format.
 fn new_node_id() -> String {
-    let b: [u8; 16] = rand::random();
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:01x}{:02x}-{:01x}{:01x}{:02x}-{}",
-        b[0],
-        b[1],
-        b[2],
-        b[3],
-        b[4],
-        b[5],
-        b[6] & 0x0f,
-        b[7],
-        8 | (b[8] & 0x3),
-        b[8] >> 4,
-        b[9],
-        b[10..16]
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-    )
+    uuid::Uuid::new_v4().to_string()
 }

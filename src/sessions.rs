@@ -18,6 +18,9 @@ use crate::catalog::{Command, View, Writer};
 pub const TTL_MULTIPLIER: u32 = 2;
 const SCAN_EVERY: Duration = Duration::from_millis(250);
 
+/// Tells whether this server currently leads (only the leader expires sessions).
+pub type LeaderCheck = Box<dyn Fn() -> bool + Send + Sync>;
+
 #[derive(Clone)]
 pub struct SessionTimers {
     deadlines: Arc<Mutex<HashMap<String, Instant>>>,
@@ -26,13 +29,18 @@ pub struct SessionTimers {
 
 impl SessionTimers {
     /// Starts the expiry loop; it stops when `shutdown` is cancelled.
-    pub fn start(view: View, writer: Arc<dyn Writer>, shutdown: CancellationToken) -> Self {
+    pub fn start(
+        view: View,
+        writer: Arc<dyn Writer>,
+        is_leader: LeaderCheck,
+        shutdown: CancellationToken,
+    ) -> Self {
         let timers = SessionTimers {
             deadlines: Arc::new(Mutex::new(HashMap::new())),
             view,
         };
         let runner = timers.clone();
-        tokio::spawn(async move { runner.run(writer, shutdown).await });
+        tokio::spawn(async move { runner.run(writer, is_leader, shutdown).await });
         timers
     }
 
@@ -71,11 +79,21 @@ impl SessionTimers {
         due
     }
 
-    async fn run(self, writer: Arc<dyn Writer>, shutdown: CancellationToken) {
+    async fn run(
+        self,
+        writer: Arc<dyn Writer>,
+        is_leader: LeaderCheck,
+        shutdown: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(SCAN_EVERY) => {}
+            }
+            if !is_leader() {
+                // A new leader restarts every timer from the full TTL, as Consul's does.
+                self.deadlines.lock().expect("session timers lock").clear();
+                continue;
             }
             for id in self.expired(Instant::now()) {
                 tracing::info!(session = %id, "session TTL expired");

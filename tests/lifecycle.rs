@@ -76,13 +76,25 @@ async fn sigterm_shuts_down_cleanly_and_state_survives() {
 }
 
 #[test]
-fn agent_without_a_mode_exits_64() {
+fn agent_without_a_complete_mode_exits_64() {
     let (code, err) = run_to_exit(&["agent"]);
     assert_eq!(code, 64);
-    assert!(err.contains("--dev"), "{err}");
+    assert!(
+        err.contains("--dev") && err.contains("--server"),
+        "names the modes: {err}"
+    );
     let (code, err) = run_to_exit(&["agent", "--server"]);
     assert_eq!(code, 64);
-    assert!(err.contains("--server"), "{err}");
+    assert!(err.contains("--data-dir"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run_to_exit(&[
+        "agent",
+        "--server",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 64);
+    assert!(err.contains("--bootstrap-expect"), "{err}");
 }
 
 #[test]

@@ -61,6 +61,10 @@ pub enum Command {
     SessionDestroy { id: String },
     /// KV operations applied all or nothing.
     Txn(Vec<TxnOp>),
+    /// Names the cluster once, right after it forms; later attempts change nothing.
+    InitCluster { id: String },
+    /// Replaces the whole catalog with a saved snapshot (`PUT /v1/snapshot`).
+    Restore(Box<super::Rows>),
 }
 
 /// One Raft log entry: a command and the proposer's wall-clock time, so time-based rules

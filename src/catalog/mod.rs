@@ -49,6 +49,9 @@ pub enum Change {
     Kv(String),
     Session(String),
     LockDelay(String),
+    ClusterId,
+    /// Everything was replaced (a snapshot restore): rewrite every row.
+    Everything,
 }
 
 /// A service instance with its node and every check that bears on its health.
@@ -87,6 +90,8 @@ pub struct State {
     /// Key → wall-clock ms until which it cannot be acquired (set when a session holding it
     /// is invalidated). Part of the state so every replica decides acquires alike.
     lock_delays: OrdMap<String, u64>,
+    /// Set once when the cluster forms; a data dir of another cluster is refused by it.
+    cluster_id: String,
     indexes: Indexes,
 }
 
@@ -103,6 +108,8 @@ pub struct Rows {
     pub sessions: Vec<Session>,
     #[serde(default)]
     pub lock_delays: Vec<(String, u64)>,
+    #[serde(default)]
+    pub cluster_id: String,
     pub indexes: Indexes,
 }
 
@@ -147,6 +154,7 @@ impl State {
             .map(|s| (s.id.clone(), s))
             .collect();
         state.lock_delays = rows.lock_delays.into_iter().collect();
+        state.cluster_id = rows.cluster_id;
         state
     }
 
@@ -171,6 +179,7 @@ impl State {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            cluster_id: self.cluster_id.clone(),
             indexes: self.indexes,
         }
     }
@@ -179,6 +188,11 @@ impl State {
 
     pub fn indexes(&self) -> Indexes {
         self.indexes
+    }
+
+    /// The cluster's name, empty until the first leader sets it.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     /// Index of the last change to the instances (or health) of a service name; falls back to
@@ -348,6 +362,17 @@ impl State {
                 Ok(Applied::Done)
             }
             Command::Txn(ops) => self.txn(index, at_ms, ops, changes).map(Applied::Txn),
+            Command::InitCluster { id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = id.clone();
+                    changes.push(Change::ClusterId);
+                }
+                Ok(Applied::Done)
+            }
+            Command::Restore(rows) => {
+                self.restore(index, rows, changes);
+                Ok(Applied::Done)
+            }
         };
         if matches!(
             command,
@@ -358,6 +383,28 @@ impl State {
             self.invalidate_unhealthy_sessions(index, at_ms, changes);
         }
         outcome
+    }
+
+    /// Replaces the catalog with saved rows. The cluster keeps its own identity, and every
+    /// index moves to this entry's so blocking clients see the change.
+    fn restore(&mut self, index: Index, rows: &Rows, changes: &mut Vec<Change>) {
+        let cluster_id = std::mem::take(&mut self.cluster_id);
+        let mut restored = State::from_rows(rows.clone());
+        restored.cluster_id = cluster_id;
+        restored.indexes = Indexes {
+            last: index,
+            nodes: index,
+            services: index,
+            checks: index,
+            kv: index,
+            sessions: index,
+        };
+        let names: Vec<String> = restored.service_indexes.keys().cloned().collect();
+        for name in names {
+            restored.service_indexes.insert(name, index);
+        }
+        *self = restored;
+        changes.push(Change::Everything);
     }
 
     /// Marks the last applied index for entries that carry no command (blank, membership).

@@ -1,6 +1,7 @@
 //! Client subcommands that talk to a running agent over its HTTP API.
 
 pub mod kv;
+pub mod ops;
 
 /// The agent's HTTP address: `--http-addr` > `BEACON_HTTP_ADDR` > `CONSUL_HTTP_ADDR` >
 /// `127.0.0.1:8500`, with or without a scheme.

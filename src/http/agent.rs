@@ -219,6 +219,13 @@ pub async fn health_by_name(
 
 pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
     let node = api.agent.node();
+    let me = api
+        .cluster
+        .members()
+        .into_iter()
+        .find(|m| m.id == api.cluster.id())
+        .map(|m| member_json(&api, &m))
+        .unwrap_or(Value::Null);
     let body = json!({
         "Config": {
             "Datacenter": api.datacenter,
@@ -228,26 +235,98 @@ pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
             "Revision": "",
             "Version": env!("CARGO_PKG_VERSION"),
         },
-        "Member": member(&api),
+        "Member": me,
     });
     json(api.view.load().indexes().last, &body, &params)
 }
 
-fn member(api: &Api) -> Value {
-    let node = api.agent.node();
+/// A server as Consul's `/v1/agent/members` shows it (Status 1 alive, 4 failed).
+fn member_json(api: &Api, m: &crate::raft::Member) -> Value {
+    let addr: Option<std::net::SocketAddr> = m.node.rpc_addr.parse().ok();
+    let ip = addr.map(|a| a.ip().to_string()).unwrap_or_default();
+    let port = addr.map(|a| a.port()).unwrap_or(0);
     json!({
-        "Name": node.name,
-        "Addr": api.server_addr.ip().to_string(),
-        "Port": api.server_addr.port(),
-        "Tags": {"role": "consul", "dc": api.datacenter, "port": api.server_addr.port().to_string(), "id": node.id},
-        "Status": 1,
+        "Name": m.node.name,
+        "Addr": ip,
+        "Port": port,
+        "Tags": {
+            "role": "consul",
+            "dc": api.datacenter,
+            "port": port.to_string(),
+            "id": m.id.to_string(),
+            "voter": if m.voter { "1" } else { "0" },
+        },
+        "Status": if m.alive { 1 } else { 4 },
     })
 }
 
 pub async fn members(State(api): State<Api>, params: Params) -> Response {
-    json(
-        api.view.load().indexes().last,
-        &json!([member(&api)]),
-        &params,
-    )
+    let all: Vec<Value> = api
+        .cluster
+        .members()
+        .iter()
+        .map(|m| member_json(&api, m))
+        .collect();
+    json(api.view.load().indexes().last, &Value::Array(all), &params)
+}
+
+/// `PUT /v1/agent/leave`: leave the voter set gracefully, then shut down.
+pub async fn leave(State(api): State<Api>) -> Result<Response, ApiError> {
+    let change = crate::raft::rpc::MembershipChange::Remove {
+        id: api.cluster.id(),
+    };
+    if api.cluster.members().len() > 1 {
+        api.cluster
+            .membership(change)
+            .await
+            .map_err(ApiError::Internal)?;
+    }
+    api.leave.cancel();
+    Ok(ok())
+}
+
+/// `PUT /v1/agent/join/:address`: join the cluster of the server at that RPC address, or,
+/// when this server already leads a cluster and that one is new, bring it in.
+pub async fn join(
+    State(api): State<Api>,
+    Path(address): Path<String>,
+) -> Result<Response, ApiError> {
+    let info = api
+        .cluster
+        .client()
+        .info(&address)
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot reach {address}: {e}")))?;
+    let ours = api.view.load().cluster_id().to_string();
+    if info.initialized && !ours.is_empty() && info.cluster_id == ours {
+        return Ok(ok());
+    }
+    if info.initialized && api.cluster.members().len() > 1 {
+        return Err(ApiError::BadRequest(format!(
+            "{address} belongs to another cluster ({}); a server leaves its cluster before joining another",
+            info.cluster_id
+        )));
+    }
+    if info.initialized {
+        let change = crate::raft::rpc::MembershipChange::Add {
+            id: api.cluster.id(),
+            node: api.cluster.me().clone(),
+        };
+        let target = info.leader.unwrap_or(address);
+        match api.cluster.client().membership(&target, &change).await {
+            Ok(Ok(())) => Ok(ok()),
+            Ok(Err(e)) => Err(ApiError::Internal(e)),
+            Err(e) => Err(ApiError::Internal(e.to_string())),
+        }
+    } else {
+        let change = crate::raft::rpc::MembershipChange::Add {
+            id: info.id,
+            node: info.node,
+        };
+        api.cluster
+            .membership(change)
+            .await
+            .map_err(ApiError::Internal)?;
+        Ok(ok())
+    }
 }

@@ -7,6 +7,7 @@ mod dto;
 mod error;
 mod health;
 mod kv;
+mod operator;
 mod session;
 
 use std::sync::Arc;
@@ -27,32 +28,17 @@ use crate::catalog::{View, Writer};
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1 << 20;
 
-/// Where the leader and voters are, for `/v1/status/*` (implemented by the Raft glue).
-pub trait ClusterStatus: Send + Sync + 'static {
-    fn leader(&self) -> Option<String>;
-    fn peers(&self) -> Vec<String>;
-}
-
-impl ClusterStatus for crate::raft::Cluster {
-    fn leader(&self) -> Option<String> {
-        self.leader_addr()
-    }
-    fn peers(&self) -> Vec<String> {
-        crate::raft::Cluster::peers(self)
-    }
-}
-
 /// Everything handlers need.
 #[derive(Clone)]
 pub struct Api {
     pub view: View,
     pub writer: Arc<dyn Writer>,
     pub agent: Agent,
-    pub status: Arc<dyn ClusterStatus>,
+    pub cluster: crate::raft::Cluster,
     pub sessions: crate::sessions::SessionTimers,
     pub datacenter: String,
-    /// The server (RPC) address, reported as the member address.
-    pub server_addr: std::net::SocketAddr,
+    /// Cancelled when this server has left its cluster: the process then shuts down.
+    pub leave: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(api: Api) -> Router {
@@ -111,6 +97,22 @@ pub fn router(api: Api) -> Router {
         .route("/v1/session/info/{id}", get(session::info))
         .route("/v1/session/list", get(session::list))
         .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/agent/leave", put(agent::leave))
+        .route("/v1/agent/join/{address}", put(agent::join))
+        .route(
+            "/v1/operator/raft/configuration",
+            get(operator::raft_configuration),
+        )
+        .route(
+            "/v1/operator/raft/peer",
+            axum::routing::delete(operator::remove_peer),
+        )
+        .route(
+            "/v1/snapshot",
+            get(operator::save)
+                .put(operator::restore)
+                .layer(DefaultBodyLimit::max(operator::MAX_SNAPSHOT)),
+        )
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
         .fallback(not_found)
@@ -142,14 +144,14 @@ async fn status_leader(State(api): State<Api>, params: Params) -> Response {
     let index = api.view.load().indexes().last;
     json(
         index,
-        &Value::String(api.status.leader().unwrap_or_default()),
+        &Value::String(api.cluster.leader_addr().unwrap_or_default()),
         &params,
     )
 }
 
 async fn status_peers(State(api): State<Api>, params: Params) -> Response {
     let index = api.view.load().indexes().last;
-    json(index, &serde_json::json!(api.status.peers()), &params)
+    json(index, &serde_json::json!(api.cluster.peers()), &params)
 }
 
 /// The query string, parsed once. Consul's flags are presence-only (`?passing`, `?pretty`).

@@ -1,24 +1,30 @@
-//! Raft glue: starting the openraft node over the redb store, the `Writer` that proposes catalog
-//! commands, and the status the HTTP API reports.
-//!
-//! Server-to-server RPC arrives with cluster support; a single dev server never sends any.
+//! Raft glue: the openraft node over the redb store, server-to-server RPC, cluster formation
+//! and membership, the `Writer` that proposes (and forwards) catalog commands, and the status
+//! the HTTP API reports.
 
+mod client;
+pub mod formation;
 mod network;
+pub mod rpc;
 pub mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, SnapshotPolicy};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use redb::Database;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Command, Outcome, Request, View, WriteError, Writer};
 use crate::store::{LogStore, StateMachineStore, StoreError};
-use types::{NodeId, Raft};
+pub use client::RpcClient;
+pub use network::{CLUSTER_HEADER, Contacts};
+use types::{NodeId, Raft, ServerNode};
 
-/// Raft timing. Consul's default `raft_multiplier` of 5 gives ~5 s elections; these aim under 1 s.
+/// Raft timing. Consul's default `raft_multiplier` of 5 gives ~5 s elections; Beacon's base
+/// timing (multiplier 1) aims at sub-second failover.
 #[derive(Clone, Debug)]
 pub struct Timing {
     pub heartbeat: Duration,
@@ -26,6 +32,20 @@ pub struct Timing {
     pub election_max: Duration,
     /// Snapshot after this many applied entries (Consul's `raft_snapshot_threshold`).
     pub snapshot_threshold: u64,
+    /// Log entries kept behind a snapshot for lagging followers (Consul's `raft_trailing_logs`).
+    pub trailing_logs: u64,
+}
+
+impl Timing {
+    pub fn with_multiplier(multiplier: u32) -> Self {
+        let base = Timing::default();
+        Timing {
+            heartbeat: base.heartbeat * multiplier,
+            election_min: base.election_min * multiplier,
+            election_max: base.election_max * multiplier,
+            ..base
+        }
+    }
 }
 
 impl Default for Timing {
@@ -35,6 +55,7 @@ impl Default for Timing {
             election_min: Duration::from_millis(400),
             election_max: Duration::from_millis(800),
             snapshot_threshold: 16384,
+            trailing_logs: 10240,
         }
     }
 }
@@ -49,16 +70,44 @@ pub enum StartError {
     Raft(String),
 }
 
+/// What a server says about itself over RPC (`/rpc/info`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServerInfo {
+    pub id: NodeId,
+    pub node: ServerNode,
+    pub initialized: bool,
+    pub cluster_id: String,
+    pub leader: Option<String>,
+}
+
+/// One member of the Raft configuration, for the operator API.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub id: NodeId,
+    pub node: ServerNode,
+    pub voter: bool,
+    pub leader: bool,
+    /// Whether this server has heard from it recently (always true for itself and, on
+    /// followers, for every member: only the leader talks to everyone).
+    pub alive: bool,
+}
+
 /// A running Raft node with what the rest of the server needs from it.
 #[derive(Clone)]
 pub struct Cluster {
     raft: Raft,
+    id: NodeId,
+    me: ServerNode,
+    view: View,
+    contacts: Contacts,
+    client: RpcClient,
 }
 
 impl Cluster {
-    /// Opens the store, loads and publishes the persisted catalog, and starts Raft.
+    /// Loads and publishes the persisted catalog, and starts Raft.
     pub async fn start(
         id: NodeId,
+        me: ServerNode,
         db: Arc<Database>,
         view: View,
         timing: &Timing,
@@ -69,7 +118,10 @@ impl Cluster {
             election_timeout_min: timing.election_min.as_millis() as u64,
             election_timeout_max: timing.election_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_threshold),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: timing.trailing_logs,
+            // Chunks travel as JSON; keep each request modest.
+            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: 2000,
             ..Default::default()
         };
         let config = Arc::new(
@@ -78,29 +130,87 @@ impl Cluster {
                 .map_err(|e| StartError::Config(e.to_string()))?,
         );
         let log = LogStore::new(db.clone());
-        let sm = StateMachineStore::load(db, view)?;
-        let raft = Raft::new(id, config, network::Network, log, sm)
+        let sm = StateMachineStore::load(db, view.clone())?;
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let contacts = Contacts::default();
+        let network = network::Network {
+            http: http.clone(),
+            view: view.clone(),
+            contacts: contacts.clone(),
+        };
+        let raft = Raft::new(id, config, network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        Ok(Cluster { raft })
+        Ok(Cluster {
+            raft,
+            id,
+            me,
+            client: RpcClient::new(http, view.clone()),
+            view,
+            contacts,
+        })
     }
 
-    /// Makes this server a one-member cluster, unless it already belongs to one (a restart).
-    pub async fn bootstrap_single(&self, id: NodeId, rpc_addr: String) -> Result<(), StartError> {
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?
-        {
-            return Ok(());
-        }
-        let members = BTreeMap::from([(id, BasicNode { addr: rpc_addr })]);
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn me(&self) -> &ServerNode {
+        &self.me
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn client(&self) -> &RpcClient {
+        &self.client
+    }
+
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Forms a new cluster of exactly these servers. Called once, by one server.
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<NodeId, ServerNode>,
+    ) -> Result<(), StartError> {
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(StartError::Raft(e.to_string())),
         }
+    }
+
+    /// Makes this server a one-member cluster, unless it already belongs to one (a restart).
+    pub async fn bootstrap_single(&self) -> Result<(), StartError> {
+        if self.is_initialized().await {
+            return Ok(());
+        }
+        self.initialize(BTreeMap::from([(self.id, self.me.clone())]))
+            .await
+    }
+
+    pub async fn info(&self) -> ServerInfo {
+        ServerInfo {
+            id: self.id,
+            node: self.me.clone(),
+            initialized: self.is_initialized().await,
+            cluster_id: self.view.load().cluster_id().to_string(),
+            leader: self.leader_addr(),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
     }
 
     /// The leader's server (RPC) address, if there is a leader.
@@ -111,17 +221,65 @@ impl Cluster {
             .membership_config
             .membership()
             .get_node(&leader)
-            .map(|n| n.addr.clone())
+            .map(|n| n.rpc_addr.clone())
+    }
+
+    /// Milliseconds since this server last heard from a leader (0 on the leader).
+    pub fn millis_since_leader_contact(&self) -> Option<u64> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state == ServerState::Leader {
+            return Some(0);
+        }
+        metrics.current_leader.map(|_| 0)
     }
 
     /// The voters' server (RPC) addresses.
     pub fn peers(&self) -> Vec<String> {
+        self.members()
+            .into_iter()
+            .filter(|m| m.voter)
+            .map(|m| m.node.rpc_addr)
+            .collect()
+    }
+
+    /// Every server in the Raft configuration (voters and learners).
+    pub fn members(&self) -> Vec<Member> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let is_leader = metrics.state == ServerState::Leader;
         membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .nodes()
+            .map(|(id, node)| {
+                let alive = *id == self.id
+                    || !is_leader
+                    || self
+                        .contacts
+                        .last(*id)
+                        .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+                Member {
+                    id: *id,
+                    node: node.clone(),
+                    voter: voters.contains(id),
+                    leader: metrics.current_leader == Some(*id),
+                    alive,
+                }
+            })
             .collect()
+    }
+
+    /// The Raft log index of the membership configuration in force.
+    pub fn membership_index(&self) -> u64 {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .log_id()
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
+    pub fn contacts(&self) -> &Contacts {
+        &self.contacts
     }
 
     /// Waits until some server is leader.
@@ -133,10 +291,92 @@ impl Cluster {
             .is_ok()
     }
 
+    /// Waits until this server has applied `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read your write")
+            .await
+            .is_ok()
+    }
+
+    /// Leader only: adds a server as a learner, waits until it caught up, then makes it a voter.
+    pub async fn add_server(&self, id: NodeId, node: ServerNode) -> Result<(), String> {
+        let members = self.members();
+        if members.iter().any(|m| m.id == id && m.voter) {
+            return Ok(());
+        }
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Leader only: removes a server from the configuration entirely.
+    pub async fn remove_server(&self, id: NodeId) -> Result<(), String> {
+        let members = self.members();
+        let Some(member) = members.iter().find(|m| m.id == id) else {
+            return Err(format!("no server with ID {id} in the configuration"));
+        };
+        let change = if member.voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Runs a membership change on the leader, wherever this server is.
+    pub async fn membership(&self, change: rpc::MembershipChange) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + LEADER_HOLD;
+        loop {
+            if self.is_leader() {
+                return match &change {
+                    rpc::MembershipChange::Add { id, node } => {
+                        self.add_server(*id, node.clone()).await
+                    }
+                    rpc::MembershipChange::Remove { id } => self.remove_server(*id).await,
+                };
+            }
+            if let Some(leader) = self.leader_addr() {
+                match self.client.membership(&leader, &change).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) if !e.contains("not the leader") => return Err(e),
+                    _ => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err("No cluster leader".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn writer(&self) -> Arc<dyn Writer> {
         Arc::new(RaftWriter {
-            raft: self.raft.clone(),
+            cluster: self.clone(),
         })
+    }
+
+    /// Proposes a command on this server, which must be the leader.
+    pub async fn write_local(&self, request: Request) -> Result<(Outcome, u64), WriteError> {
+        match self.raft.client_write(request).await {
+            Ok(response) => Ok((response.data, response.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
+                Some(node) => Err(WriteError::NotLeader(node.rpc_addr)),
+                None => Err(WriteError::NoLeader),
+            },
+            Err(e) => Err(WriteError::Failed(e.to_string())),
+        }
     }
 
     pub async fn shutdown(&self) {
@@ -147,10 +387,12 @@ impl Cluster {
 }
 
 /// Consul holds a write this long waiting for a leader (`rpc_hold_timeout`).
-const LEADER_HOLD: Duration = Duration::from_secs(7);
+pub const LEADER_HOLD: Duration = Duration::from_secs(7);
 
+/// Proposes commands on the leader: directly when this server leads, else forwarded over RPC;
+/// then waits until this server applied the entry, so the caller reads its own write.
 struct RaftWriter {
-    raft: Raft,
+    cluster: Cluster,
 }
 
 #[async_trait::async_trait]
@@ -162,19 +404,29 @@ impl Writer for RaftWriter {
             command,
         };
         loop {
-            match self.raft.client_write(request.clone()).await {
-                Ok(response) => return Ok(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(node) = f.leader_node {
-                        return Err(WriteError::NotLeader(node.addr));
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(WriteError::NoLeader);
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            let attempt = match self.cluster.write_local(request.clone()).await {
+                Err(WriteError::NotLeader(leader)) => {
+                    self.cluster.client.forward_write(&leader, &request).await
                 }
-                Err(e) => return Err(WriteError::Failed(e.to_string())),
+                other => other,
+            };
+            match attempt {
+                Ok((outcome, index)) => {
+                    if !self.cluster.wait_applied(index, LEADER_HOLD).await {
+                        return Err(WriteError::Failed(format!(
+                            "committed at index {index} but not applied here in time"
+                        )));
+                    }
+                    return Ok(outcome);
+                }
+                // Not delivered, or no leader yet: safe to try again until the hold runs out.
+                Err(WriteError::NoLeader | WriteError::NotLeader(_)) => {}
+                Err(e) => return Err(e),
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriteError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -1,66 +1,149 @@
-//! The Raft network. A single dev server has no peers, so every RPC reports the peer as
-//! unreachable; server-to-server RPC over `--rpc-addr` replaces this with cluster support.
+//! The Raft network: server-to-server RPC as JSON over HTTP to each peer's `--rpc-addr`.
+//!
+//! Every request carries the sender's cluster ID so a server of another cluster is refused
+//! instead of being merged. A refused connection is reported as `Unreachable` (openraft backs
+//! off), and every call is bounded by openraft's deadline.
 
-use openraft::BasicNode;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
-use super::types::{NodeId, TypeConfig};
+use super::types::{NodeId, ServerNode, TypeConfig};
+use crate::catalog::View;
 
-#[derive(Clone, Copy)]
-pub struct Network;
+/// Header naming the sender's cluster.
+pub const CLUSTER_HEADER: &str = "X-Beacon-Cluster";
 
-#[derive(Debug, thiserror::Error)]
-#[error("server RPC to {0} is not available: this server runs as a single-node cluster")]
-struct NoPeers(String);
+/// When each peer last answered an RPC (what autopilot and `members` judge liveness by).
+#[derive(Clone, Default)]
+pub struct Contacts(Arc<Mutex<HashMap<NodeId, Instant>>>);
 
-fn unreachable<E: std::error::Error>(addr: &str) -> RPCError<NodeId, BasicNode, E> {
-    RPCError::Unreachable(Unreachable::new(&NoPeers(addr.to_string())))
+impl Contacts {
+    pub fn record(&self, id: NodeId) {
+        self.0
+            .lock()
+            .expect("contacts lock")
+            .insert(id, Instant::now());
+    }
+
+    pub fn last(&self, id: NodeId) -> Option<Instant> {
+        self.0.lock().expect("contacts lock").get(&id).copied()
+    }
 }
 
+#[derive(Clone)]
+pub struct Network {
+    pub http: reqwest::Client,
+    pub view: View,
+    pub contacts: Contacts,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
 pub struct Peer {
+    target: NodeId,
     addr: String,
+    net: Network,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
-    async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> Peer {
+    async fn new_client(&mut self, target: NodeId, node: &ServerNode) -> Peer {
         Peer {
-            addr: node.addr.clone(),
+            target,
+            addr: node.rpc_addr.clone(),
+            net: self.clone(),
         }
+    }
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, ServerNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let url = format!("http://{}/raft/{path}", self.addr);
+        let cluster = self.net.view.load().cluster_id().to_string();
+        let sent = self
+            .net
+            .http
+            .post(&url)
+            .header(CLUSTER_HEADER, cluster)
+            .timeout(option.hard_ttl())
+            .json(request)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_connect() || e.is_timeout() => {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+            Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
+        };
+        if response.status() == reqwest::StatusCode::CONFLICT {
+            let why = response.text().await.unwrap_or_default();
+            return Err(RPCError::Unreachable(Unreachable::new(&Message(why))));
+        }
+        if !response.status().is_success() {
+            let why = format!("{url}: HTTP {}", response.status());
+            return Err(RPCError::Network(NetworkError::new(&Message(why))));
+        }
+        let result: Result<Resp, E> = response
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.net.contacts.record(self.target);
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(unreachable(&self.addr))
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ServerNode, RaftError<NodeId>>>
+    {
+        self.call("append", &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, ServerNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(unreachable(&self.addr))
+        self.call("snapshot", &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(unreachable(&self.addr))
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ServerNode, RaftError<NodeId>>> {
+        self.call("vote", &rpc, &option).await
     }
 }

@@ -10,18 +10,25 @@ openraft::declare_raft_types!(
         D = Request,
         R = Outcome,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = ServerNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
 pub type NodeId = u64;
+
+/// A server as Raft membership records it: where its RPC listens and its node name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerNode {
+    pub rpc_addr: String,
+    pub name: String,
+}
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Vote = openraft::Vote<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, ServerNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, ServerNode>;
 pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig>;

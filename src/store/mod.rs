@@ -128,3 +128,23 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
 }
+
+/// This server's Raft node ID: chosen at random on first start and kept in the data dir, so a
+/// restarted server is the same member.
+pub fn node_id(db: &Database) -> Result<u64, StoreError> {
+    if let Some(id) = log::read_meta::<u64>(db, schema::meta::NODE_ID)? {
+        return Ok(id);
+    }
+    let id = loop {
+        let candidate: u64 = rand::random::<u64>() >> 1;
+        if candidate != 0 {
+            break candidate;
+        }
+    };
+    let write = db.begin_write()?;
+    write
+        .open_table(META)?
+        .insert(schema::meta::NODE_ID, log::encode(&id)?.as_slice())?;
+    write.commit()?;
+    Ok(id)
+}

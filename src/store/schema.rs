@@ -26,6 +26,9 @@ pub mod meta {
     pub const MEMBERSHIP: &str = "sm_membership";
     pub const INDEXES: &str = "sm_indexes";
     pub const SNAPSHOT: &str = "snapshot";
+    pub const CLUSTER_ID: &str = "cluster_id";
+    /// This server's Raft node ID, chosen at first start.
+    pub const NODE_ID: &str = "node_id";
 }
 
 pub fn create_all(tx: &redb::WriteTransaction) -> Result<(), redb::TableError> {

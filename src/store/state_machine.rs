@@ -44,6 +44,9 @@ enum RowWrite {
     Kv(String, Option<Vec<u8>>),
     Session(String, Option<Vec<u8>>),
     LockDelay(String, Option<u64>),
+    ClusterId(Vec<u8>),
+    /// Clear every row table before the writes that follow.
+    ClearAll,
 }
 
 impl StateMachineStore {
@@ -53,8 +56,10 @@ impl StateMachineStore {
         let applied: Option<LogId> = read_meta::<Option<LogId>>(&db, meta::APPLIED)?.flatten();
         let membership: StoredMembership = read_meta(&db, meta::MEMBERSHIP)?.unwrap_or_default();
         let indexes: Indexes = read_meta(&db, meta::INDEXES)?.unwrap_or_default();
+        let cluster_id: String = read_meta(&db, meta::CLUSTER_ID)?.unwrap_or_default();
         let mut rows = Rows {
             indexes,
+            cluster_id,
             ..Rows::default()
         };
         {
@@ -106,6 +111,11 @@ impl StateMachineStore {
     }
 
     fn row_writes(&self, changes: Vec<Change>) -> Result<Vec<RowWrite>, StoreError> {
+        if changes.contains(&Change::Everything) {
+            let mut writes = vec![RowWrite::ClearAll];
+            writes.extend(all_rows(&self.state.to_rows())?);
+            return Ok(writes);
+        }
         let mut changes = changes;
         changes.sort();
         changes.dedup();
@@ -141,6 +151,8 @@ impl StateMachineStore {
                         let v = self.state.lock_delay(&k);
                         RowWrite::LockDelay(k, v)
                     }
+                    Change::ClusterId => RowWrite::ClusterId(encode(&self.state.cluster_id())?),
+                    Change::Everything => RowWrite::ClearAll,
                 })
             })
             .collect()
@@ -163,8 +175,21 @@ fn write_rows(tx: &WriteTransaction, writes: &[RowWrite]) -> Result<(), StoreErr
     let mut kv = tx.open_table(KV)?;
     let mut sessions = tx.open_table(SESSIONS)?;
     let mut lock_delays = tx.open_table(LOCK_DELAYS)?;
+    let mut meta_table = tx.open_table(META)?;
     for w in writes {
         match w {
+            RowWrite::ClearAll => {
+                nodes.retain(|_, _| false)?;
+                services.retain(|_, _| false)?;
+                checks.retain(|_, _| false)?;
+                service_indexes.retain(|_, _| false)?;
+                kv.retain(|_, _| false)?;
+                sessions.retain(|_, _| false)?;
+                lock_delays.retain(|_, _| false)?;
+            }
+            RowWrite::ClusterId(v) => {
+                meta_table.insert(meta::CLUSTER_ID, v.as_slice())?;
+            }
             RowWrite::Kv(k, Some(v)) => {
                 kv.insert(k.as_str(), v.as_slice())?;
             }
@@ -210,6 +235,46 @@ fn write_rows(tx: &WriteTransaction, writes: &[RowWrite]) -> Result<(), StoreErr
         }
     }
     Ok(())
+}
+
+/// Every row of a catalog, as writes (snapshot install and restore rewrite everything).
+fn all_rows(rows: &Rows) -> Result<Vec<RowWrite>, StoreError> {
+    let mut writes = Vec::new();
+    for node in &rows.nodes {
+        writes.push(RowWrite::Node(
+            crate::catalog::key(&node.name),
+            Some(encode(node)?),
+        ));
+    }
+    for (node_key, service) in &rows.services {
+        writes.push(RowWrite::Service(
+            (node_key.clone(), service.id.clone()),
+            Some(encode(service)?),
+        ));
+    }
+    for check in &rows.checks {
+        writes.push(RowWrite::Check(
+            (crate::catalog::key(&check.node), check.check_id.clone()),
+            Some(encode(check)?),
+        ));
+    }
+    for (name, index) in &rows.service_indexes {
+        writes.push(RowWrite::ServiceIndex(name.clone(), Some(*index)));
+    }
+    for entry in &rows.kv {
+        writes.push(RowWrite::Kv(entry.key.clone(), Some(encode(entry)?)));
+    }
+    for session in &rows.sessions {
+        writes.push(RowWrite::Session(
+            session.id.clone(),
+            Some(encode(session)?),
+        ));
+    }
+    for (key, until) in &rows.lock_delays {
+        writes.push(RowWrite::LockDelay(key.clone(), Some(*until)));
+    }
+    writes.push(RowWrite::ClusterId(encode(&rows.cluster_id)?));
+    Ok(writes)
 }
 
 fn write_meta(tx: &WriteTransaction, values: &[(&'static str, Vec<u8>)]) -> Result<(), StoreError> {
@@ -306,39 +371,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.state = new_state;
-        let mut writes = Vec::new();
-        for node in &rows.nodes {
-            writes.push(RowWrite::Node(
-                crate::catalog::key(&node.name),
-                Some(encode(node).map_err(|e| raft_err(ErrorVerb::Write, e))?),
-            ));
-        }
-        for (node_key, service) in &rows.services {
-            writes.push(RowWrite::Service(
-                (node_key.clone(), service.id.clone()),
-                Some(encode(service).map_err(|e| raft_err(ErrorVerb::Write, e))?),
-            ));
-        }
-        for check in &rows.checks {
-            writes.push(RowWrite::Check(
-                (crate::catalog::key(&check.node), check.check_id.clone()),
-                Some(encode(check).map_err(|e| raft_err(ErrorVerb::Write, e))?),
-            ));
-        }
-        for (name, index) in &rows.service_indexes {
-            writes.push(RowWrite::ServiceIndex(name.clone(), Some(*index)));
-        }
-        for entry in &rows.kv {
-            let bytes = encode(entry).map_err(|e| raft_err(ErrorVerb::Write, e))?;
-            writes.push(RowWrite::Kv(entry.key.clone(), Some(bytes)));
-        }
-        for session in &rows.sessions {
-            let bytes = encode(session).map_err(|e| raft_err(ErrorVerb::Write, e))?;
-            writes.push(RowWrite::Session(session.id.clone(), Some(bytes)));
-        }
-        for (key, until) in &rows.lock_delays {
-            writes.push(RowWrite::LockDelay(key.clone(), Some(*until)));
-        }
+        let mut writes = vec![RowWrite::ClearAll];
+        writes.extend(all_rows(&rows).map_err(|e| raft_err(ErrorVerb::Write, e))?);
         let mut meta_rows = self
             .applied_meta()
             .map_err(|e| raft_err(ErrorVerb::Write, e))?;
@@ -346,14 +380,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let db = self.db.clone();
         blocking(move || {
             let tx = db.begin_write()?;
-            // The snapshot replaces the whole catalog: clear every row table first.
-            tx.open_table(NODES)?.retain(|_, _| false)?;
-            tx.open_table(SERVICES)?.retain(|_, _| false)?;
-            tx.open_table(CHECKS)?.retain(|_, _| false)?;
-            tx.open_table(SERVICE_INDEXES)?.retain(|_, _| false)?;
-            tx.open_table(KV)?.retain(|_, _| false)?;
-            tx.open_table(SESSIONS)?.retain(|_, _| false)?;
-            tx.open_table(LOCK_DELAYS)?.retain(|_, _| false)?;
             write_rows(&tx, &writes)?;
             write_meta(&tx, &meta_rows)?;
             tx.commit()?;

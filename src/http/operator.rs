@@ -1,0 +1,104 @@
+//! `/v1/operator/raft/*` and `/v1/snapshot`: the operator's view of the Raft cluster and
+//! catalog backups.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{Api, ApiError, Params, json};
+use crate::catalog::{Command, Rows};
+use crate::raft::rpc::MembershipChange;
+
+/// Largest snapshot accepted by `PUT /v1/snapshot`.
+pub const MAX_SNAPSHOT: usize = 256 << 20;
+
+pub async fn raft_configuration(State(api): State<Api>, params: Params) -> Response {
+    let servers: Vec<Value> = api
+        .cluster
+        .members()
+        .iter()
+        .map(|m| {
+            json!({
+                "ID": m.id.to_string(),
+                "Node": m.node.name,
+                "Address": m.node.rpc_addr,
+                "Leader": m.leader,
+                "Voter": m.voter,
+                "ProtocolVersion": "3",
+            })
+        })
+        .collect();
+    let index = api.cluster.membership_index();
+    json(index, &json!({"Servers": servers, "Index": index}), &params)
+}
+
+/// `DELETE /v1/operator/raft/peer?address=…` (or `?id=`).
+pub async fn remove_peer(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    let members = api.cluster.members();
+    let found = match (params.get("address"), params.get("id")) {
+        (Some(addr), _) => members.iter().find(|m| m.node.rpc_addr == addr),
+        (None, Some(id)) => members.iter().find(|m| m.id.to_string() == id),
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "Must specify ?id with the server ID or ?address with IP:port".into(),
+            ));
+        }
+    };
+    let Some(member) = found else {
+        return Err(ApiError::BadRequest(
+            "address or id was not found in the Raft configuration".into(),
+        ));
+    };
+    api.cluster
+        .membership(MembershipChange::Remove { id: member.id })
+        .await
+        .map_err(ApiError::Internal)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `GET /v1/snapshot`: the whole catalog as of the latest applied entry (on the leader, unless
+/// `?stale`), as a JSON document `PUT /v1/snapshot` restores.
+pub async fn save(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    let (bytes, index) = match api.cluster.leader_addr() {
+        Some(leader) if !api.cluster.is_leader() && !params.has("stale") => {
+            let bytes = api
+                .cluster
+                .client()
+                .snapshot(&leader)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let rows: Rows = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::Internal(format!("leader sent a bad snapshot: {e}")))?;
+            (bytes, rows.indexes.last)
+        }
+        _ => {
+            let state = api.view.load();
+            let bytes = serde_json::to_vec(&state.to_rows())
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            (bytes, state.indexes().last)
+        }
+    };
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert("X-Consul-Index", index.max(1).into());
+    Ok(response)
+}
+
+/// `PUT /v1/snapshot`: replaces the catalog with a saved one, through Raft.
+pub async fn restore(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+    if body.len() > MAX_SNAPSHOT {
+        return Ok((StatusCode::PAYLOAD_TOO_LARGE, "snapshot too large\n").into_response());
+    }
+    let rows: Rows = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("Invalid snapshot: {e}")))?;
+    api.writer.write(Command::Restore(Box::new(rows))).await??;
+    Ok(StatusCode::OK.into_response())
+}

@@ -1,0 +1,120 @@
+//! Cluster formation: `--bootstrap-expect` and `--join`.
+//!
+//! A new server asks each `--join` address who it is. If one already belongs to a cluster, this
+//! server asks that cluster's leader to add it (as a learner, then a voter once caught up).
+//! Otherwise, once `bootstrap_expect` uninitialized servers know each other, the one with the
+//! lowest RPC address initializes the cluster with all of them — exactly one server does, with
+//! one membership, so the cluster forms exactly once. A restarted server is already in its
+//! cluster and only checks that its peers belong to the same one.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::rpc::MembershipChange;
+use super::{Cluster, ServerInfo};
+
+const RETRY: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormationError {
+    #[error(
+        "this data dir belongs to cluster {ours}, but the server at {addr} belongs to cluster {theirs}; refusing to mix them (use a fresh --data-dir to join that cluster)"
+    )]
+    OtherCluster {
+        ours: String,
+        theirs: String,
+        addr: String,
+    },
+    #[error("shut down before the cluster formed")]
+    Cancelled,
+}
+
+/// Returns once this server belongs to a cluster.
+pub async fn form(
+    cluster: &Cluster,
+    join: &[String],
+    bootstrap_expect: usize,
+    shutdown: &CancellationToken,
+) -> Result<(), FormationError> {
+    let me = cluster.me().clone();
+    let mut logged_wait = false;
+    loop {
+        let ours = cluster.view().load().cluster_id().to_string();
+        let mut peers: Vec<(String, ServerInfo)> = Vec::new();
+        for addr in join.iter().filter(|a| **a != me.rpc_addr) {
+            if let Ok(info) = cluster.client().info(addr).await {
+                if !ours.is_empty() && !info.cluster_id.is_empty() && info.cluster_id != ours {
+                    return Err(FormationError::OtherCluster {
+                        ours,
+                        theirs: info.cluster_id,
+                        addr: addr.clone(),
+                    });
+                }
+                peers.push((addr.clone(), info));
+            }
+        }
+        if cluster.is_initialized().await {
+            return Ok(());
+        }
+
+        if let Some((addr, info)) = peers
+            .iter()
+            .find(|(_, i)| i.initialized && i.id != cluster.id())
+        {
+            let target = info.leader.clone().unwrap_or_else(|| addr.clone());
+            let change = MembershipChange::Add {
+                id: cluster.id(),
+                node: me.clone(),
+            };
+            match cluster.client().membership(&target, &change).await {
+                Ok(Ok(())) => {
+                    tracing::info!(cluster = %target, "joined the cluster");
+                    wait_initialized(cluster, shutdown).await?;
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(target = %target, error = %e, "join refused, retrying")
+                }
+                Err(e) => tracing::debug!(target = %target, error = %e, "join failed, retrying"),
+            }
+        } else if bootstrap_expect > 0 {
+            let mut known = BTreeMap::from([(cluster.id(), me.clone())]);
+            for (_, info) in &peers {
+                known.insert(info.id, info.node.clone());
+            }
+            if known.len() >= bootstrap_expect {
+                let lowest = known.values().map(|n| n.rpc_addr.as_str()).min();
+                if lowest == Some(me.rpc_addr.as_str()) {
+                    tracing::info!(servers = known.len(), "bootstrapping the cluster");
+                    if let Err(e) = cluster.initialize(known).await {
+                        tracing::warn!(error = %e, "bootstrap failed, retrying");
+                    }
+                } else if !logged_wait {
+                    tracing::info!(
+                        "bootstrap-expect reached; waiting for the lowest-addressed server to bootstrap"
+                    );
+                    logged_wait = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(FormationError::Cancelled),
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+async fn wait_initialized(
+    cluster: &Cluster,
+    shutdown: &CancellationToken,
+) -> Result<(), FormationError> {
+    while !cluster.is_initialized().await {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(FormationError::Cancelled),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    Ok(())
+}

@@ -186,11 +186,15 @@ async fn leader_duties(
     stop: CancellationToken,
 ) {
     let mut leader_since: Option<Instant> = None;
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        if !first {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
         }
+        first = false;
         if !cluster.is_leader() {
             leader_since = None;
             continue;

@@ -556,3 +556,37 @@ fn kv_and_sessions_survive_rows_round_trip() {
     run(&mut s, 5, 0, set("bin", "\u{0}\u{ff}", None)).unwrap();
     assert_eq!(State::from_rows(s.to_rows()), s);
 }
+
+#[test]
+fn restore_keeps_this_clusters_identity() {
+    let mut other = State::new();
+    run(
+        &mut other,
+        1,
+        0,
+        Command::InitCluster { id: "other".into() },
+    )
+    .unwrap();
+    run(&mut other, 2, 0, set("k", "v", None)).unwrap();
+    let saved = other.to_rows();
+
+    let mut s = State::new();
+    run(&mut s, 1, 0, Command::InitCluster { id: "mine".into() }).unwrap();
+    run(&mut s, 5, 0, Command::Restore(Box::new(saved.clone()))).unwrap();
+    assert_eq!(s.cluster_id(), "mine");
+    assert_eq!(s.kv_get("k").unwrap().value, b"v");
+    assert_eq!(s.indexes().kv, 5);
+
+    // Restored before the cluster was named: naming still works afterwards.
+    let mut fresh = State::new();
+    run(&mut fresh, 1, 0, Command::Restore(Box::new(saved))).unwrap();
+    assert_eq!(fresh.cluster_id(), "");
+    run(
+        &mut fresh,
+        2,
+        0,
+        Command::InitCluster { id: "fresh".into() },
+    )
+    .unwrap();
+    assert_eq!(fresh.cluster_id(), "fresh");
+}

@@ -7,7 +7,7 @@ use serde_json::Value;
 #[derive(Args)]
 pub struct AddrArgs {
     /// The agent's HTTP address (else BEACON_HTTP_ADDR, CONSUL_HTTP_ADDR, 127.0.0.1:8500).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     http_addr: Option<String>,
 }
 

@@ -236,6 +236,7 @@ pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
             "Version": env!("CARGO_PKG_VERSION"),
         },
         "Member": me,
+        "Stats": {"raft": api.cluster.stats()},
     });
     json(api.view.load().indexes().last, &body, &params)
 }

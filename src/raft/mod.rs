@@ -278,6 +278,25 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// Raft counters, as Consul's `/v1/agent/self` `Stats.raft` reports them.
+    pub fn stats(&self) -> BTreeMap<&'static str, String> {
+        let m = self.raft.metrics().borrow().clone();
+        let index =
+            |l: Option<openraft::LogId<NodeId>>| l.map(|l| l.index).unwrap_or(0).to_string();
+        BTreeMap::from([
+            ("state", format!("{:?}", m.state)),
+            ("term", m.current_term.to_string()),
+            ("last_log_index", m.last_log_index.unwrap_or(0).to_string()),
+            ("applied_index", index(m.last_applied)),
+            ("last_snapshot_index", index(m.snapshot)),
+            ("purged_index", index(m.purged)),
+            (
+                "num_peers",
+                self.peers().len().saturating_sub(1).to_string(),
+            ),
+        ])
+    }
+
     pub fn contacts(&self) -> &Contacts {
         &self.contacts
     }

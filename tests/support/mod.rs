@@ -83,9 +83,21 @@ impl Server {
         .collect();
         args.push(data_dir.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
+        Server::launch(&args, data_dir)
+    }
+
+    /// Starts `beacon` with exactly these arguments and waits until it is ready.
+    pub fn launch(args: &[String], data_dir: &Path) -> Server {
+        let mut server = Server::spawn(args, data_dir);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts `beacon` and learns its addresses, without waiting for a leader.
+    pub fn spawn(args: &[String], data_dir: &Path) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_beacon"))
-            .args(&args)
-            .env("RUST_LOG", "info,openraft=warn")
+            .args(args)
+            .env("RUST_LOG", "info,openraft=warn,hickory_server=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -108,11 +120,30 @@ impl Server {
         };
         server.http = server.wait_for_line("listening http on ");
         server.dns = server.wait_for_line("listening dns-udp on ");
-        server.wait_for_line_text("beacon agent ready");
         server
     }
 
-    fn wait_for_line_text(&mut self, needle: &str) -> String {
+    pub fn wait_ready(&mut self) {
+        self.wait_for_line_text("beacon agent ready");
+    }
+
+    /// Waits for the process to exit on its own; returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > DEADLINE {
+                let _ = child.kill();
+                panic!("beacon did not exit:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_for_line_text(&mut self, needle: &str) -> String {
         let started = Instant::now();
         loop {
             if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
@@ -368,4 +399,13 @@ pub async fn http_target(status: u16) -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// A port that was free a moment ago (for addresses that must be known before start-up).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,0 +1,559 @@
+//! Three (and four) real `beacon` server processes on loopback, killed with SIGKILL.
+//! Cluster tests run one at a time: each takes `ONE_CLUSTER_AT_A_TIME`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+use serde_json::json;
+use support::*;
+
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME.lock().await
+}
+
+struct Node {
+    server: Server,
+    args: Vec<String>,
+    rpc: String,
+    dir: std::path::PathBuf,
+}
+
+impl Node {
+    fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+
+    fn restart(&mut self) {
+        self.server.kill();
+        self.server = Server::launch(&self.args, &self.dir);
+    }
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    _dirs: tempfile::TempDir,
+    config: Option<std::path::PathBuf>,
+}
+
+fn node_args(
+    name: &str,
+    dir: &std::path::Path,
+    rpc: &str,
+    http: u16,
+    join: &[String],
+    expect: Option<usize>,
+    config: Option<&std::path::Path>,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "agent".into(),
+        "--server".into(),
+        "--node".into(),
+        name.into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--rpc-addr".into(),
+        rpc.into(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{http}"),
+        "--dns-addr".into(),
+        "127.0.0.1:0".into(),
+    ];
+    if let Some(n) = expect {
+        args.extend(["--bootstrap-expect".into(), n.to_string()]);
+    }
+    for j in join {
+        args.extend(["--join".into(), j.clone()]);
+    }
+    if let Some(c) = config {
+        args.extend(["--config".into(), c.display().to_string()]);
+    }
+    args
+}
+
+impl Cluster {
+    /// Three servers forming a cluster with --bootstrap-expect 3; `config` is TOML for all.
+    fn start(config: &str) -> Cluster {
+        let dirs = tempfile::tempdir().unwrap();
+        let config_path = (!config.is_empty()).then(|| {
+            let p = dirs.path().join("beacon.toml");
+            std::fs::write(&p, config).unwrap();
+            p
+        });
+        let rpcs: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let mut spawned = Vec::new();
+        for (i, rpc) in rpcs.iter().enumerate() {
+            let dir = dirs.path().join(format!("n{i}"));
+            let args = node_args(
+                &format!("n{i}"),
+                &dir,
+                rpc,
+                free_port(),
+                &rpcs,
+                Some(3),
+                config_path.as_deref(),
+            );
+            spawned.push((Server::spawn(&args, &dir), args, rpc.clone(), dir));
+        }
+        let nodes = spawned
+            .into_iter()
+            .map(|(mut server, args, rpc, dir)| {
+                server.wait_ready();
+                Node {
+                    server,
+                    args,
+                    rpc,
+                    dir,
+                }
+            })
+            .collect();
+        Cluster {
+            nodes,
+            _dirs: dirs,
+            config: config_path,
+        }
+    }
+
+    fn join_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.rpc.clone()).collect()
+    }
+
+    /// Adds a server that joins the running cluster (no bootstrap-expect).
+    fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let dir = self._dirs.path().join(format!("n{i}"));
+        let rpc = format!("127.0.0.1:{}", free_port());
+        let args = node_args(
+            &format!("n{i}"),
+            &dir,
+            &rpc,
+            free_port(),
+            &self.join_addrs(),
+            None,
+            self.config.as_deref(),
+        );
+        let server = Server::launch(&args, &dir);
+        self.nodes.push(Node {
+            server,
+            args,
+            rpc,
+            dir,
+        });
+        i
+    }
+}
+
+async fn leader_of(node: &Node) -> String {
+    let (_, v) = get_json(&node.url("/v1/status/leader")).await;
+    v.as_str().unwrap_or("").to_string()
+}
+
+/// Index of a server that is not the leader.
+async fn follower(c: &Cluster) -> usize {
+    let leader = leader_of(&c.nodes[0]).await;
+    c.nodes.iter().position(|n| n.rpc != leader).unwrap()
+}
+
+async fn leader_index(c: &Cluster, alive: &[usize]) -> usize {
+    eventually("a leader among the live servers", || async {
+        let leader = leader_of(&c.nodes[alive[0]]).await;
+        alive.iter().copied().find(|i| c.nodes[*i].rpc == leader)
+    })
+    .await
+}
+
+async fn kv(node: &Node, key: &str, value: &str) -> (u16, String) {
+    put(&node.url(&format!("/v1/kv/{key}")), value.to_string()).await
+}
+
+async fn raw(node: &Node, key: &str) -> Option<String> {
+    let r = http()
+        .get(node.url(&format!("/v1/kv/{key}?raw")))
+        .send()
+        .await
+        .ok()?;
+    if r.status().as_u16() != 200 {
+        return None;
+    }
+    r.text().await.ok()
+}
+
+async fn keys(node: &Node) -> BTreeSet<String> {
+    let (st, v) = get_json(&node.url("/v1/kv/?keys")).await;
+    if st != 200 {
+        return BTreeSet::new();
+    }
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_through_a_follower_reach_every_server() {
+    let _one = serial().await;
+    let c = Cluster::start("");
+    let f = follower(&c).await;
+    let leader = leader_of(&c.nodes[f]).await;
+    for n in &c.nodes {
+        assert_eq!(
+            leader_of(n).await,
+            leader,
+            "every server reports the same leader"
+        );
+    }
+    let (_, peers) = get_json(&c.nodes[0].url("/v1/status/peers")).await;
+    let mut peers: Vec<String> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    peers.sort();
+    let mut expected = c.join_addrs();
+    expected.sort();
+    assert_eq!(peers, expected);
+
+    let (st, text) = put(&c.nodes[f].url("/v1/agent/service/register"), json!({"Name": "web", "ID": "web1", "Address": "10.0.0.1", "Port": 80, "Check": {"TTL": "1h"}}).to_string()).await;
+    assert_eq!(st, 200, "{text}");
+    let (st, _) = put(&c.nodes[f].url("/v1/agent/check/pass/service:web1"), "").await;
+    assert_eq!(st, 200);
+    // Read-your-writes on the server that acknowledged.
+    let (_, entries) = get_json(&c.nodes[f].url("/v1/health/service/web?passing")).await;
+    assert_eq!(entries.as_array().unwrap().len(), 1);
+    for n in &c.nodes {
+        eventually("DNS on every server serves the instance", || async {
+            (a_records(&ask(n.server.dns, "web.service.consul.", RecordType::A).await)
+                == ["10.0.0.1"])
+            .then_some(())
+        })
+        .await;
+    }
+    let (st, _) = put(&c.nodes[f].url("/v1/agent/check/fail/service:web1"), "").await;
+    assert_eq!(st, 200);
+    for n in &c.nodes {
+        eventually("the failed instance leaves DNS everywhere", || async {
+            ask(n.server.dns, "web.service.consul.", RecordType::A)
+                .await
+                .answers
+                .is_empty()
+                .then_some(())
+        })
+        .await;
+        let (_, checks) = get_json(&n.url("/v1/health/checks/web")).await;
+        let _ = checks;
+    }
+    // Every server registered itself as service `consul`.
+    let (_, consul) = get_json(&c.nodes[0].url("/v1/catalog/service/consul")).await;
+    assert_eq!(consul.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_kill_keeps_acknowledged_writes_and_the_killed_server_catches_up() {
+    let _one = serial().await;
+    let mut c = Cluster::start("");
+    let f = follower(&c).await;
+    for i in 0..20 {
+        assert_eq!(
+            kv(&c.nodes[f], &format!("before/{i}"), "v").await,
+            (200, "true".into())
+        );
+    }
+    let old_leader = leader_index(&c, &[0, 1, 2]).await;
+    c.nodes[old_leader].server.kill();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != old_leader).collect();
+    let new_leader = leader_index(&c, &alive).await;
+    assert_ne!(c.nodes[new_leader].rpc, c.nodes[old_leader].rpc);
+    for i in 0..10 {
+        let target = &c.nodes[alive[i % 2]];
+        assert_eq!(
+            kv(target, &format!("after/{i}"), "v").await,
+            (200, "true".into())
+        );
+    }
+    for i in &alive {
+        let got = eventually("survivors have every acknowledged write", || async {
+            let k = keys(&c.nodes[*i]).await;
+            (k.len() == 30).then_some(k)
+        })
+        .await;
+        assert!(got.contains("before/0") && got.contains("after/9"));
+    }
+    c.nodes[old_leader].restart();
+    eventually("the restarted server catches up", || async {
+        (keys(&c.nodes[old_leader]).await.len() == 30).then_some(())
+    })
+    .await;
+    assert_eq!(
+        raw(&c.nodes[old_leader], "after/9").await.as_deref(),
+        Some("v")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn continuous_writes_through_a_leader_kill_lose_nothing_acknowledged() {
+    let _one = serial().await;
+    let mut c = Cluster::start("");
+    let leader = leader_index(&c, &[0, 1, 2]).await;
+    let writer_node = (0..3).find(|i| *i != leader).unwrap();
+    let url = c.nodes[writer_node].url("/v1/kv/");
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let task = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = http();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("stream/{i:05}");
+                if let Ok(r) = client.put(format!("{url}{key}")).body("x").send().await
+                    && r.status().as_u16() == 200
+                    && r.text().await.unwrap_or_default() == "true"
+                {
+                    acked.lock().unwrap().push(key);
+                }
+                i += 1;
+            }
+        })
+    };
+    eventually("some writes acknowledged before the kill", || async {
+        (acked.lock().unwrap().len() >= 20).then_some(())
+    })
+    .await;
+    c.nodes[leader].server.kill();
+    let before_kill = acked.lock().unwrap().len();
+    eventually("writes acknowledged after the failover", || async {
+        (acked.lock().unwrap().len() >= before_kill + 20).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    task.await.unwrap();
+    let acked: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();
+    for i in (0..3).filter(|i| *i != leader) {
+        let present = eventually("survivor applied everything acknowledged", || async {
+            let k = keys(&c.nodes[i]).await;
+            acked.is_subset(&k).then_some(k)
+        })
+        .await;
+        assert!(
+            acked.is_subset(&present),
+            "server {i} lost acknowledged writes"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_leader_writes_fail_after_the_hold_and_dns_keeps_answering() {
+    let _one = serial().await;
+    let mut c = Cluster::start("");
+    let f = follower(&c).await;
+    let (st, _) = put(
+        &c.nodes[f].url("/v1/agent/service/register"),
+        json!({"Name": "api", "Address": "10.5.0.1", "Port": 1}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 200);
+    for i in (0..3).filter(|i| *i != f) {
+        c.nodes[i].server.kill();
+    }
+    let started = std::time::Instant::now();
+    let (st, text) = kv(&c.nodes[f], "nope", "x").await;
+    assert_eq!(st, 500, "{text}");
+    assert!(text.contains("No cluster leader"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "the write was held for a leader first"
+    );
+    let r = ask(c.nodes[f].server.dns, "api.service.consul.", RecordType::A).await;
+    assert_eq!(
+        a_records(&r),
+        ["10.5.0.1"],
+        "DNS answers from the local index without a leader"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn join_via_snapshot_leave_and_dead_server_cleanup() {
+    let _one = serial().await;
+    let config = "raft_snapshot_threshold = 20\nraft_trailing_logs = 5\n[autopilot]\ndead_server_threshold = \"2s\"\n";
+    let mut c = Cluster::start(config);
+    let f = follower(&c).await;
+    for i in 0..60 {
+        assert_eq!(kv(&c.nodes[f], &format!("data/{i}"), "v").await.0, 200);
+    }
+    let leader = leader_index(&c, &[0, 1, 2]).await;
+    let (_, me) = get_json(&c.nodes[leader].url("/v1/agent/self")).await;
+    let purged: u64 = me["Stats"]["raft"]["purged_index"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(purged > 0, "the leader compacted its log: {me}");
+
+    let n3 = c.add_node();
+    eventually("the new server has all the data", || async {
+        (keys(&c.nodes[n3]).await.len() == 60).then_some(())
+    })
+    .await;
+    let (_, stats) = get_json(&c.nodes[n3].url("/v1/agent/self")).await;
+    let snap: u64 = stats["Stats"]["raft"]["last_snapshot_index"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        snap > 0,
+        "the new server was installed from a snapshot: {stats}"
+    );
+    eventually("four voters", || async {
+        let (_, peers) = get_json(&c.nodes[0].url("/v1/status/peers")).await;
+        (peers.as_array().unwrap().len() == 4).then_some(())
+    })
+    .await;
+
+    // A server leaves gracefully: it exits and is no longer a voter.
+    let leaving = (0..3).find(|i| *i != leader).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beacon"))
+        .args([
+            "leave",
+            "--http-addr",
+            &c.nodes[leaving].server.http.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(c.nodes[leaving].server.wait_exit().success());
+    let leaving_rpc = c.nodes[leaving].rpc.clone();
+    eventually("the leaver is gone from the peers", || async {
+        let (_, peers) = get_json(&c.nodes[leader].url("/v1/status/peers")).await;
+        let peers: Vec<&str> = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        (peers.len() == 3 && !peers.contains(&leaving_rpc.as_str())).then_some(())
+    })
+    .await;
+
+    // A killed server is removed by autopilot once the threshold passes (2 of 3 stay healthy).
+    let victim = [0, 1, 2, n3]
+        .into_iter()
+        .find(|i| *i != leader && *i != leaving)
+        .unwrap();
+    c.nodes[victim].server.kill();
+    let victim_rpc = c.nodes[victim].rpc.clone();
+    let live = [0, 1, 2, n3]
+        .into_iter()
+        .find(|i| *i != victim && *i != leaving)
+        .unwrap();
+    eventually("autopilot removed the dead server", || async {
+        let (_, config) = get_json(&c.nodes[live].url("/v1/operator/raft/configuration")).await;
+        let servers = config["Servers"].as_array()?;
+        (servers.len() == 2 && servers.iter().all(|s| s["Address"] != victim_rpc.as_str()))
+            .then_some(())
+    })
+    .await;
+    // Still writable with the two that remain.
+    assert_eq!(
+        kv(&c.nodes[live], "still/writable", "yes").await,
+        (200, "true".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_save_and_restore_into_a_fresh_cluster_and_foreign_data_dirs_are_refused() {
+    let _one = serial().await;
+    let a = Cluster::start("");
+    let f = follower(&a).await;
+    for i in 0..10 {
+        assert_eq!(
+            kv(&a.nodes[f], &format!("saved/{i}"), &format!("v{i}"))
+                .await
+                .0,
+            200
+        );
+    }
+    let (st, _) = put(
+        &a.nodes[f].url("/v1/agent/service/register"),
+        json!({"Name": "db", "Address": "10.7.0.1", "Port": 5432}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beacon"))
+        .args([
+            "snapshot",
+            "save",
+            file.path().to_str().unwrap(),
+            "--http-addr",
+            &a.nodes[f].server.http.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let b = Cluster::start("");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beacon"))
+        .args([
+            "snapshot",
+            "restore",
+            file.path().to_str().unwrap(),
+            "--http-addr",
+            &b.nodes[0].server.http.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for n in &b.nodes {
+        eventually(
+            "every server of the new cluster has the restored data",
+            || async { (raw(n, "saved/7").await.as_deref() == Some("v7")).then_some(()) },
+        )
+        .await;
+        eventually("restored services resolve", || async {
+            (a_records(&ask(n.server.dns, "db.service.consul.", RecordType::A).await)
+                == ["10.7.0.1"])
+            .then_some(())
+        })
+        .await;
+    }
+    // Cluster B has named itself by now (its leader does that as soon as it leads).
+    for r in b.join_addrs() {
+        eventually("cluster B is named", || async {
+            let (_, info) = get_json(&format!("http://{r}/rpc/info")).await;
+            (info["cluster_id"].as_str().is_some_and(|id| !id.is_empty())).then_some(())
+        })
+        .await;
+    }
+
+    // A data dir of cluster A pointed at cluster B is refused with a clear error.
+    let mut a_nodes = a.nodes;
+    a_nodes[0].server.kill();
+    let mut args = node_args(
+        "intruder",
+        &a_nodes[0].dir,
+        &format!("127.0.0.1:{}", free_port()),
+        free_port(),
+        &b.join_addrs(),
+        None,
+        None,
+    );
+    args.retain(|a| !a.is_empty());
+    let mut intruder = Server::spawn(&args, &a_nodes[0].dir);
+    let status = intruder.wait_exit();
+    assert!(!status.success());
+    assert!(
+        intruder.log_text().contains("belongs to cluster"),
+        "{}",
+        intruder.log_text()
+    );
+}

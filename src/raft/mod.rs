@@ -51,9 +51,9 @@ impl Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(400),
-            election_max: Duration::from_millis(800),
+            heartbeat: Duration::from_millis(60),
+            election_min: Duration::from_millis(250),
+            election_max: Duration::from_millis(350),
             snapshot_threshold: 16384,
             trailing_logs: 10240,
         }

@@ -1,0 +1,277 @@
+//! Leader-kill failover on a 3-server loopback cluster of real `beacon` processes.
+//!
+//! Each trial: start three servers, write continuously through a follower, SIGKILL the leader,
+//! and time from the kill to the first acknowledged write; meanwhile query DNS on both
+//! survivors every 5 ms and count failed queries. Reports every trial, the median and the DNS
+//! failures.
+//!
+//! Run: `cargo bench --bench failover` (release build; `FAILOVER_TRIALS=N` to change the
+//! number of trials, default 10).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+
+struct Server {
+    child: Child,
+    rpc: String,
+    http: SocketAddr,
+    dns: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_cluster(dir: &std::path::Path) -> Vec<Server> {
+    let rpcs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut children = Vec::new();
+    for (i, rpc) in rpcs.iter().enumerate() {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_beacon"));
+        cmd.args([
+            "agent",
+            "--server",
+            "--node",
+            &format!("n{i}"),
+            "--bootstrap-expect",
+            "3",
+        ])
+        .args([
+            "--rpc-addr",
+            rpc,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--dns-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join(format!("n{i}")))
+        .env("RUST_LOG", "info,openraft=error,hickory_server=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for r in &rpcs {
+            cmd.args(["--join", r]);
+        }
+        children.push((cmd.spawn().expect("spawn beacon"), rpc.clone()));
+    }
+    children
+        .into_iter()
+        .map(|(mut child, rpc)| {
+            let mut lines = BufReader::new(child.stderr.take().unwrap())
+                .lines()
+                .map_while(Result::ok);
+            let (mut http, mut dns) = (None, None);
+            for line in lines.by_ref() {
+                let grab = |needle: &str| {
+                    line.find(needle).map(|p| {
+                        line[p + needle.len()..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap()
+                            .parse::<SocketAddr>()
+                            .unwrap()
+                    })
+                };
+                http = http.or(grab("listening http on "));
+                dns = dns.or(grab("listening dns-udp on "));
+                if line.contains("beacon agent ready") {
+                    break;
+                }
+            }
+            std::thread::spawn(move || for _ in lines {});
+            Server {
+                child,
+                rpc,
+                http: http.unwrap(),
+                dns: dns.unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn dns_ok(sock: &UdpSocket, server: SocketAddr, id: u16) -> bool {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(
+        Name::from_ascii("consul.service.consul.").unwrap(),
+        RecordType::A,
+    ));
+    if sock.send_to(&m.to_vec().unwrap(), server).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => match Message::from_vec(&buf[..n]) {
+                Ok(reply) if reply.metadata.id == id => {
+                    return reply.metadata.response_code == ResponseCode::NoError
+                        && !reply.answers.is_empty();
+                }
+                Ok(_) => continue,
+                Err(_) => return false,
+            },
+            Err(_) => return false,
+        }
+    }
+}
+
+struct Trial {
+    failover: Duration,
+    dns_queries: u64,
+    dns_failures: u64,
+}
+
+async fn trial(rt_client: &reqwest::Client) -> Trial {
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = start_cluster(dir.path());
+    let leader_rpc: String = rt_client
+        .get(format!("http://{}/v1/status/leader", servers[0].http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let leader = servers
+        .iter()
+        .position(|s| s.rpc == leader_rpc)
+        .expect("leader among servers");
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let writer_http = servers[survivors[0]].http;
+
+    // DNS probes on both survivors for the whole trial.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (queries, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let probes: Vec<_> = survivors
+        .iter()
+        .map(|i| {
+            let (dns, stop, queries, failures) = (
+                servers[*i].dns,
+                stop.clone(),
+                queries.clone(),
+                failures.clone(),
+            );
+            std::thread::spawn(move || {
+                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                sock.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                let mut id = 0u16;
+                while !stop.load(Ordering::Relaxed) {
+                    id = id.wrapping_add(1);
+                    queries.fetch_add(1, Ordering::Relaxed);
+                    if !dns_ok(&sock, dns, id) {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+
+    let put = |i: u64| {
+        let client = rt_client.clone();
+        async move {
+            client
+                .put(format!("http://{writer_http}/v1/kv/bench/{i}"))
+                .body("x")
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .is_some()
+        }
+    };
+    for i in 0..20 {
+        assert!(put(i).await, "writes succeed before the kill");
+    }
+    let killed_at = Instant::now();
+    let _ = servers[leader].child.kill();
+    let _ = servers[leader].child.wait();
+    let mut i = 100;
+    let failover = loop {
+        if put(i).await {
+            break killed_at.elapsed();
+        }
+        i += 1;
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "no write acknowledged within 30 s"
+        );
+    };
+    // Keep probing DNS a little after the failover too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in probes {
+        p.join().unwrap();
+    }
+    Trial {
+        failover,
+        dns_queries: queries.load(Ordering::Relaxed),
+        dns_failures: failures.load(Ordering::Relaxed),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs one quick trial.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let trials: usize = if quick {
+        1
+    } else {
+        std::env::var("FAILOVER_TRIALS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10)
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let mut results = Vec::new();
+    for n in 0..trials {
+        let t = rt.block_on(trial(&client));
+        println!(
+            "trial {:>2}: failover {:>6.0} ms, DNS failures {}/{}",
+            n + 1,
+            t.failover.as_secs_f64() * 1000.0,
+            t.dns_failures,
+            t.dns_queries
+        );
+        results.push(t);
+    }
+    let mut times: Vec<f64> = results
+        .iter()
+        .map(|t| t.failover.as_secs_f64() * 1000.0)
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    let failed: u64 = results.iter().map(|t| t.dns_failures).sum();
+    let queries: u64 = results.iter().map(|t| t.dns_queries).sum();
+    println!(
+        "failover: {} trials, median {:.0} ms, min {:.0} ms, max {:.0} ms; DNS failures on survivors: {failed} of {queries}",
+        times.len(),
+        median,
+        times[0],
+        times[times.len() - 1]
+    );
+}

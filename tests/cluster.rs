@@ -125,21 +125,34 @@ impl Cluster {
         self.nodes.iter().map(|n| n.rpc.clone()).collect()
     }
 
-    /// Adds a server that joins the running cluster (no bootstrap-expect).
-    fn add_node(&mut self) -> usize {
+    /// Adds a server that knows no cluster member (its `--join` points nowhere) and is brought
+    /// in with `beacon join` run against an existing server, as an operator would.
+    fn add_node_with_cli_join(&mut self, via: usize) -> usize {
         let i = self.nodes.len();
         let dir = self._dirs.path().join(format!("n{i}"));
         let rpc = format!("127.0.0.1:{}", free_port());
+        let nowhere = vec![format!("127.0.0.1:{}", free_port())];
         let args = node_args(
             &format!("n{i}"),
             &dir,
             &rpc,
             free_port(),
-            &self.join_addrs(),
+            &nowhere,
             None,
             self.config.as_deref(),
         );
-        let server = Server::launch(&args, &dir);
+        let mut server = Server::spawn(&args, &dir);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_beacon"))
+            .args([
+                "join",
+                &rpc,
+                "--http-addr",
+                &self.nodes[via].server.http.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "beacon join: {out:?}");
+        server.wait_ready();
         self.nodes.push(Node {
             server,
             args,
@@ -398,7 +411,7 @@ async fn join_via_snapshot_leave_and_dead_server_cleanup() {
         .unwrap();
     assert!(purged > 0, "the leader compacted its log: {me}");
 
-    let n3 = c.add_node();
+    let n3 = c.add_node_with_cli_join(f);
     eventually("the new server has all the data", || async {
         (keys(&c.nodes[n3]).await.len() == 60).then_some(())
     })
@@ -465,6 +478,56 @@ async fn join_via_snapshot_leave_and_dead_server_cleanup() {
     // Still writable with the two that remain.
     assert_eq!(
         kv(&c.nodes[live], "still/writable", "yes").await,
+        (200, "true".into())
+    );
+
+    // The operator surface: members, list-peers, remove-peer.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_beacon"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let http_addr = c.nodes[live].server.http.to_string();
+    let members = cli(&["members", "--http-addr", &http_addr]);
+    assert_eq!(
+        members.lines().filter(|l| l.contains("alive")).count(),
+        2,
+        "{members}"
+    );
+    let peers = cli(&["operator", "raft", "list-peers", "--http-addr", &http_addr]);
+    assert_eq!(
+        peers.lines().filter(|l| l.contains("leader")).count(),
+        1,
+        "{peers}"
+    );
+    let current_leader = leader_of(&c.nodes[live]).await;
+    let other = [0, 1, 2, n3]
+        .into_iter()
+        .find(|i| *i != victim && *i != leaving && c.nodes[*i].rpc != current_leader)
+        .unwrap();
+    let other_rpc = c.nodes[other].rpc.clone();
+    cli(&[
+        "operator",
+        "raft",
+        "remove-peer",
+        "--address",
+        &other_rpc,
+        "--http-addr",
+        &http_addr,
+    ]);
+    let leader_node = [0, 1, 2, n3]
+        .into_iter()
+        .find(|i| c.nodes[*i].rpc == current_leader)
+        .unwrap();
+    let (_, config) = get_json(&c.nodes[leader_node].url("/v1/operator/raft/configuration")).await;
+    let servers = config["Servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 1, "{config}");
+    assert_eq!(servers[0]["Address"], current_leader.as_str());
+    assert_eq!(
+        kv(&c.nodes[leader_node], "alone/writable", "yes").await,
         (200, "true".into())
     );
 }

@@ -75,14 +75,73 @@ pub struct Autopilot {
     pub dead_server_threshold: Duration,
 }
 
-/// The DNS settings that follow Consul's `dns_config` block.
-#[derive(Clone, Debug, Default)]
+/// The DNS settings that follow Consul's `dns_config` block (plus the zones and recursors
+/// around it). Everything here is reloaded on SIGHUP.
+#[derive(Clone, Debug)]
 pub struct DnsConfig {
     pub service_ttl: ServiceTtl,
     pub node_ttl: Duration,
     /// Unset by default; when set, UDP answers carry at most this many records, without TC.
     pub udp_answer_limit: Option<usize>,
+    /// Caps A/AAAA answers on UDP and TCP (0: no cap).
+    pub a_record_limit: usize,
     pub only_passing: bool,
+    pub enable_additional_node_meta_txt: bool,
+    pub soa: SoaConfig,
+    /// A second domain answering the same data (`alt_domain`), lower-case with the trailing dot.
+    pub alt_domain: Option<String>,
+    pub recursors: Vec<SocketAddr>,
+    pub recursor_timeout: Duration,
+    pub recursor_random: bool,
+    /// Static zones served beside the Beacon domain.
+    pub zone_files: Vec<ZoneFile>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            service_ttl: ServiceTtl::default(),
+            node_ttl: Duration::ZERO,
+            udp_answer_limit: None,
+            a_record_limit: 0,
+            only_passing: false,
+            enable_additional_node_meta_txt: true,
+            soa: SoaConfig::default(),
+            alt_domain: None,
+            recursors: Vec::new(),
+            recursor_timeout: Duration::from_secs(2),
+            recursor_random: false,
+            zone_files: Vec::new(),
+        }
+    }
+}
+
+/// SOA timers (`dns_config.soa`), Consul's defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct SoaConfig {
+    pub refresh: u32,
+    pub retry: u32,
+    pub expire: u32,
+    pub min_ttl: u32,
+}
+
+impl Default for SoaConfig {
+    fn default() -> Self {
+        SoaConfig {
+            refresh: 3600,
+            retry: 600,
+            expire: 86400,
+            min_ttl: 0,
+        }
+    }
+}
+
+/// A static zone file served authoritatively.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneFile {
+    /// e.g. `example.com.`
+    pub origin: String,
+    pub path: PathBuf,
 }
 
 /// Consul's `service_ttl` map: an exact name beats a `prefix*`, the longest prefix wins, `*` is
@@ -137,6 +196,8 @@ pub struct Flags {
     pub node: Option<String>,
     pub datacenter: Option<String>,
     pub domain: Option<String>,
+    pub alt_domain: Option<String>,
+    pub recursors: Vec<String>,
     pub log_level: Option<String>,
 }
 
@@ -167,6 +228,26 @@ struct FileConfig {
     performance: FilePerformance,
     #[serde(default)]
     autopilot: FileAutopilot,
+    alt_domain: Option<String>,
+    recursors: Option<Vec<String>>,
+    #[serde(default)]
+    zone_files: Vec<FileZone>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileZone {
+    origin: String,
+    path: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSoa {
+    refresh: Option<u32>,
+    retry: Option<u32>,
+    expire: Option<u32>,
+    min_ttl: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,7 +284,12 @@ struct FileDnsConfig {
     service_ttl: Option<BTreeMap<String, String>>,
     node_ttl: Option<String>,
     udp_answer_limit: Option<i64>,
+    a_record_limit: Option<u32>,
     only_passing: Option<bool>,
+    enable_additional_node_meta_txt: Option<bool>,
+    recursor_timeout: Option<String>,
+    recursor_strategy: Option<String>,
+    soa: Option<FileSoa>,
 }
 
 /// Reads the file named by the flags (if any) and resolves the final config.
@@ -212,7 +298,16 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
         Some(path) => Some(read_file(path)?),
         None => None,
     };
-    resolve(flags, file.as_deref())
+    let mut config = resolve(flags, file.as_deref())?;
+    // Zone file paths in a config file are relative to that file.
+    if let Some(dir) = flags.config_file.as_ref().and_then(|p| p.parent()) {
+        for zone in &mut config.dns.zone_files {
+            if zone.path.is_relative() {
+                zone.path = dir.join(&zone.path);
+            }
+        }
+    }
+    Ok(config)
 }
 
 fn read_file(path: &Path) -> Result<String, ConfigError> {
@@ -385,6 +480,51 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
         },
     };
 
+    let alt_domain = match flags.alt_domain.clone().or(file.alt_domain) {
+        Some(d) => {
+            let d = normalize_domain(&d).map_err(|e| ConfigError::new("alt_domain", e.message))?;
+            if d == domain {
+                return Err(ConfigError::new("alt_domain", "must differ from domain"));
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    let mut recursors = Vec::new();
+    let raw_recursors = if flags.recursors.is_empty() {
+        file.recursors.unwrap_or_default()
+    } else {
+        flags.recursors.clone()
+    };
+    for r in raw_recursors {
+        recursors.push(parse_recursor(&r)?);
+    }
+    let recursor_random = match d.recursor_strategy.as_deref() {
+        None | Some("sequential") => false,
+        Some("random") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "dns_config.recursor_strategy",
+                format!("{other:?} is not sequential or random"),
+            ));
+        }
+    };
+    let recursor_timeout = match d.recursor_timeout {
+        Some(v) => duration("dns_config.recursor_timeout", &v)?,
+        None => Duration::from_secs(2),
+    };
+    let soa_defaults = SoaConfig::default();
+    let soa = d.soa.unwrap_or_default();
+    let mut zone_files = Vec::new();
+    for z in file.zone_files {
+        let origin = normalize_domain(&z.origin)
+            .map_err(|e| ConfigError::new("zone_files.origin", e.message))?;
+        zone_files.push(ZoneFile {
+            origin,
+            path: z.path,
+        });
+    }
+
     Ok(Config {
         mode,
         bootstrap_expect,
@@ -403,7 +543,20 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
             service_ttl: ServiceTtl::from_map(ttl_map),
             node_ttl,
             udp_answer_limit,
+            a_record_limit: d.a_record_limit.unwrap_or(0) as usize,
             only_passing: d.only_passing.unwrap_or(false),
+            enable_additional_node_meta_txt: d.enable_additional_node_meta_txt.unwrap_or(true),
+            soa: SoaConfig {
+                refresh: soa.refresh.unwrap_or(soa_defaults.refresh),
+                retry: soa.retry.unwrap_or(soa_defaults.retry),
+                expire: soa.expire.unwrap_or(soa_defaults.expire),
+                min_ttl: soa.min_ttl.unwrap_or(soa_defaults.min_ttl),
+            },
+            alt_domain,
+            recursors,
+            recursor_timeout,
+            recursor_random,
+            zone_files,
         },
         raft,
     })
@@ -424,6 +577,18 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
         .map_err(|_| ConfigError::new(key, format!("{value:?} is not an ip:port address")))
+}
+
+/// A recursor: `ip` or `ip:port` (IPv6 as `[ip]:port`), port 53 by default.
+fn parse_recursor(value: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    value
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| ConfigError::new("recursors", format!("{value:?} is not an ip or ip:port")))
 }
 
 fn duration(key: &str, value: &str) -> Result<Duration, ConfigError> {

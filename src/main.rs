@@ -81,6 +81,12 @@ struct AgentArgs {
     /// DNS domain (default consul.).
     #[arg(long)]
     domain: Option<String>,
+    /// A second domain answering the same data.
+    #[arg(long)]
+    alt_domain: Option<String>,
+    /// Upstream DNS server for names outside Beacon's zones (ip or ip:port); repeatable.
+    #[arg(long = "recursor", value_name = "ADDR")]
+    recursors: Vec<String>,
     /// trace, debug, info, warn or error (default info).
     #[arg(long)]
     log_level: Option<String>,
@@ -144,6 +150,8 @@ fn agent(args: AgentArgs) -> ExitCode {
         node: args.node,
         datacenter: args.datacenter,
         domain: args.domain,
+        alt_domain: args.alt_domain,
+        recursors: args.recursors,
         log_level: args.log_level,
     };
     let config = match config::load(&flags) {
@@ -172,7 +180,8 @@ fn agent(args: AgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(beacon::server::run(config, shutdown_signal())) {
+    let reload: beacon::server::Reload = Box::new(move || config::load(&flags));
+    match runtime.block_on(beacon::server::run(config, Some(reload), shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -23,8 +23,16 @@ use crate::raft::{Cluster, formation, rpc};
 use crate::sessions::SessionTimers;
 use crate::store;
 
-/// Runs a server until `shutdown` resolves or it leaves its cluster.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Re-reads the configuration (for SIGHUP): flags plus the config file.
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+/// Runs a server until `shutdown` resolves or it leaves its cluster. With `reload`, SIGHUP
+/// re-reads the config and applies its DNS part (settings and zone files).
+pub async fn run(
+    config: Config,
+    reload: Option<Reload>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     // Dev mode without --data-dir keeps its state in a directory removed at exit.
     let (data_dir, _temp): (PathBuf, Option<tempfile::TempDir>) = match &config.data_dir {
         Some(dir) => (dir.clone(), None),
@@ -113,7 +121,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         },
     )
     .map_err(anyhow::Error::msg)?;
-    let mut dns_server = dns::serve(handler, udp, tcp);
+    let handler = Arc::new(handler);
+    let mut dns_server = dns::serve(handler.clone(), udp, tcp);
+    if let Some(reload) = reload {
+        tokio::spawn(reload_on_sighup(handler, reload, token.child_token()));
+    }
 
     let leave = CancellationToken::new();
     let api = Api {
@@ -176,6 +188,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     cluster.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn reload_on_sighup(handler: Arc<DnsHandler>, reload: Reload, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reload disabled");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            let result = reload().map_err(|e| e.to_string()).and_then(|config| {
+                handler.reload(ZoneSettings {
+                    domain: config.domain.clone(),
+                    datacenter: config.datacenter.clone(),
+                    dns: config.dns,
+                })
+            });
+            match result {
+                Ok(()) => tracing::info!("reloaded DNS configuration and zone files"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload failed; keeping the previous DNS configuration")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (handler, reload);
+        stop.cancelled().await;
+    }
 }
 
 /// What only the leader does: name the cluster once, and remove servers that stay dead.

@@ -1,36 +1,47 @@
-//! The DNS server: the Beacon domain (`consul.` by default) answered from the in-memory catalog
-//! view; every other name goes to hickory's `Catalog` (static zones and forwarding plug in there;
-//! with none configured it answers REFUSED).
+//! The DNS server: the Beacon domain (`consul.`, and `alt_domain` if set) answered from the
+//! in-memory catalog view; reverse lookups (PTR) for catalog addresses; static zone files served
+//! authoritatively through hickory's `Catalog`; everything else forwarded to the recursors, or
+//! REFUSED when there are none.
 //!
 //! The hot path takes one lock-free load of the published catalog `State` per query: no redb
-//! transaction, no disk I/O, no global lock.
+//! transaction, no disk I/O, no global lock. Zones and settings are swapped atomically on reload
+//! (SIGHUP).
 
+mod forward;
 pub mod names;
+mod zone;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use arc_swap::ArcSwap;
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode,
+};
+use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{Catalog, MessageResponseBuilder};
-use rand::seq::SliceRandom;
+use hickory_server::store::file::{FileConfig, FileZoneHandler};
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::catalog::{Instance, State, View};
+use crate::catalog::View;
 use crate::config::DnsConfig;
-use crate::model::CheckStatus;
-use names::{Lookup, encode_hex_ip};
+use forward::Forwarder;
+use zone::ConsulZone;
+pub use zone::Reply;
 
 /// Idle TCP connections are closed after this long.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest UDP answer we send, whatever the client offers.
+const MAX_UDP_PAYLOAD: u16 = 4096;
 
-/// What the Beacon zone needs to know to answer.
+/// What the DNS server needs to know to answer.
 #[derive(Clone, Debug)]
 pub struct ZoneSettings {
     /// e.g. `consul.`
@@ -39,322 +50,88 @@ pub struct ZoneSettings {
     pub dns: DnsConfig,
 }
 
-/// The request handler: our zone first, everything else to hickory's `Catalog`.
+/// Everything that answers, rebuilt as a whole on reload.
+struct Handlers {
+    /// The primary domain first, then `alt_domain`.
+    zones: Vec<ConsulZone>,
+    statics: Catalog,
+    static_origins: Vec<LowerName>,
+    forwarder: Option<Forwarder>,
+}
+
+/// The request handler.
 pub struct DnsHandler {
-    zone: ConsulZone,
-    others: Catalog,
+    view: View,
+    current: ArcSwap<Handlers>,
 }
 
 impl DnsHandler {
     pub fn new(view: View, settings: ZoneSettings) -> Result<Self, String> {
+        let handlers = build(&view, &settings)?;
         Ok(DnsHandler {
-            zone: ConsulZone::new(view, settings)?,
-            others: Catalog::new(),
-        })
-    }
-}
-
-/// A finished answer for one question, before encoding.
-#[derive(Debug, Default)]
-pub struct Reply {
-    pub rcode: ResponseCode,
-    pub answers: Vec<Record>,
-    pub additionals: Vec<Record>,
-    /// Put the zone's SOA in the authority section (NXDOMAIN and NODATA answers).
-    pub soa: Option<Record>,
-}
-
-struct ConsulZone {
-    view: View,
-    domain: LowerName,
-    domain_name: Name,
-    domain_labels: usize,
-    datacenter: String,
-    dns: DnsConfig,
-    soa_mname: Name,
-    soa_rname: Name,
-}
-
-impl ConsulZone {
-    fn new(view: View, settings: ZoneSettings) -> Result<Self, String> {
-        let domain_name = Name::from_str(&settings.domain).map_err(|e| format!("domain: {e}"))?;
-        let label = |l: &str| {
-            Name::from_str(l)
-                .and_then(|n| n.append_domain(&domain_name))
-                .map_err(|e| format!("domain: {e}"))
-        };
-        Ok(ConsulZone {
-            domain: LowerName::from(domain_name.clone()),
-            domain_labels: domain_name.num_labels() as usize,
-            soa_mname: label("ns")?,
-            soa_rname: label("hostmaster")?,
-            domain_name,
-            datacenter: settings.datacenter.to_ascii_lowercase(),
-            dns: settings.dns,
             view,
+            current: ArcSwap::from_pointee(handlers),
         })
     }
 
-    fn soa(&self, state: &State) -> Record {
-        let serial = (state.indexes().last & 0xffff_ffff) as u32;
-        Record::from_rdata(
-            self.domain_name.clone(),
-            0,
-            RData::SOA(SOA::new(
-                self.soa_mname.clone(),
-                self.soa_rname.clone(),
-                serial,
-                3600,
-                600,
-                86400,
-                0,
-            )),
-        )
-    }
-
-    fn name(&self, relative: &str) -> Option<Name> {
-        Name::from_ascii(relative)
-            .ok()?
-            .append_domain(&self.domain_name)
-            .ok()
-    }
-
-    /// Answers one question whose name is inside the zone.
-    fn answer(&self, qname: &LowerName, qtype: RecordType, udp: bool) -> Reply {
-        let state = self.view.load();
-        let name = Name::from(qname.clone());
-        let total = name.num_labels() as usize;
-        let labels: Option<Vec<String>> = name
-            .iter()
-            .take(total.saturating_sub(self.domain_labels))
-            .map(|l| std::str::from_utf8(l).ok().map(|s| s.to_ascii_lowercase()))
-            .collect();
-        let Some(labels) = labels else {
-            return self.nxdomain(&state);
-        };
-        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-        let parsed = names::parse(&labels, qtype == RecordType::SRV);
-        if let Some(dc) = &parsed.datacenter
-            && *dc != self.datacenter
-        {
-            // Another datacenter: "No path to datacenter" is NXDOMAIN in Consul.
-            return self.nxdomain(&state);
-        }
-        match parsed.lookup {
-            Lookup::Apex => {
-                if qtype == RecordType::SOA {
-                    Reply {
-                        answers: vec![self.soa(&state)],
-                        ..Reply::default()
-                    }
-                } else {
-                    self.nodata(&state)
-                }
-            }
-            Lookup::Service { name: svc, tag } => {
-                self.service(&state, &name, &svc, tag.as_deref(), qtype, udp)
-            }
-            Lookup::Node { name: node } => self.node(&state, &name, &node, qtype),
-            Lookup::Addr { ip } => {
-                let ttl = secs(self.dns.node_ttl);
-                match address_record(&name, ip, qtype, ttl) {
-                    Some(r) => Reply {
-                        answers: vec![r],
-                        ..Reply::default()
-                    },
-                    None => self.nodata(&state),
-                }
-            }
-            Lookup::Invalid => self.nxdomain(&state),
-        }
-    }
-
-    fn nxdomain(&self, state: &State) -> Reply {
-        Reply {
-            rcode: ResponseCode::NXDomain,
-            soa: Some(self.soa(state)),
-            ..Reply::default()
-        }
-    }
-
-    fn nodata(&self, state: &State) -> Reply {
-        Reply {
-            soa: Some(self.soa(state)),
-            ..Reply::default()
-        }
-    }
-
-    fn healthy(&self, status: CheckStatus) -> bool {
-        match status {
-            CheckStatus::Passing => true,
-            CheckStatus::Warning => !self.dns.only_passing,
-            CheckStatus::Critical => false,
-        }
-    }
-
-    fn service(
-        &self,
-        state: &State,
-        qname: &Name,
-        service: &str,
-        tag: Option<&str>,
-        qtype: RecordType,
-        udp: bool,
-    ) -> Reply {
-        let instances: Vec<Instance<'_>> = state
-            .instances(service)
-            .into_iter()
-            .filter(|i| {
-                tag.is_none_or(|t| i.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
-            })
-            .collect();
-        if instances.is_empty() {
-            // Nothing registered carries this name (or tag): no such name.
-            return self.nxdomain(state);
-        }
-        let mut healthy: Vec<(Instance<'_>, CheckStatus)> = instances
-            .into_iter()
-            .map(|i| {
-                let status = i.status();
-                (i, status)
-            })
-            .filter(|(_, s)| self.healthy(*s))
-            .collect();
-        healthy.shuffle(&mut rand::rng());
-        let ttl = secs(self.dns.service_ttl.for_service(service));
-        let mut reply = Reply::default();
-        match qtype {
-            RecordType::A | RecordType::AAAA | RecordType::ANY => {
-                let mut seen = Vec::new();
-                for (i, _) in &healthy {
-                    let Some(ip) = instance_ip(i) else { continue };
-                    if seen.contains(&ip) {
-                        continue;
-                    }
-                    if let Some(r) = address_record(qname, ip, qtype, ttl) {
-                        seen.push(ip);
-                        reply.answers.push(r);
-                    }
-                }
-            }
-            RecordType::SRV => {
-                let mut seen = Vec::new();
-                for (i, status) in &healthy {
-                    let ident = (
-                        i.node.name.as_str(),
-                        i.service.address.as_str(),
-                        i.service.port,
-                    );
-                    if seen.contains(&ident) {
-                        continue;
-                    }
-                    seen.push(ident);
-                    let weight = match status {
-                        CheckStatus::Passing => i.service.weights.passing,
-                        _ => i.service.weights.warning,
-                    }
-                    .min(u16::MAX as u32) as u16;
-                    let Some((target, ip)) = self.srv_target(i) else {
-                        continue;
-                    };
-                    reply.answers.push(Record::from_rdata(
-                        qname.clone(),
-                        ttl,
-                        RData::SRV(SRV::new(1, weight, i.service.port, target.clone())),
-                    ));
-                    if let Some(ip) = ip
-                        && let Some(r) = address_record(&target, ip, RecordType::ANY, ttl)
-                    {
-                        reply.additionals.push(r);
-                    }
-                }
-            }
-            _ => {}
-        }
-        if let (true, Some(limit)) = (udp, self.dns.udp_answer_limit)
-            && reply.answers.len() > limit
-        {
-            // A deliberate subset: the answers were shuffled, keep the first `limit` and only
-            // the additional records that still belong to one of them.
-            reply.answers.truncate(limit);
-            let targets: Vec<Name> = reply
-                .answers
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::SRV(srv) => Some(srv.target.clone()),
-                    _ => None,
-                })
-                .collect();
-            reply.additionals.retain(|r| targets.contains(&r.name));
-        }
-        if reply.answers.is_empty() {
-            reply.soa = Some(self.soa(state));
-        }
-        reply
-    }
-
-    /// The SRV target of an instance and the address to put in the additional section.
-    fn srv_target(&self, i: &Instance<'_>) -> Option<(Name, Option<IpAddr>)> {
-        let dc = &self.datacenter;
-        if !i.service.address.is_empty() {
-            return match i.service.address.parse::<IpAddr>() {
-                Ok(ip) => Some((
-                    self.name(&format!("{}.addr.{dc}", encode_hex_ip(ip)))?,
-                    Some(ip),
-                )),
-                // A hostname is its own target.
-                Err(_) => {
-                    let mut host = Name::from_ascii(&i.service.address).ok()?;
-                    host.set_fqdn(true);
-                    Some((host, None))
-                }
-            };
-        }
-        let target = self.name(&format!("{}.node.{dc}", i.node.name))?;
-        Some((target, i.node.address.parse().ok()))
-    }
-
-    fn node(&self, state: &State, qname: &Name, node: &str, qtype: RecordType) -> Reply {
-        let Some(node) = state.node(node) else {
-            return self.nxdomain(state);
-        };
-        let ttl = secs(self.dns.node_ttl);
-        match node
-            .address
-            .parse::<IpAddr>()
-            .ok()
-            .and_then(|ip| address_record(qname, ip, qtype, ttl))
-        {
-            Some(r) => Reply {
-                answers: vec![r],
-                ..Reply::default()
-            },
-            None => self.nodata(state),
-        }
+    /// Re-reads the zone files and applies new DNS settings; on error the old ones stay.
+    pub fn reload(&self, settings: ZoneSettings) -> Result<(), String> {
+        let handlers = build(&self.view, &settings)?;
+        self.current.store(Arc::new(handlers));
+        Ok(())
     }
 }
 
-fn secs(d: Duration) -> u32 {
-    d.as_secs().min(u32::MAX as u64) as u32
+fn build(view: &View, settings: &ZoneSettings) -> Result<Handlers, String> {
+    let dns = &settings.dns;
+    let mut zones = vec![ConsulZone::new(
+        view.clone(),
+        &settings.domain,
+        &settings.datacenter,
+        dns.clone(),
+    )?];
+    if let Some(alt) = &dns.alt_domain {
+        zones.push(ConsulZone::new(
+            view.clone(),
+            alt,
+            &settings.datacenter,
+            dns.clone(),
+        )?);
+    }
+    let mut statics = Catalog::new();
+    let mut static_origins = Vec::new();
+    for zone in &dns.zone_files {
+        let origin = Name::from_str(&zone.origin)
+            .map_err(|e| format!("zone origin {:?}: {e}", zone.origin))?;
+        let handler = load_zone(origin.clone(), &zone.path)?;
+        let lower = LowerName::from(origin);
+        statics.upsert(lower.clone(), vec![Arc::new(handler)]);
+        static_origins.push(lower);
+    }
+    let forwarder = (!dns.recursors.is_empty()).then(|| Forwarder {
+        servers: dns.recursors.clone(),
+        timeout: dns.recursor_timeout,
+        random: dns.recursor_random,
+    });
+    Ok(Handlers {
+        zones,
+        statics,
+        static_origins,
+        forwarder,
+    })
 }
 
-fn instance_ip(i: &Instance<'_>) -> Option<IpAddr> {
-    let addr = if i.service.address.is_empty() {
-        &i.node.address
-    } else {
-        &i.service.address
-    };
-    addr.parse().ok()
-}
-
-/// An A or AAAA record for `ip` when the question's type asks for that family.
-fn address_record(name: &Name, ip: IpAddr, qtype: RecordType, ttl: u32) -> Option<Record> {
-    let data = match (ip, qtype) {
-        (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
-        (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(v6)),
-        _ => return None,
-    };
-    Some(Record::from_rdata(name.clone(), ttl, data))
+fn load_zone(origin: Name, path: &Path) -> Result<FileZoneHandler, String> {
+    FileZoneHandler::try_from_config(
+        origin,
+        ZoneType::Primary,
+        AxfrPolicy::Deny,
+        None,
+        &FileConfig {
+            zone_path: path.to_path_buf(),
+        },
+    )
+    .map_err(|e| format!("zone file {}: {e}", path.display()))
 }
 
 fn error_info(request: &Request, rcode: ResponseCode) -> ResponseInfo {
@@ -370,6 +147,14 @@ fn error_info(request: &Request, rcode: ResponseCode) -> ResponseInfo {
     })
 }
 
+fn is_reverse(name: &LowerName) -> bool {
+    let text = name.to_string();
+    text.ends_with("in-addr.arpa.")
+        || text.ends_with("ip6.arpa.")
+        || text.ends_with("in-addr.arpa")
+        || text.ends_with("ip6.arpa")
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for DnsHandler {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -377,18 +162,17 @@ impl RequestHandler for DnsHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        // EDNS: echo an OPT record so EDNS clients get answers up to their buffer size.
+        // EDNS: answer with an OPT record so EDNS clients get answers up to their buffer size.
         let edns = request.edns.as_ref().map(|req| {
             let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().max(512));
+            e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
             e
         });
         let mut builder = MessageResponseBuilder::from_message_request(request);
         if let Some(e) = &edns {
             builder.edns(e);
         }
-
-        let refuse = |rcode| {
+        let metadata_with = |rcode| {
             let mut m = Metadata::response_from_request(&request.metadata);
             m.response_code = rcode;
             m
@@ -397,38 +181,135 @@ impl RequestHandler for DnsHandler {
             return error_info(request, ResponseCode::FormErr);
         }
         if request.metadata.op_code != OpCode::Query {
-            let response = builder.build_no_records(refuse(ResponseCode::NotImp));
+            let response = builder.build_no_records(metadata_with(ResponseCode::NotImp));
             return send(&mut response_handle, response, request).await;
         }
         if request.queries.len() != 1 {
-            let response = builder.build_no_records(refuse(ResponseCode::FormErr));
+            let response = builder.build_no_records(metadata_with(ResponseCode::FormErr));
             return send(&mut response_handle, response, request).await;
         }
         let query = &request.queries.queries()[0];
-        if !self.zone.domain.zone_of(query.name()) {
-            return self
-                .others
+        let (qname, qtype) = (query.name(), query.query_type());
+        let handlers = self.current.load_full();
+        let udp = request.protocol() == Protocol::Udp;
+        let recursion = handlers.forwarder.is_some();
+
+        let in_static = handlers.static_origins.iter().any(|o| o.zone_of(qname));
+        let zone = handlers
+            .zones
+            .iter()
+            .filter(|z| z.domain.zone_of(qname))
+            .max_by_key(|z| z.domain.num_labels());
+
+        let mut reply = if let Some(zone) = zone {
+            let mut reply = zone.answer(qname, qtype, udp);
+            if let Some(forwarder) = &handlers.forwarder {
+                for host in std::mem::take(&mut reply.external) {
+                    let q = Query::query(host, qtype);
+                    if let Some(upstream) = forwarder.resolve(&q).await {
+                        reply.answers.extend(upstream.answers);
+                    }
+                }
+            }
+            reply
+        } else if is_reverse(qname) && !in_static {
+            let primary = &handlers.zones[0];
+            let labels: Vec<String> = Name::from(qname.clone())
+                .iter()
+                .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+                .collect();
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let ptr = (qtype == RecordType::PTR || qtype == RecordType::ANY)
+                .then(|| names::reverse_ip(&labels))
+                .flatten()
+                .and_then(|ip| primary.ptr(&Name::from(qname.clone()), ip));
+            match (ptr, &handlers.forwarder) {
+                (Some(record), _) => Reply {
+                    answers: vec![record],
+                    ..Reply::default()
+                },
+                (None, Some(forwarder)) => {
+                    return forwarded(
+                        forwarder,
+                        query_of(qname, qtype),
+                        builder,
+                        request,
+                        &mut response_handle,
+                    )
+                    .await;
+                }
+                (None, None) => primary.nxdomain_reply(),
+            }
+        } else if in_static {
+            return handlers
+                .statics
                 .handle_request::<R, T>(request, response_handle)
                 .await;
-        }
+        } else if let Some(forwarder) = &handlers.forwarder {
+            return forwarded(
+                forwarder,
+                query_of(qname, qtype),
+                builder,
+                request,
+                &mut response_handle,
+            )
+            .await;
+        } else {
+            let response = builder.build_no_records(metadata_with(ResponseCode::Refused));
+            return send(&mut response_handle, response, request).await;
+        };
 
-        let reply = self.zone.answer(
-            query.name(),
-            query.query_type(),
-            request.protocol() == Protocol::Udp,
-        );
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
-        metadata.recursion_available = false;
+        metadata.recursion_available = recursion;
         metadata.response_code = reply.rcode;
+        let soa = reply.soa.take();
         let response = builder.build(
             metadata,
             reply.answers.iter(),
-            std::iter::empty(),
-            reply.soa.iter(),
+            reply.authorities.iter(),
+            soa.iter(),
             reply.additionals.iter(),
         );
         send(&mut response_handle, response, request).await
+    }
+}
+
+fn query_of(name: &LowerName, qtype: RecordType) -> Query {
+    Query::query(Name::from(name.clone()), qtype)
+}
+
+/// Relays a recursor's answer (RA set, not authoritative); SERVFAIL when all recursors failed.
+async fn forwarded<R: ResponseHandler>(
+    forwarder: &Forwarder,
+    query: Query,
+    builder: MessageResponseBuilder<'_>,
+    request: &Request,
+    handle: &mut R,
+) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.recursion_available = true;
+    match forwarder.resolve(&query).await {
+        Some(upstream) => {
+            metadata.response_code = upstream.metadata.response_code;
+            let records: [&Vec<Record>; 3] = [
+                &upstream.answers,
+                &upstream.authorities,
+                &upstream.additionals,
+            ];
+            let response = builder.build(
+                metadata,
+                records[0].iter(),
+                records[1].iter(),
+                std::iter::empty(),
+                records[2].iter(),
+            );
+            send(handle, response, request).await
+        }
+        None => {
+            metadata.response_code = ResponseCode::ServFail;
+            send(handle, builder.build_no_records(metadata), request).await
+        }
     }
 }
 
@@ -469,9 +350,25 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
 }
 
 /// Starts serving on bound sockets.
-pub fn serve(handler: DnsHandler, udp: UdpSocket, tcp: TcpListener) -> Server<DnsHandler> {
-    let mut server = Server::new(handler);
+pub fn serve(handler: Arc<DnsHandler>, udp: UdpSocket, tcp: TcpListener) -> Server<SharedHandler> {
+    let mut server = Server::new(SharedHandler(handler));
     server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, 65535);
     server
+}
+
+/// The handler behind an `Arc`, so the server keeps serving while a reload swaps its zones.
+pub struct SharedHandler(pub Arc<DnsHandler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for SharedHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
+    }
 }

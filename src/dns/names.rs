@@ -225,3 +225,50 @@ mod tests {
         }
     }
 }
+
+/// The address a reverse-lookup name (`4.3.2.1.in-addr.arpa.`, nibbles under `ip6.arpa.`)
+/// stands for. `labels` are the lower-cased labels of the whole name, left to right.
+pub fn reverse_ip(labels: &[&str]) -> Option<IpAddr> {
+    match labels {
+        [octets @ .., "in-addr", "arpa"] if octets.len() == 4 => {
+            let mut bytes = [0u8; 4];
+            for (i, o) in octets.iter().rev().enumerate() {
+                bytes[i] = o.parse().ok()?;
+            }
+            Some(IpAddr::V4(Ipv4Addr::from(bytes)))
+        }
+        [nibbles @ .., "ip6", "arpa"] if nibbles.len() == 32 => {
+            let hex: String = nibbles.iter().rev().map(|n| n.to_string()).collect();
+            if nibbles.iter().any(|n| n.len() != 1) {
+                return None;
+            }
+            u128::from_str_radix(&hex, 16)
+                .ok()
+                .map(|v| IpAddr::V6(Ipv6Addr::from(v)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod reverse_tests {
+    use super::*;
+
+    #[test]
+    fn reverse_names() {
+        let v4: Vec<&str> = "1.0.0.10.in-addr.arpa".split('.').collect();
+        assert_eq!(reverse_ip(&v4), Some("10.0.0.1".parse().unwrap()));
+        let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa";
+        let v6: Vec<&str> = v6.split('.').collect();
+        assert_eq!(reverse_ip(&v6), Some("2001:db8::1".parse().unwrap()));
+        for bad in [
+            "1.0.10.in-addr.arpa",
+            "x.0.0.10.in-addr.arpa",
+            "256.0.0.10.in-addr.arpa",
+            "example.com",
+        ] {
+            let labels: Vec<&str> = bad.split('.').collect();
+            assert_eq!(reverse_ip(&labels), None, "{bad}");
+        }
+    }
+}

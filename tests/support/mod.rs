@@ -168,6 +168,10 @@ impl Server {
         rest.split_whitespace().next().unwrap().parse().unwrap()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

@@ -201,17 +201,18 @@ impl RequestHandler for DnsHandler {
             .filter(|z| z.domain.zone_of(qname))
             .max_by_key(|z| z.domain.num_labels());
 
-        let mut reply = if let Some(zone) = zone {
+        // Our domain first; then reverse lookups of catalog addresses; then static zones; the
+        // rest goes to the recursors (or is refused).
+        let local = if let Some(zone) = zone {
             let mut reply = zone.answer(qname, qtype, udp);
             if let Some(forwarder) = &handlers.forwarder {
                 for host in std::mem::take(&mut reply.external) {
-                    let q = Query::query(host, qtype);
-                    if let Some(upstream) = forwarder.resolve(&q).await {
+                    if let Some(upstream) = forwarder.resolve(&Query::query(host, qtype)).await {
                         reply.answers.extend(upstream.answers);
                     }
                 }
             }
-            reply
+            Some(reply)
         } else if is_reverse(qname) && !in_static {
             let primary = &handlers.zones[0];
             let labels: Vec<String> = Name::from(qname.clone())
@@ -219,44 +220,37 @@ impl RequestHandler for DnsHandler {
                 .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
                 .collect();
             let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-            let ptr = (qtype == RecordType::PTR || qtype == RecordType::ANY)
+            let ptr = matches!(qtype, RecordType::PTR | RecordType::ANY)
                 .then(|| names::reverse_ip(&labels))
                 .flatten()
                 .and_then(|ip| primary.ptr(&Name::from(qname.clone()), ip));
-            match (ptr, &handlers.forwarder) {
-                (Some(record), _) => Reply {
+            match (ptr, handlers.forwarder.is_some()) {
+                (Some(record), _) => Some(Reply {
                     answers: vec![record],
                     ..Reply::default()
-                },
-                (None, Some(forwarder)) => {
-                    return forwarded(
-                        forwarder,
-                        query_of(qname, qtype),
-                        builder,
-                        request,
-                        &mut response_handle,
-                    )
-                    .await;
-                }
-                (None, None) => primary.nxdomain_reply(),
+                }),
+                (None, true) => None,
+                (None, false) => Some(primary.nxdomain_reply()),
             }
         } else if in_static {
             return handlers
                 .statics
                 .handle_request::<R, T>(request, response_handle)
                 .await;
-        } else if let Some(forwarder) = &handlers.forwarder {
-            return forwarded(
-                forwarder,
-                query_of(qname, qtype),
-                builder,
-                request,
-                &mut response_handle,
-            )
-            .await;
         } else {
-            let response = builder.build_no_records(metadata_with(ResponseCode::Refused));
-            return send(&mut response_handle, response, request).await;
+            None
+        };
+        let Some(mut reply) = local else {
+            return match &handlers.forwarder {
+                Some(forwarder) => {
+                    let query = Query::query(Name::from(qname.clone()), qtype);
+                    forwarded(forwarder, query, builder, request, &mut response_handle).await
+                }
+                None => {
+                    let response = builder.build_no_records(metadata_with(ResponseCode::Refused));
+                    send(&mut response_handle, response, request).await
+                }
+            };
         };
 
         let mut metadata = Metadata::response_from_request(&request.metadata);
@@ -273,10 +267,6 @@ impl RequestHandler for DnsHandler {
         );
         send(&mut response_handle, response, request).await
     }
-}
-
-fn query_of(name: &LowerName, qtype: RecordType) -> Query {
-    Query::query(Name::from(name.clone()), qtype)
 }
 
 /// Relays a recursor's answer (RA set, not authoritative); SERVFAIL when all recursors failed.

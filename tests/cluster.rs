@@ -391,6 +391,58 @@ async fn without_a_leader_writes_fail_after_the_hold_and_dns_keeps_answering() {
         ["10.5.0.1"],
         "DNS answers from the local index without a leader"
     );
+    // ?stale answers from the follower's own state; the default (leader) read cannot.
+    let stale = http()
+        .get(c.nodes[f].url("/v1/catalog/service/api?stale"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status().as_u16(), 200);
+    assert_eq!(stale.headers()["X-Consul-Effective-Consistency"], "stale");
+    let body: serde_json::Value = stale.json().await.unwrap();
+    assert_eq!(body[0]["ServiceAddress"], "10.5.0.1");
+    let default = http()
+        .get(c.nodes[f].url("/v1/catalog/service/api"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(default.status().as_u16(), 500);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consistent_reads_on_a_deposed_leader_fail_instead_of_returning_stale_data() {
+    let _one = serial().await;
+    let mut c = Cluster::start("");
+    let leader = leader_index(&c, &[0, 1, 2]).await;
+    assert_eq!(kv(&c.nodes[leader], "k", "v1").await.0, 200);
+    let r = http()
+        .get(c.nodes[leader].url("/v1/kv/k?consistent"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["X-Consul-Effective-Consistency"], "consistent");
+    // Kill both followers: the old leader can no longer confirm it leads.
+    for i in (0..3).filter(|i| *i != leader) {
+        c.nodes[i].server.kill();
+    }
+    let r = http()
+        .get(c.nodes[leader].url("/v1/kv/k?consistent"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        500,
+        "a leader without a quorum must not serve ?consistent"
+    );
+    let stale = http()
+        .get(c.nodes[leader].url("/v1/kv/k?stale&raw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status().as_u16(), 200);
+    assert_eq!(stale.text().await.unwrap(), "v1");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@
 mod command;
 mod kv;
 mod view;
+pub mod watch;
 
 pub use kv::{SESSION_TTL_MAX, SESSION_TTL_MIN};
 

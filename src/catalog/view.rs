@@ -13,12 +13,14 @@ use super::{Command, Outcome, State};
 #[derive(Clone, Default)]
 pub struct View {
     current: Arc<ArcSwap<State>>,
+    watchers: Arc<super::watch::Watchers>,
 }
 
 impl View {
     pub fn new(state: State) -> Self {
         View {
             current: Arc::new(ArcSwap::from_pointee(state)),
+            watchers: Arc::default(),
         }
     }
 
@@ -28,6 +30,16 @@ impl View {
 
     pub fn publish(&self, state: State) {
         self.current.store(Arc::new(state));
+    }
+
+    /// Publishes a new state, then wakes the blocking queries watching what changed.
+    pub fn publish_changes(&self, state: State, changes: &[super::Change]) {
+        self.publish(state);
+        self.watchers.notify(changes);
+    }
+
+    pub fn watchers(&self) -> &super::watch::Watchers {
+        &self.watchers
     }
 }
 

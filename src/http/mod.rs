@@ -8,6 +8,7 @@ mod error;
 mod health;
 mod kv;
 mod operator;
+mod read;
 mod session;
 
 use std::sync::Arc;
@@ -116,6 +117,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            read::read_modes,
+        ))
         .layer(middleware::from_fn_with_state(
             api.clone(),
             check_datacenter,

@@ -93,6 +93,23 @@ impl RpcClient {
         }
     }
 
+    /// Asks the leader at `addr` for the index a read must wait for.
+    pub async fn read_index(&self, addr: &str, linearizable: bool) -> Result<u64, WriteError> {
+        match self
+            .call::<_, Result<u64, String>>(
+                addr,
+                "read-index",
+                Some(&linearizable),
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            Ok(Ok(index)) => Ok(index),
+            Ok(Err(_)) | Err(CallError::Unreachable(_)) => Err(WriteError::NoLeader),
+            Err(CallError::Failed(e)) => Err(WriteError::Failed(e)),
+        }
+    }
+
     pub async fn membership(
         &self,
         addr: &str,

@@ -101,6 +101,8 @@ pub struct Cluster {
     view: View,
     contacts: Contacts,
     client: RpcClient,
+    /// When this server last heard from a leader (append entries), for `X-Consul-LastContact`.
+    leader_contact: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl Cluster {
@@ -151,7 +153,76 @@ impl Cluster {
             client: RpcClient::new(http, view.clone()),
             view,
             contacts,
+            leader_contact: Arc::default(),
         })
+    }
+
+    /// Notes a message from the leader (called by the RPC listener on append entries).
+    pub fn heard_from_leader(&self) {
+        *self.leader_contact.lock().expect("contact lock") = Some(tokio::time::Instant::now());
+    }
+
+    /// Milliseconds since the leader was last heard from: 0 on the leader, None if never.
+    pub fn last_contact_ms(&self) -> Option<u64> {
+        if self.is_leader() {
+            return Some(0);
+        }
+        let at = (*self.leader_contact.lock().expect("contact lock"))?;
+        Some(at.elapsed().as_millis() as u64)
+    }
+
+    /// Makes a read on this server at least as fresh as the leader's state: `linearizable`
+    /// also confirms leadership with a quorum round (Consul's `?consistent`); otherwise it
+    /// matches the leader's applied index (Consul's default, leader reads). Waits up to the
+    /// leader hold for a leader.
+    pub async fn read_barrier(&self, linearizable: bool) -> Result<(), WriteError> {
+        let deadline = tokio::time::Instant::now() + LEADER_HOLD;
+        loop {
+            let index = if self.is_leader() {
+                self.read_index_local(linearizable).await
+            } else if let Some(leader) = self.leader_addr() {
+                self.client.read_index(&leader, linearizable).await
+            } else {
+                Err(WriteError::NoLeader)
+            };
+            match index {
+                Ok(index) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    return if self
+                        .wait_applied(index, left.max(Duration::from_millis(100)))
+                        .await
+                    {
+                        Ok(())
+                    } else {
+                        Err(WriteError::Failed(format!(
+                            "not caught up to index {index} in time"
+                        )))
+                    };
+                }
+                Err(WriteError::NoLeader | WriteError::NotLeader(_)) => {}
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriteError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// On the leader: the index a read must wait for.
+    pub async fn read_index_local(&self, linearizable: bool) -> Result<u64, WriteError> {
+        if !linearizable {
+            let m = self.raft.metrics().borrow().clone();
+            return Ok(m.last_applied.map(|l| l.index).unwrap_or(0));
+        }
+        match tokio::time::timeout(LEADER_HOLD, self.raft.ensure_linearizable()).await {
+            Ok(Ok(read_log_id)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                _,
+            )))) => Err(WriteError::NoLeader),
+            Ok(Err(e)) => Err(WriteError::Failed(e.to_string())),
+            Err(_) => Err(WriteError::NoLeader),
+        }
     }
 
     pub fn id(&self) -> NodeId {

@@ -42,6 +42,7 @@ pub fn router(cluster: Cluster) -> Router {
         .route("/raft/snapshot", post(snapshot_chunk))
         .route("/rpc/info", get(info))
         .route("/rpc/write", post(write))
+        .route("/rpc/read-index", post(read_index))
         .route("/rpc/membership", post(membership))
         .route("/rpc/snapshot", get(snapshot))
         .layer(middleware::from_fn_with_state(
@@ -83,7 +84,22 @@ async fn append(
     State(c): State<Cluster>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    c.heard_from_leader();
     Json(c.raft().append_entries(req).await)
+}
+
+async fn read_index(
+    State(c): State<Cluster>,
+    Json(linearizable): Json<bool>,
+) -> Json<Result<u64, String>> {
+    if !c.is_leader() {
+        return Json(Err("not the leader".into()));
+    }
+    Json(
+        c.read_index_local(linearizable)
+            .await
+            .map_err(|e| e.to_string()),
+    )
 }
 
 async fn vote(

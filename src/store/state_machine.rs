@@ -322,6 +322,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         }
+        let touched = changes.clone();
         let writes = self
             .row_writes(changes)
             .map_err(|e| raft_err(ErrorVerb::Write, e))?;
@@ -338,7 +339,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(|e| raft_err(ErrorVerb::Write, e))?;
-        self.view.publish(self.state.clone());
+        self.view.publish_changes(self.state.clone(), &touched);
         Ok(outcomes)
     }
 
@@ -387,7 +388,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(|e| raft_err(ErrorVerb::Write, e))?;
-        self.view.publish(self.state.clone());
+        self.view
+            .publish_changes(self.state.clone(), &[Change::Everything]);
         Ok(())
     }
 

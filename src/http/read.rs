@@ -168,6 +168,8 @@ async fn serve(
             decorate(&api, &mut response, mode);
             return Ok(response);
         }
+        // Nothing of the stale answer is kept while waiting.
+        drop(response);
         let any_change = futures_any(waits);
         tokio::select! {
             _ = any_change => {}

@@ -267,7 +267,7 @@ pub async fn serve(
     api: Api,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(api))
+    axum::serve(listener, router(api).into_make_service())
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -7,10 +7,10 @@
 //! Run: `cargo bench --bench dns_lookup`. The side-by-side comparison with NSD belongs to the
 //! DNS performance work; this bench is the baseline it starts from.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::UdpSocket;
 use std::time::Duration;
+
+mod common;
 
 use beacon::catalog::{
     Command as CatalogCommand, NodeRegistration, Registration, ServiceRegistration, State,
@@ -65,72 +65,6 @@ fn bench_catalog(c: &mut Criterion) {
     });
 }
 
-struct Beacon {
-    child: Child,
-    http: SocketAddr,
-    dns: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Beacon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_beacon() -> Beacon {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_beacon"))
-        .args([
-            "agent",
-            "--dev",
-            "--node",
-            "bench",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--dns-addr",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn beacon");
-    let mut http = None;
-    let mut dns = None;
-    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut lines = lines.map_while(Result::ok);
-    for line in lines.by_ref() {
-        let grab = |needle: &str| {
-            line.find(needle).map(|p| {
-                line[p + needle.len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse::<SocketAddr>()
-                    .unwrap()
-            })
-        };
-        http = http.or(grab("listening http on "));
-        dns = dns.or(grab("listening dns-udp on "));
-        if line.contains("beacon agent ready") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Beacon {
-        child,
-        http: http.unwrap(),
-        dns: dns.unwrap(),
-        _dir: dir,
-    }
-}
-
 fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
     let mut m = Message::new(7, MessageType::Query, OpCode::Query);
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
@@ -143,7 +77,8 @@ fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
 }
 
 fn bench_wire(c: &mut Criterion) {
-    let beacon = start_beacon();
+    let dir = tempfile::tempdir().unwrap();
+    let beacon = common::start_dev(dir.path(), &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = reqwest::Client::new();

@@ -8,105 +8,15 @@
 //! Run: `cargo bench --bench failover` (release build; `FAILOVER_TRIALS=N` to change the
 //! number of trials, default 10).
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
-
-struct Server {
-    child: Child,
-    rpc: String,
-    http: SocketAddr,
-    dns: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_cluster(dir: &std::path::Path) -> Vec<Server> {
-    let rpcs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let mut children = Vec::new();
-    for (i, rpc) in rpcs.iter().enumerate() {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_beacon"));
-        cmd.args([
-            "agent",
-            "--server",
-            "--node",
-            &format!("n{i}"),
-            "--bootstrap-expect",
-            "3",
-        ])
-        .args([
-            "--rpc-addr",
-            rpc,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--dns-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join(format!("n{i}")))
-        .env("RUST_LOG", "info,openraft=error,hickory_server=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        for r in &rpcs {
-            cmd.args(["--join", r]);
-        }
-        children.push((cmd.spawn().expect("spawn beacon"), rpc.clone()));
-    }
-    children
-        .into_iter()
-        .map(|(mut child, rpc)| {
-            let mut lines = BufReader::new(child.stderr.take().unwrap())
-                .lines()
-                .map_while(Result::ok);
-            let (mut http, mut dns) = (None, None);
-            for line in lines.by_ref() {
-                let grab = |needle: &str| {
-                    line.find(needle).map(|p| {
-                        line[p + needle.len()..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap()
-                            .parse::<SocketAddr>()
-                            .unwrap()
-                    })
-                };
-                http = http.or(grab("listening http on "));
-                dns = dns.or(grab("listening dns-udp on "));
-                if line.contains("beacon agent ready") {
-                    break;
-                }
-            }
-            std::thread::spawn(move || for _ in lines {});
-            Server {
-                child,
-                rpc,
-                http: http.unwrap(),
-                dns: dns.unwrap(),
-            }
-        })
-        .collect()
-}
 
 fn dns_ok(sock: &UdpSocket, server: SocketAddr, id: u16) -> bool {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
@@ -141,7 +51,7 @@ struct Trial {
 
 async fn trial(rt_client: &reqwest::Client) -> Trial {
     let dir = tempfile::tempdir().unwrap();
-    let mut servers = start_cluster(dir.path());
+    let mut servers = common::start_cluster(dir.path());
     let leader_rpc: String = rt_client
         .get(format!("http://{}/v1/status/leader", servers[0].http))
         .send()

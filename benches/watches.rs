@@ -4,71 +4,11 @@
 //!
 //! Run: `cargo bench --bench watches` (release build; `WATCHES=N` to change the count).
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-struct Beacon {
-    child: Child,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Beacon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> Beacon {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_beacon"));
-    child
-        .args([
-            "agent",
-            "--dev",
-            "--node",
-            "bench",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--dns-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("RUST_LOG", "info,openraft=warn,hickory_server=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Ok(v) = std::env::var("BEACON_MALLOC_ARENA_MAX") {
-        child.env("MALLOC_ARENA_MAX", v);
-    }
-    let mut child = child.spawn().expect("spawn beacon");
-    let mut lines = BufReader::new(child.stderr.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
-    let mut http = None;
-    for line in lines.by_ref() {
-        if let Some(p) = line.find("listening http on ") {
-            http = line[p + 18..]
-                .split_whitespace()
-                .next()
-                .map(|a| a.parse().unwrap());
-        }
-        if line.contains("beacon agent ready") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Beacon {
-        child,
-        http: http.unwrap(),
-        _dir: dir,
-    }
-}
+mod common;
 
 /// (user+system CPU seconds, RSS bytes) of a process, from /proc.
 fn usage(pid: u32) -> (f64, u64) {
@@ -101,7 +41,11 @@ fn main() {
             .unwrap_or(10_000)
     };
     let services = 100usize;
-    let beacon = start();
+    let dir = tempfile::tempdir().unwrap();
+    let envs: Vec<(&str, String)> = std::env::var("BEACON_MALLOC_ARENA_MAX")
+        .map(|v| vec![("MALLOC_ARENA_MAX", v)])
+        .unwrap_or_default();
+    let beacon = common::start_dev(dir.path(), &envs);
     let pid = beacon.child.id();
     let base = format!("http://{}", beacon.http);
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -5,94 +5,12 @@
 //! Run: `cargo bench --bench writes` (release build; `WRITES_SECONDS=N` per level, default 5).
 //! The etcd side of the comparison the issue asks for is not wired in yet.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-struct Server {
-    child: Child,
-    rpc: String,
-    http: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_cluster(dir: &std::path::Path) -> Vec<Server> {
-    let rpcs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let mut children = Vec::new();
-    for (i, rpc) in rpcs.iter().enumerate() {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_beacon"));
-        cmd.args([
-            "agent",
-            "--server",
-            "--node",
-            &format!("n{i}"),
-            "--bootstrap-expect",
-            "3",
-        ])
-        .args([
-            "--rpc-addr",
-            rpc,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--dns-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join(format!("n{i}")))
-        .env("RUST_LOG", "info,openraft=error,hickory_server=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        for r in &rpcs {
-            cmd.args(["--join", r]);
-        }
-        children.push((cmd.spawn().expect("spawn beacon"), rpc.clone()));
-    }
-    children
-        .into_iter()
-        .map(|(mut child, rpc)| {
-            let mut lines = BufReader::new(child.stderr.take().unwrap())
-                .lines()
-                .map_while(Result::ok);
-            let mut http = None;
-            for line in lines.by_ref() {
-                if let Some(p) = line.find("listening http on ") {
-                    http = line[p + 18..]
-                        .split_whitespace()
-                        .next()
-                        .map(|a| a.parse().unwrap());
-                }
-                if line.contains("beacon agent ready") {
-                    break;
-                }
-            }
-            std::thread::spawn(move || for _ in lines {});
-            Server {
-                child,
-                rpc,
-                http: http.unwrap(),
-            }
-        })
-        .collect()
-}
+mod common;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -159,7 +77,7 @@ fn main() {
     };
     let levels: &[usize] = if quick { &[4] } else { &[1, 16, 64, 256] };
     let dir = tempfile::tempdir().unwrap();
-    let servers = start_cluster(dir.path());
+    let servers = common::start_cluster(dir.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = reqwest::Client::builder()

@@ -1,0 +1,133 @@
+//! Starting real `beacon` processes for the benchmarks (release builds via `cargo bench`).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running `beacon`, killed on drop.
+pub struct Beacon {
+    pub child: Child,
+    pub rpc: String,
+    pub http: SocketAddr,
+    pub dns: SocketAddr,
+}
+
+impl Drop for Beacon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn command(args: &[String], envs: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_beacon"));
+    cmd.args(args)
+        .env("RUST_LOG", "info,openraft=error,hickory_server=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Learns the addresses from the `listening … on` lines and waits for `beacon agent ready`.
+fn ready(mut child: Child, rpc: String) -> Beacon {
+    let mut lines = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let (mut http, mut dns) = (None, None);
+    for line in lines.by_ref() {
+        let grab = |needle: &str| {
+            line.find(needle).map(|p| {
+                line[p + needle.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<SocketAddr>()
+                    .unwrap()
+            })
+        };
+        http = http.or(grab("listening http on "));
+        dns = dns.or(grab("listening dns-udp on "));
+        if line.contains("beacon agent ready") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Beacon {
+        child,
+        rpc,
+        http: http.expect("http address logged"),
+        dns: dns.expect("dns address logged"),
+    }
+}
+
+/// One dev server on ephemeral ports; `envs` are extra environment variables.
+pub fn start_dev(dir: &Path, envs: &[(&str, String)]) -> Beacon {
+    let args: Vec<String> = [
+        "agent",
+        "--dev",
+        "--node",
+        "bench",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--dns-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([dir.display().to_string()])
+    .collect();
+    let child = command(&args, envs).spawn().expect("spawn beacon");
+    ready(child, String::new())
+}
+
+/// Three servers forming a cluster with `--bootstrap-expect 3`.
+pub fn start_cluster(dir: &Path) -> Vec<Beacon> {
+    let rpcs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut children = Vec::new();
+    for (i, rpc) in rpcs.iter().enumerate() {
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--server".into(),
+            "--node".into(),
+            format!("n{i}"),
+            "--bootstrap-expect".into(),
+            "3".into(),
+            "--rpc-addr".into(),
+            rpc.clone(),
+            "--http-addr".into(),
+            "127.0.0.1:0".into(),
+            "--dns-addr".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            dir.join(format!("n{i}")).display().to_string(),
+        ];
+        for r in &rpcs {
+            args.extend(["--join".into(), r.clone()]);
+        }
+        children.push((
+            command(&args, &[]).spawn().expect("spawn beacon"),
+            rpc.clone(),
+        ));
+    }
+    children
+        .into_iter()
+        .map(|(child, rpc)| ready(child, rpc))
+        .collect()
+}

@@ -52,18 +52,7 @@ struct Trial {
 async fn trial(rt_client: &reqwest::Client) -> Trial {
     let dir = tempfile::tempdir().unwrap();
     let mut servers = common::start_cluster(dir.path());
-    let leader_rpc: String = rt_client
-        .get(format!("http://{}/v1/status/leader", servers[0].http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let leader = servers
-        .iter()
-        .position(|s| s.rpc == leader_rpc)
-        .expect("leader among servers");
+    let leader = common::leader(rt_client, &servers).await;
     let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let writer_http = servers[survivors[0]].http;
 

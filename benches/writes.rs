@@ -84,19 +84,7 @@ fn main() {
             .pool_max_idle_per_host(512)
             .build()
             .unwrap();
-        let leader: String = client
-            .get(format!("http://{}/v1/status/leader", servers[0].http))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let target = servers
-            .iter()
-            .find(|s| s.rpc == leader)
-            .expect("leader")
-            .http;
+        let target = servers[common::leader(&client, &servers).await].http;
         println!("beacon, 3 servers, KV PUT of 128 bytes to the leader, {seconds} s per level");
         println!(
             "{:>11}  {:>10}  {:>9}  {:>9}",

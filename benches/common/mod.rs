@@ -131,3 +131,19 @@ pub fn start_cluster(dir: &Path) -> Vec<Beacon> {
         .map(|(child, rpc)| ready(child, rpc))
         .collect()
 }
+
+/// The index of the current leader among `servers`, asked of the first one.
+pub async fn leader(client: &reqwest::Client, servers: &[Beacon]) -> usize {
+    let addr: String = client
+        .get(format!("http://{}/v1/status/leader", servers[0].http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    servers
+        .iter()
+        .position(|s| s.rpc == addr)
+        .expect("leader among servers")
+}

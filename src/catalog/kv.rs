@@ -79,6 +79,14 @@ impl State {
         }
     }
 
+    fn require_session(&self, session: &str) -> Result<(), ApplyError> {
+        if self.sessions.contains_key(session) {
+            Ok(())
+        } else {
+            Err(ApplyError::UnknownSession(session.to_string()))
+        }
+    }
+
     pub(super) fn kv_set(
         &mut self,
         index: Index,
@@ -137,9 +145,7 @@ impl State {
         session: &str,
         changes: &mut Vec<Change>,
     ) -> Result<bool, ApplyError> {
-        if !self.sessions.contains_key(session) {
-            return Err(ApplyError::UnknownSession(session.to_string()));
-        }
+        self.require_session(session)?;
         let mut entry = self.updated(index, key, value, flags);
         if entry.session == session {
             // Re-acquiring a held lock updates the value without bumping LockIndex.
@@ -171,9 +177,7 @@ impl State {
         session: &str,
         changes: &mut Vec<Change>,
     ) -> Result<bool, ApplyError> {
-        if !self.sessions.contains_key(session) {
-            return Err(ApplyError::UnknownSession(session.to_string()));
-        }
+        self.require_session(session)?;
         match self.kv.get(key) {
             Some(e) if e.session == session => {
                 let mut entry = self.updated(index, key, value, flags);

@@ -279,9 +279,16 @@ impl State {
     }
 
     /// Service name → the union of its instances' tags, as `/v1/catalog/services` lists them.
-    pub fn service_names(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+    /// Only services on nodes `keep_node` accepts are listed (`?node-meta=` filters).
+    pub fn service_names(
+        &self,
+        keep_node: impl Fn(&Node) -> bool,
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
         let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
-        for service in self.services.values() {
+        for (node, service) in self.all_services() {
+            if !keep_node(node) {
+                continue;
+            }
             let tags = out.entry(service.name.clone()).or_default();
             for tag in &service.tags {
                 if !tags.contains(tag) {

@@ -65,13 +65,6 @@ impl Watchers {
             }
         }
     }
-
-    /// How many topics have live subscribers (for tests and metrics).
-    pub fn topic_count(&self) -> usize {
-        let mut topics = self.topics.lock().expect("watchers lock");
-        topics.retain(|_, n| Arc::strong_count(n) > 1);
-        topics.len()
-    }
 }
 
 #[cfg(test)]

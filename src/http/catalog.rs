@@ -170,18 +170,7 @@ pub async fn deregister(State(api): State<Api>, body: Bytes) -> Result<Response,
 pub async fn services(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
     let state = api.view.load();
     let filters = params.node_meta()?;
-    let mut out = BTreeMap::<String, Vec<String>>::new();
-    for (node, service) in state.all_services() {
-        if !meta_matches(node, &filters) {
-            continue;
-        }
-        let tags = out.entry(service.name.clone()).or_default();
-        for tag in &service.tags {
-            if !tags.contains(tag) {
-                tags.push(tag.clone());
-            }
-        }
-    }
+    let out = state.service_names(|node| meta_matches(node, &filters));
     Ok(json(
         state.indexes().services,
         &serde_json::to_value(out).unwrap_or_default(),

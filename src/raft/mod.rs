@@ -295,15 +295,6 @@ impl Cluster {
             .map(|n| n.rpc_addr.clone())
     }
 
-    /// Milliseconds since this server last heard from a leader (0 on the leader).
-    pub fn millis_since_leader_contact(&self) -> Option<u64> {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.state == ServerState::Leader {
-            return Some(0);
-        }
-        metrics.current_leader.map(|_| 0)
-    }
-
     /// The voters' server (RPC) addresses.
     pub fn peers(&self) -> Vec<String> {
         self.members()

@@ -95,6 +95,22 @@ pub struct DnsConfig {
     pub recursor_random: bool,
     /// Static zones served beside the Beacon domain.
     pub zone_files: Vec<ZoneFile>,
+    /// UDP receive loops (`SO_REUSEPORT` sockets); 0: one per core available to the process.
+    /// Read at start-up only.
+    pub udp_workers: usize,
+    /// Under overload, UDP queries that waited longer than this are dropped (and counted)
+    /// rather than answered late. Read at start-up only.
+    pub max_queue_delay: Duration,
+}
+
+impl DnsConfig {
+    /// The number of UDP receive loops to run.
+    pub fn udp_loops(&self) -> usize {
+        match self.udp_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for DnsConfig {
@@ -112,6 +128,8 @@ impl Default for DnsConfig {
             recursor_timeout: Duration::from_secs(2),
             recursor_random: false,
             zone_files: Vec::new(),
+            udp_workers: 0,
+            max_queue_delay: DEFAULT_MAX_QUEUE_DELAY,
         }
     }
 }
@@ -290,6 +308,8 @@ struct FileDnsConfig {
     recursor_timeout: Option<String>,
     recursor_strategy: Option<String>,
     soa: Option<FileSoa>,
+    udp_workers: Option<u16>,
+    max_queue_delay: Option<String>,
 }
 
 /// Reads the file named by the flags (if any) and resolves the final config.
@@ -513,6 +533,10 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
         Some(v) => duration("dns_config.recursor_timeout", &v)?,
         None => Duration::from_secs(2),
     };
+    let max_queue_delay = match d.max_queue_delay {
+        Some(v) => duration("dns_config.max_queue_delay", &v)?,
+        None => DEFAULT_MAX_QUEUE_DELAY,
+    };
     let soa_defaults = SoaConfig::default();
     let soa = d.soa.unwrap_or_default();
     let mut zone_files = Vec::new();
@@ -557,10 +581,16 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
             recursor_timeout,
             recursor_random,
             zone_files,
+            udp_workers: d.udp_workers.unwrap_or(0) as usize,
+            max_queue_delay,
         },
         raft,
     })
 }
+
+/// Long enough that a scheduling hiccup never costs a query, short enough that answered
+/// queries stay fast under overload.
+const DEFAULT_MAX_QUEUE_DELAY: Duration = Duration::from_millis(5);
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 

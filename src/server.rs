@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, NodeIdentity};
 use crate::catalog::{Command, View, Writer};
 use crate::config::{Autopilot, Config, Mode};
-use crate::dns::{self, DnsHandler, ZoneSettings};
+use crate::dns::{self, DnsHandler, DnsMetrics, ZoneSettings};
 use crate::http::{self, Api};
 use crate::raft::types::ServerNode;
 use crate::raft::{Cluster, formation, rpc};
@@ -53,11 +53,15 @@ pub async fn run(
         .with_context(|| format!("binding http on {}", config.http_addr))?;
     let http_addr = http_listener.local_addr()?;
     tracing::info!("listening http on {http_addr}");
-    let (udp, tcp) = dns::bind(config.dns_addr)
+    let dns_listeners = dns::bind(config.dns_addr, config.dns.udp_loops())
         .await
         .with_context(|| format!("binding dns on {}", config.dns_addr))?;
-    tracing::info!("listening dns-udp on {}", udp.local_addr()?);
-    tracing::info!("listening dns-tcp on {}", tcp.local_addr()?);
+    tracing::info!(
+        loops = dns_listeners.udp.len(),
+        "listening dns-udp on {}",
+        dns_listeners.udp[0].local_addr()?
+    );
+    tracing::info!("listening dns-tcp on {}", dns_listeners.tcp.local_addr()?);
     let rpc_listener = if config.mode == Mode::Server || config.rpc_listen {
         let rpc = TcpListener::bind(config.rpc_addr)
             .await
@@ -122,7 +126,14 @@ pub async fn run(
     )
     .map_err(anyhow::Error::msg)?;
     let handler = Arc::new(handler);
-    let mut dns_server = dns::serve(handler.clone(), udp, tcp);
+    let dns_metrics = Arc::new(DnsMetrics::default());
+    let dns_server = dns::serve(
+        handler.clone(),
+        dns_listeners,
+        dns_metrics.clone(),
+        config.dns.max_queue_delay,
+    )
+    .context("starting dns")?;
     if let Some(reload) = reload {
         tokio::spawn(reload_on_sighup(handler, reload, token.child_token()));
     }
@@ -136,6 +147,7 @@ pub async fn run(
         sessions,
         datacenter: config.datacenter.clone(),
         leave: leave.clone(),
+        dns_metrics,
     };
     let http_token = token.clone();
     let http_task = tokio::spawn(async move {
@@ -181,9 +193,7 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     token.cancel();
-    if let Err(e) = dns_server.shutdown_gracefully().await {
-        tracing::warn!(error = %e, "dns shutdown");
-    }
+    dns_server.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
     cluster.shutdown().await;
     tracing::info!("stopped");

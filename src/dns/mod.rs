@@ -7,8 +7,10 @@
 //! transaction, no disk I/O, no global lock. Zones and settings are swapped atomically on reload
 //! (SIGHUP).
 
+mod cache;
 mod forward;
 pub mod names;
+mod udp;
 mod zone;
 
 use std::net::SocketAddr;
@@ -22,19 +24,21 @@ use hickory_proto::op::{
     Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode,
 };
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::file::{FileConfig, FileZoneHandler};
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 
 use crate::catalog::View;
 use crate::config::DnsConfig;
 use forward::Forwarder;
-use zone::ConsulZone;
+pub use udp::{DnsMetrics, UdpServer};
 pub use zone::Reply;
+use zone::{ConsulZone, Dependency, Order};
 
 /// Idle TCP connections are closed after this long.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,10 +63,30 @@ struct Handlers {
     forwarder: Option<Forwarder>,
 }
 
+impl Handlers {
+    /// The Beacon zone a name belongs to (the most specific one when domains nest).
+    fn zone_for(&self, qname: &LowerName) -> Option<&ConsulZone> {
+        self.zones
+            .iter()
+            .filter(|z| z.domain.zone_of(qname))
+            .max_by_key(|z| z.domain.num_labels())
+    }
+}
+
 /// The request handler.
 pub struct DnsHandler {
     view: View,
     current: ArcSwap<Handlers>,
+    /// Bumped on every reload, so pre-encoded answers built under old settings are dropped.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// A UDP answer encoded ahead of time (ID and question case are patched per query).
+pub(crate) struct Prepared {
+    pub bytes: Vec<u8>,
+    pub depends_on: Dependency,
+    /// How many instances were shuffled: how many distinct orders are worth keeping.
+    pub shuffled: usize,
 }
 
 impl DnsHandler {
@@ -71,6 +95,53 @@ impl DnsHandler {
         Ok(DnsHandler {
             view,
             current: ArcSwap::from_pointee(handlers),
+            generation: Default::default(),
+        })
+    }
+
+    pub(crate) fn view(&self) -> &View {
+        &self.view
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Encodes the UDP answer to a plain query for a name in the Beacon domain, with the
+    /// instances in the given order; `None` when the question needs the full path (other
+    /// zones, forwarding, answers that must be computed afresh each time).
+    pub(crate) fn prepare(&self, request: &Request, order: Order) -> Option<Prepared> {
+        let plain = request.metadata.message_type == MessageType::Query
+            && request.metadata.op_code == OpCode::Query
+            && request.queries.len() == 1;
+        if !plain {
+            return None;
+        }
+        let query = &request.queries.queries()[0];
+        let handlers = self.current.load();
+        let zone = handlers.zone_for(query.name())?;
+        let mut reply = zone.answer(query.name(), query.query_type(), true, order);
+        if !reply.external.is_empty() || reply.depends_on == Dependency::Never {
+            return None;
+        }
+        let edns = response_edns(request);
+        let metadata = local_metadata(request, &reply, handlers.forwarder.is_some());
+        let soa = reply.soa.take();
+        let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            soa.iter(),
+            reply.additionals.iter(),
+        );
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(udp_limit(edns.as_ref()));
+        response.destructive_emit(&mut encoder).ok()?;
+        Some(Prepared {
+            bytes,
+            depends_on: reply.depends_on,
+            shuffled: reply.shuffled,
         })
     }
 
@@ -78,6 +149,8 @@ impl DnsHandler {
     pub fn reload(&self, settings: ZoneSettings) -> Result<(), String> {
         let handlers = build(&self.view, &settings)?;
         self.current.store(Arc::new(handlers));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 }
@@ -147,6 +220,29 @@ fn error_info(request: &Request, rcode: ResponseCode) -> ResponseInfo {
     })
 }
 
+/// The OPT record of an answer: echoes EDNS, with our payload limit.
+fn response_edns(request: &Request) -> Option<Edns> {
+    request.edns.as_ref().map(|req| {
+        let mut e = Edns::new();
+        e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+        e
+    })
+}
+
+/// The largest UDP message a client accepts: its EDNS buffer, else 512 (RFC 1035 4.2.1).
+fn udp_limit(edns: Option<&Edns>) -> u16 {
+    edns.map_or(512, Edns::max_payload)
+}
+
+/// The header of an answer from one of our zones.
+fn local_metadata(request: &Request, reply: &Reply, recursion: bool) -> Metadata {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.authoritative = true;
+    metadata.recursion_available = recursion;
+    metadata.response_code = reply.rcode;
+    metadata
+}
+
 fn is_reverse(name: &LowerName) -> bool {
     let text = name.to_string();
     text.ends_with("in-addr.arpa.")
@@ -163,11 +259,7 @@ impl RequestHandler for DnsHandler {
         mut response_handle: R,
     ) -> ResponseInfo {
         // EDNS: answer with an OPT record so EDNS clients get answers up to their buffer size.
-        let edns = request.edns.as_ref().map(|req| {
-            let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            e
-        });
+        let edns = response_edns(request);
         let mut builder = MessageResponseBuilder::from_message_request(request);
         if let Some(e) = &edns {
             builder.edns(e);
@@ -195,16 +287,12 @@ impl RequestHandler for DnsHandler {
         let recursion = handlers.forwarder.is_some();
 
         let in_static = handlers.static_origins.iter().any(|o| o.zone_of(qname));
-        let zone = handlers
-            .zones
-            .iter()
-            .filter(|z| z.domain.zone_of(qname))
-            .max_by_key(|z| z.domain.num_labels());
+        let zone = handlers.zone_for(qname);
 
         // Our domain first; then reverse lookups of catalog addresses; then static zones; the
         // rest goes to the recursors (or is refused).
         let local = if let Some(zone) = zone {
-            let mut reply = zone.answer(qname, qtype, udp);
+            let mut reply = zone.answer(qname, qtype, udp, Order::Random);
             if let Some(forwarder) = &handlers.forwarder {
                 for host in std::mem::take(&mut reply.external) {
                     if let Some(upstream) = forwarder.resolve(&Query::query(host, qtype)).await {
@@ -253,10 +341,7 @@ impl RequestHandler for DnsHandler {
             };
         };
 
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.authoritative = true;
-        metadata.recursion_available = recursion;
-        metadata.response_code = reply.rcode;
+        let metadata = local_metadata(request, &reply, recursion);
         let soa = reply.soa.take();
         let response = builder.build(
             metadata,
@@ -324,14 +409,21 @@ async fn send<'a, R: ResponseHandler>(
     }
 }
 
-/// Binds UDP and TCP on the same port (port 0 picks one free for both).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+/// The DNS listeners, bound before the server starts so their addresses can be logged.
+pub struct Listeners {
+    pub udp: Vec<std::net::UdpSocket>,
+    pub tcp: TcpListener,
+}
+
+/// Binds `udp_workers` UDP sockets and a TCP listener on the same port (port 0 picks one free
+/// for both).
+pub async fn bind(addr: SocketAddr, udp_workers: usize) -> std::io::Result<Listeners> {
     let mut last_err = None;
     for _ in 0..10 {
-        let udp = UdpSocket::bind(addr).await?;
-        let local = udp.local_addr()?;
+        let udp = udp::bind(addr, udp_workers)?;
+        let local = udp[0].local_addr()?;
         match TcpListener::bind(local).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+            Ok(tcp) => return Ok(Listeners { udp, tcp }),
             Err(e) if addr.port() == 0 => last_err = Some(e),
             Err(e) => return Err(e),
         }
@@ -339,12 +431,33 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
     Err(last_err.unwrap_or_else(|| std::io::Error::other("no free port for DNS")))
 }
 
+/// The running DNS server: our UDP receive loops, and hickory's server for TCP.
+pub struct DnsServer {
+    udp: UdpServer,
+    tcp: Server<SharedHandler>,
+}
+
+impl DnsServer {
+    pub async fn shutdown(mut self) {
+        if let Err(e) = self.tcp.shutdown_gracefully().await {
+            tracing::warn!(error = %e, "dns tcp shutdown");
+        }
+        let udp = self.udp;
+        let _ = tokio::task::spawn_blocking(move || udp.shutdown()).await;
+    }
+}
+
 /// Starts serving on bound sockets.
-pub fn serve(handler: Arc<DnsHandler>, udp: UdpSocket, tcp: TcpListener) -> Server<SharedHandler> {
-    let mut server = Server::new(SharedHandler(handler));
-    server.register_socket(udp);
-    server.register_listener(tcp, TCP_IDLE_TIMEOUT, 65535);
-    server
+pub fn serve(
+    handler: Arc<DnsHandler>,
+    listeners: Listeners,
+    metrics: Arc<DnsMetrics>,
+    max_queue_delay: Duration,
+) -> std::io::Result<DnsServer> {
+    let udp = UdpServer::start(handler.clone(), listeners.udp, metrics, max_queue_delay)?;
+    let mut tcp = Server::new(SharedHandler(handler));
+    tcp.register_listener(listeners.tcp, TCP_IDLE_TIMEOUT, 65535);
+    Ok(DnsServer { udp, tcp })
 }
 
 /// The handler behind an `Arc`, so the server keeps serving while a reload swaps its zones.

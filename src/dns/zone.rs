@@ -7,6 +7,7 @@ use std::time::Duration;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, HINFO, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::names::{self, Lookup, encode_hex_ip};
@@ -28,6 +29,48 @@ pub struct Reply {
     pub soa: Option<Record>,
     /// CNAME targets outside our zones whose records should be appended (via the recursors).
     pub external: Vec<Name>,
+    /// What in the catalog this answer was computed from, so a cached copy knows when it is stale.
+    pub depends_on: Dependency,
+    /// How many instances were shuffled into the answer: the number of distinct orders worth
+    /// keeping pre-encoded.
+    pub shuffled: usize,
+}
+
+/// What a reply depends on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Dependency {
+    /// Only the instances (and health) of this lower-cased service name.
+    Service(String),
+    /// Anything in the catalog (the SOA serial, nodes, several names).
+    #[default]
+    Catalog,
+    /// Must be computed afresh every time (random order that is not an instance list).
+    Never,
+}
+
+/// How the healthy instances of a service are ordered in an answer.
+#[derive(Clone, Copy, Debug)]
+pub enum Order {
+    /// A fresh shuffle (Consul's behaviour).
+    Random,
+    /// Variant `index` of `of`: one seeded shuffle, rotated so that across the variants every
+    /// instance comes first equally often (when `of` is the number of instances).
+    Variant { seed: u64, index: usize, of: usize },
+}
+
+impl Order {
+    fn arrange<T>(self, items: &mut [T]) {
+        match self {
+            Order::Random => items.shuffle(&mut rand::rng()),
+            Order::Variant { seed, index, of } => {
+                items.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+                if !items.is_empty() && of > 0 {
+                    let step = index * items.len() / of;
+                    items.rotate_left(step % items.len());
+                }
+            }
+        }
+    }
 }
 
 pub struct ConsulZone {
@@ -93,9 +136,9 @@ impl ConsulZone {
     }
 
     /// Answers one question whose name is inside the zone.
-    pub fn answer(&self, qname: &LowerName, qtype: RecordType, udp: bool) -> Reply {
+    pub fn answer(&self, qname: &LowerName, qtype: RecordType, udp: bool, order: Order) -> Reply {
         let state = self.view.load();
-        self.answer_in(&state, qname, qtype, udp, 0)
+        self.answer_in(&state, qname, qtype, udp, order, 0)
     }
 
     fn answer_in(
@@ -104,6 +147,7 @@ impl ConsulZone {
         qname: &LowerName,
         qtype: RecordType,
         udp: bool,
+        order: Order,
         depth: u8,
     ) -> Reply {
         let name = Name::from(qname.clone());
@@ -134,7 +178,15 @@ impl ConsulZone {
         let mut reply = match parsed.lookup {
             Lookup::Apex => self.apex(state, qtype),
             Lookup::Service { name: svc, tag } => {
-                self.service(state, &name, &svc, tag.as_deref(), lookup_type, udp, depth)
+                let wanted = ServiceQuery {
+                    service: &svc,
+                    tag: tag.as_deref(),
+                    qtype: lookup_type,
+                    udp,
+                    order,
+                    depth,
+                };
+                self.service(state, &name, wanted)
             }
             Lookup::Node { name: node } => self.node(state, &name, &node, lookup_type),
             Lookup::Addr { ip } => {
@@ -159,6 +211,7 @@ impl ConsulZone {
                     0,
                     RData::HINFO(HINFO::new("RFC8482".into(), String::new())),
                 )],
+                depends_on: std::mem::take(&mut reply.depends_on),
                 ..Reply::default()
             };
         }
@@ -211,6 +264,12 @@ impl ConsulZone {
     }
 
     fn apex(&self, state: &State, qtype: RecordType) -> Reply {
+        let mut reply = self.apex_records(state, qtype);
+        reply.depends_on = Dependency::Never;
+        reply
+    }
+
+    fn apex_records(&self, state: &State, qtype: RecordType) -> Reply {
         match qtype {
             RecordType::SOA => {
                 let (ns, glue) = self.name_servers(state);
@@ -241,17 +300,15 @@ impl ConsulZone {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn service(
-        &self,
-        state: &State,
-        qname: &Name,
-        service: &str,
-        tag: Option<&str>,
-        qtype: RecordType,
-        udp: bool,
-        depth: u8,
-    ) -> Reply {
+    fn service(&self, state: &State, qname: &Name, wanted: ServiceQuery<'_>) -> Reply {
+        let ServiceQuery {
+            service,
+            tag,
+            qtype,
+            udp,
+            order,
+            depth,
+        } = wanted;
         let instances: Vec<Instance<'_>> = state
             .instances(service)
             .into_iter()
@@ -271,13 +328,21 @@ impl ConsulZone {
             })
             .filter(|(_, s)| self.healthy(*s))
             .collect();
-        healthy.shuffle(&mut rand::rng());
+        order.arrange(&mut healthy);
         let ttl = secs(self.dns.service_ttl.for_service(service));
-        let mut reply = Reply::default();
+        let mut reply = Reply {
+            depends_on: Dependency::Service(crate::catalog::key(service)),
+            shuffled: healthy.len(),
+            ..Reply::default()
+        };
         match qtype {
-            RecordType::A | RecordType::AAAA => {
-                self.service_addresses(state, qname, &healthy, qtype, ttl, udp, depth, &mut reply)
-            }
+            RecordType::A | RecordType::AAAA => self.service_addresses(
+                state,
+                qname,
+                &healthy,
+                (qtype, ttl, udp, order, depth),
+                &mut reply,
+            ),
             RecordType::SRV => self.service_srv(qname, &healthy, ttl, &mut reply),
             _ => {}
         }
@@ -298,21 +363,19 @@ impl ConsulZone {
             reply.additionals.retain(|r| targets.contains(&r.name));
         }
         if reply.answers.is_empty() {
+            // The SOA's serial is the catalog's last index.
             reply.soa = Some(self.soa(state));
+            reply.depends_on = Dependency::Catalog;
         }
         reply
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn service_addresses(
         &self,
         state: &State,
         qname: &Name,
         healthy: &[(Instance<'_>, CheckStatus)],
-        qtype: RecordType,
-        ttl: u32,
-        udp: bool,
-        depth: u8,
+        (qtype, ttl, udp, order, depth): (RecordType, u32, bool, Order, u8),
         reply: &mut Reply,
     ) {
         let mut seen_ips = Vec::new();
@@ -345,6 +408,8 @@ impl ConsulZone {
                         continue;
                     }
                     seen_hosts.push(host.clone());
+                    // The answer now also depends on the records of another name.
+                    reply.depends_on = Dependency::Catalog;
                     reply.answers.push(Record::from_rdata(
                         qname.clone(),
                         ttl,
@@ -353,7 +418,7 @@ impl ConsulZone {
                     let lower = LowerName::from(host.clone());
                     if self.domain.zone_of(&lower) {
                         if depth < 3 {
-                            let inner = self.answer_in(state, &lower, qtype, udp, depth + 1);
+                            let inner = self.answer_in(state, &lower, qtype, udp, order, depth + 1);
                             reply.answers.extend(inner.answers);
                         }
                     } else {
@@ -428,7 +493,19 @@ impl ConsulZone {
         let target = self.node_name(i.node)?;
         Some((target, i.node.address.parse().ok(), true))
     }
+}
 
+/// A service lookup: what was asked and how to answer it.
+struct ServiceQuery<'a> {
+    service: &'a str,
+    tag: Option<&'a str>,
+    qtype: RecordType,
+    udp: bool,
+    order: Order,
+    depth: u8,
+}
+
+impl ConsulZone {
     fn node(&self, state: &State, qname: &Name, node: &str, qtype: RecordType) -> Reply {
         let Some(node) = state.node(node) else {
             return self.nxdomain(state);

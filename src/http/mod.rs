@@ -7,6 +7,7 @@ mod dto;
 mod error;
 mod health;
 mod kv;
+mod metrics;
 mod operator;
 mod read;
 mod session;
@@ -40,6 +41,7 @@ pub struct Api {
     pub datacenter: String,
     /// Cancelled when this server has left its cluster: the process then shuts down.
     pub leave: tokio_util::sync::CancellationToken,
+    pub dns_metrics: Arc<crate::dns::DnsMetrics>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -71,6 +73,7 @@ pub fn router(api: Api) -> Router {
             get(agent::health_by_name),
         )
         .route("/v1/agent/self", get(agent::self_info))
+        .route("/v1/agent/metrics", get(metrics::metrics))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/catalog/register", put(catalog::register))
         .route("/v1/catalog/deregister", put(catalog::deregister))

@@ -1,0 +1,335 @@
+//! Pre-encoded UDP answers for the Beacon domain, one cache per receive loop (so no locks).
+//!
+//! An entry holds a few encodings of the same answer with the instances in different orders;
+//! each hit copies the next one and patches in the query's ID and the question exactly as the
+//! client wrote it (case included). An entry stays valid while the catalog has not changed what
+//! it was computed from: for a service answer, that service's index; for anything else, any
+//! catalog change. A reload (SIGHUP) empties the cache.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::Request;
+
+use super::DnsHandler;
+use super::zone::{Dependency, Order};
+use crate::catalog::State;
+use crate::model::Index;
+
+/// At most this many orders per answer. With more instances than this, the orders are redrawn
+/// (a new shuffle) after `REDRAW_AFTER` answers so every instance still comes first in turn.
+const MAX_VARIANTS: usize = 16;
+const REDRAW_AFTER: u32 = 64 * MAX_VARIANTS as u32;
+/// Entries kept before the cache starts over (bounds memory on huge catalogs).
+const MAX_ENTRIES: usize = 1 << 16;
+/// Flags, EDNS presence, EDNS payload size, then the lower-cased question.
+const KEY_PREFIX: usize = 4;
+const MAX_KEY: usize = KEY_PREFIX + 255 + 4;
+
+/// Where the question of a plain query ends, as found by a quick scan of the packet.
+struct Question {
+    /// End of the query name (the question starts at 12).
+    name_end: usize,
+}
+
+struct Entry {
+    /// Empty: this question always takes the full path (until the catalog changes).
+    variants: Vec<Vec<u8>>,
+    next: usize,
+    depends_on: Dependency,
+    /// The catalog's last index when the entry was built (or last found still valid).
+    built_at: Index,
+    served: u32,
+}
+
+impl Entry {
+    fn is_fresh(&mut self, state: &State) -> bool {
+        let last = state.indexes().last;
+        if self.built_at == last {
+            return true;
+        }
+        let unchanged = match &self.depends_on {
+            Dependency::Service(name) => state.service_index(name) <= self.built_at,
+            Dependency::Catalog | Dependency::Never => false,
+        };
+        if unchanged {
+            self.built_at = last;
+        }
+        unchanged
+    }
+}
+
+pub(crate) struct AnswerCache {
+    entries: HashMap<Box<[u8]>, Entry>,
+    generation: u64,
+    seed: u64,
+}
+
+impl AnswerCache {
+    pub fn new() -> Self {
+        AnswerCache {
+            entries: HashMap::new(),
+            generation: 0,
+            seed: rand::random(),
+        }
+    }
+
+    /// Drops everything when the DNS settings were reloaded.
+    pub fn sync_generation(&mut self, generation: u64) {
+        if generation != self.generation {
+            self.entries.clear();
+            self.generation = generation;
+        }
+    }
+
+    /// Writes the answer to `packet` into `out` and returns true, or returns false when the
+    /// query must take the full path (not a plain query for our domain, or not cacheable).
+    pub fn answer(
+        &mut self,
+        handler: &DnsHandler,
+        state: &State,
+        packet: &[u8],
+        src: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let mut key = [0u8; MAX_KEY];
+        let Some((question, key_len)) = scan(packet, &mut key) else {
+            return false;
+        };
+        let key = &key[..key_len];
+        let stale = match self.entries.get_mut(key) {
+            Some(entry) => !entry.is_fresh(state) || entry.served >= REDRAW_AFTER,
+            None => true,
+        };
+        if stale && !self.build(handler, state, packet, src, key) {
+            return false;
+        }
+        let Some(entry) = self.entries.get_mut(key) else {
+            return false;
+        };
+        if entry.variants.is_empty() {
+            return false;
+        }
+        let variant = &entry.variants[entry.next];
+        entry.next = (entry.next + 1) % entry.variants.len();
+        if entry.variants.len() == MAX_VARIANTS {
+            entry.served += 1;
+        }
+        out.clear();
+        out.extend_from_slice(variant);
+        out[..2].copy_from_slice(&packet[..2]);
+        out[12..question.name_end].copy_from_slice(&packet[12..question.name_end]);
+        true
+    }
+
+    /// Computes the orders of one answer through the handler; false when it takes the full path.
+    fn build(
+        &mut self,
+        handler: &DnsHandler,
+        state: &State,
+        packet: &[u8],
+        src: SocketAddr,
+        key: &[u8],
+    ) -> bool {
+        let Ok(request) = Request::from_bytes(packet.to_vec(), src, Protocol::Udp) else {
+            return false;
+        };
+        // Built from a catalog at least this new, so changes after it are seen as changes.
+        let built_at = state.indexes().last;
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let seed = self.seed;
+        let first = handler.prepare(
+            &request,
+            Order::Variant {
+                seed,
+                index: 0,
+                of: 1,
+            },
+        );
+        let (variants, depends_on) = match first {
+            None => (Vec::new(), Dependency::Catalog),
+            Some(first) => {
+                let count = first.shuffled.clamp(1, MAX_VARIANTS);
+                let mut variants = Vec::with_capacity(count);
+                variants.push(first.bytes);
+                for index in 1..count {
+                    match handler.prepare(
+                        &request,
+                        Order::Variant {
+                            seed,
+                            index,
+                            of: count,
+                        },
+                    ) {
+                        Some(p) => variants.push(p.bytes),
+                        None => return false,
+                    }
+                }
+                (variants, first.depends_on)
+            }
+        };
+        if self.entries.len() >= MAX_ENTRIES {
+            self.entries.clear();
+        }
+        let cacheable = !variants.is_empty();
+        self.entries.insert(
+            key.into(),
+            Entry {
+                variants,
+                next: 0,
+                depends_on,
+                built_at,
+                served: 0,
+            },
+        );
+        cacheable
+    }
+}
+
+/// Recognizes a plain query (one question, no answer or authority records, at most an EDNS
+/// version 0 OPT record, nothing after it) and writes its cache key. Anything else — including
+/// compression pointers in the question — returns `None` and is left to hickory's full parser.
+fn scan(packet: &[u8], key: &mut [u8; MAX_KEY]) -> Option<(Question, usize)> {
+    if packet.len() < 12 {
+        return None;
+    }
+    let (flags, flags2) = (packet[2], packet[3]);
+    let is_query = flags & 0x80 == 0;
+    let opcode = (flags >> 3) & 0x0f;
+    let count = |at: usize| u16::from_be_bytes([packet[at], packet[at + 1]]);
+    if !is_query || opcode != 0 || count(4) != 1 || count(6) != 0 || count(8) != 0 {
+        return None;
+    }
+    let additional = count(10);
+    if additional > 1 {
+        return None;
+    }
+    let mut at = 12;
+    loop {
+        let len = *packet.get(at)? as usize;
+        if len & 0xc0 != 0 {
+            return None;
+        }
+        at += 1 + len;
+        if at - 12 > 255 {
+            return None;
+        }
+        if len == 0 {
+            break;
+        }
+    }
+    let name_end = at;
+    let question_end = name_end + 4;
+    if packet.len() < question_end {
+        return None;
+    }
+    // The answer copies RD and CD from the query.
+    key[0] = flags & 0x01;
+    key[1] = flags2 & 0x10;
+    if additional == 1 {
+        // An OPT record: root owner, type 41, class = payload size, version 0.
+        let opt = packet.get(question_end..question_end + 11)?;
+        let is_opt = opt[0] == 0 && opt[1..3] == [0, 41];
+        let rdlen = u16::from_be_bytes([opt[9], opt[10]]) as usize;
+        if !is_opt || opt[6] != 0 || packet.len() != question_end + 11 + rdlen {
+            return None;
+        }
+        key[1] |= 0x01;
+        key[2..4].copy_from_slice(&opt[3..5]);
+    } else if packet.len() != question_end {
+        return None;
+    }
+    let question = &packet[12..question_end];
+    let key_len = KEY_PREFIX + question.len();
+    key[KEY_PREFIX..key_len].copy_from_slice(question);
+    key[KEY_PREFIX..KEY_PREFIX + (name_end - 12)].make_ascii_lowercase();
+    Some((Question { name_end }, key_len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &[&str], qtype: u16, opt: Option<u16>) -> Vec<u8> {
+        let mut p = vec![
+            0x12,
+            0x34,
+            0x01,
+            0x00,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            opt.is_some() as u8,
+        ];
+        for label in name {
+            p.push(label.len() as u8);
+            p.extend_from_slice(label.as_bytes());
+        }
+        p.push(0);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        if let Some(size) = opt {
+            p.extend_from_slice(&[0, 0, 41]);
+            p.extend_from_slice(&size.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        }
+        p
+    }
+
+    #[test]
+    fn keys_ignore_case_and_id_but_not_type_or_edns() {
+        let key_of = |p: &[u8]| {
+            let mut k = [0u8; MAX_KEY];
+            scan(p, &mut k).map(|(_, n)| k[..n].to_vec())
+        };
+        let a = key_of(&query(&["web", "service", "consul"], 1, None)).unwrap();
+        let mut other_id = query(&["WEB", "Service", "consul"], 1, None);
+        other_id[0] = 0x99;
+        assert_eq!(key_of(&other_id).unwrap(), a);
+        assert_ne!(
+            key_of(&query(&["web", "service", "consul"], 33, None)).unwrap(),
+            a
+        );
+        let edns = key_of(&query(&["web", "service", "consul"], 1, Some(4096))).unwrap();
+        assert_ne!(edns, a);
+        assert_ne!(
+            key_of(&query(&["web", "service", "consul"], 1, Some(1232))).unwrap(),
+            edns
+        );
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_the_full_parser() {
+        let mut k = [0u8; MAX_KEY];
+        let plain = query(&["web", "service", "consul"], 1, None);
+        assert!(scan(&plain, &mut k).is_some());
+        let mut response = plain.clone();
+        response[2] |= 0x80;
+        assert!(scan(&response, &mut k).is_none());
+        let mut update = plain.clone();
+        update[2] |= 5 << 3;
+        assert!(scan(&update, &mut k).is_none());
+        let mut two_questions = plain.clone();
+        two_questions[5] = 2;
+        assert!(scan(&two_questions, &mut k).is_none());
+        let mut trailing = plain.clone();
+        trailing.push(0);
+        assert!(scan(&trailing, &mut k).is_none());
+        assert!(scan(&plain[..plain.len() - 1], &mut k).is_none());
+        let mut pointer = plain.clone();
+        pointer[12] = 0xc0;
+        assert!(scan(&pointer, &mut k).is_none());
+        let mut edns1 = query(&["web", "service", "consul"], 1, Some(4096));
+        let version_at = edns1.len() - 5;
+        edns1[version_at] = 1;
+        assert!(scan(&edns1, &mut k).is_none());
+    }
+}

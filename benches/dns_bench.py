@@ -496,9 +496,11 @@ def main():
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                       if l.startswith("model name")), "unknown")
     log(f"# DNS benchmark: Beacon against NSD\n")
+    help_text = subprocess.run(["dnsperf", "-h"], capture_output=True, text=True)
+    version = re.search(r"Version ([0-9.]+)", help_text.stdout + help_text.stderr)
+    nsd_version = subprocess.run(["nsd", "-v"], capture_output=True, text=True).stderr.splitlines()[0]
     log(f"Run {started} on {os.cpu_count()} cores ({cpu_model}); "
-        f"dnsperf {subprocess.run(['dnsperf', '-h'], capture_output=True, text=True).stderr.split('Version')[-1].strip()}, "
-        f"{subprocess.run(['nsd', '-v'], capture_output=True, text=True).stderr.splitlines()[0]}.\n")
+        f"dnsperf {version.group(1) if version else '?'}, {nsd_version}.\n")
     log("Reproduce: `benches/dns.sh` (add `--quick` for a smoke run).\n")
     log(f"Server pinned to core 0 (`taskset -c 0`), dnsperf to core 1; {args.rounds} rounds, "
         f"Beacon and NSD alternating, {args.seconds} s per run; medians of the rounds. Query mix: "

@@ -1,16 +1,148 @@
-//! Replicated write throughput and latency of a 3-server loopback Beacon cluster: KV PUTs of a
-//! 128-byte value at concurrency 1, 16, 64 and 256, sent to the leader, for a fixed time each.
-//! Reports acknowledged writes/s, p50 and p99.
+//! Replicated writes, Beacon against etcd, side by side in the same run.
 //!
-//! Run: `cargo bench --bench writes` (release build; `WRITES_SECONDS=N` per level, default 5).
-//! The etcd side of the comparison the issue asks for is not wired in yet.
+//! Starts a 3-server Beacon cluster and a 3-member etcd cluster (Debian's `etcd-server`, default
+//! settings) on loopback. At each concurrency (1, 16, 64, 256) it alternates the two for
+//! `WRITES_ROUNDS` rounds (default 3) of `WRITES_SECONDS` (default 5) each, every worker writing
+//! in a loop, and reports acknowledged writes/s, p50 and p99 (medians of the rounds) and the ratio.
+//!
+//! - Beacon: `PUT /v1/catalog/register` of one service instance (a JSON body of about 130 bytes)
+//!   to the leader over HTTP/1.1 (one connection per worker).
+//! - etcd: `Put` of the same bytes under `/services/<node>/<id>`, to the leader, over etcd's gRPC
+//!   API (`etcd-client`, one HTTP/2 channel).
+//!
+//! Run: `cargo bench --bench writes` (release build; needs `etcd` on the PATH and `protoc` to
+//! build etcd-client: `apt-get install etcd-server protobuf-compiler`).
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
+
+/// A 3-member etcd cluster, killed on drop.
+struct Etcd {
+    children: Vec<Child>,
+    clients: Vec<String>,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_etcd(dir: &Path) -> Etcd {
+    let peers: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let clients: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let cluster = (0..3)
+        .map(|i| format!("e{i}=http://127.0.0.1:{}", peers[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let peer = format!("http://127.0.0.1:{}", peers[i]);
+        let client = format!("http://127.0.0.1:{}", clients[i]);
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                &format!("e{i}"),
+                "--data-dir",
+                &dir.join(format!("e{i}")).display().to_string(),
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--initial-cluster",
+                &cluster,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "beacon-bench",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd on the PATH (apt-get install etcd-server)");
+        children.push(child);
+    }
+    Etcd {
+        children,
+        clients: clients
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect(),
+    }
+}
+
+/// A kv client connected to etcd's leader only (as Beacon's writes go to its leader).
+async fn etcd_leader(etcd: &Etcd) -> etcd_client::KvClient {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for endpoint in &etcd.clients {
+            let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], None).await
+            else {
+                continue;
+            };
+            if let Ok(status) = client.status().await
+                && let Some(header) = status.header()
+                && status.leader() != 0
+                && status.leader() == header.member_id()
+            {
+                return client.kv_client();
+            }
+        }
+        assert!(Instant::now() < deadline, "no etcd leader within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Beacon(reqwest::Client, SocketAddr),
+    Etcd(Box<etcd_client::KvClient>),
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Beacon(..) => "beacon",
+            Target::Etcd(_) => "etcd",
+        }
+    }
+
+    /// One acknowledged registration (true) or a failure.
+    async fn write(&mut self, worker: usize, i: u64) -> bool {
+        let node = format!("bench-{worker}");
+        let id = format!("svc-{worker}-{i}");
+        let body = format!(
+            r#"{{"Node":"{node}","Address":"10.0.{}.{}","Service":{{"ID":"{id}","Service":"web","Port":8080,"Tags":["v1"]}}}}"#,
+            worker / 250,
+            worker % 250 + 1
+        );
+        match self {
+            Target::Beacon(client, addr) => client
+                .put(format!("http://{addr}/v1/catalog/register"))
+                .body(body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            Target::Etcd(kv) => kv
+                .put(format!("/services/{node}/{id}"), body, None)
+                .await
+                .is_ok(),
+        }
+    }
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -19,84 +151,140 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn level(
-    client: &reqwest::Client,
-    target: SocketAddr,
-    concurrency: usize,
-    seconds: u64,
-) -> (f64, Duration, Duration) {
+struct Run {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: usize,
+}
+
+async fn run(target: &Target, concurrency: usize, seconds: u64, round: usize) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
-    let value = "x".repeat(128);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
-        let (client, stop, value) = (client.clone(), stop.clone(), value.clone());
+        let (mut target, stop) = (target.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut i = 0u64;
+            let mut failed = 0;
+            let mut i = (round as u64) << 32;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let ok = client
-                    .put(format!("http://{target}/v1/kv/bench/{w}/{i}"))
-                    .body(value.clone())
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
+                if target.write(w, i).await {
                     latencies.push(t.elapsed());
+                } else {
+                    failed += 1;
                 }
                 i += 1;
             }
-            latencies
+            (latencies, failed)
         }));
     }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
+    let mut failed = 0;
     for t in tasks {
-        all.extend(t.await.unwrap());
+        let (latencies, f) = t.await.unwrap();
+        all.extend(latencies);
+        failed += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort();
-    (
-        all.len() as f64 / elapsed,
-        percentile(&all, 0.5),
-        percentile(&all, 0.99),
-    )
+    Run {
+        rate: all.len() as f64 / elapsed,
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+        failed,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let seconds: u64 = if quick {
-        1
+    let (seconds, rounds) = if quick {
+        (1, 1)
     } else {
-        std::env::var("WRITES_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5)
+        (
+            env_or("WRITES_SECONDS", 5),
+            env_or("WRITES_ROUNDS", 3) as usize,
+        )
     };
     let levels: &[usize] = if quick { &[4] } else { &[1, 16, 64, 256] };
+    let with_etcd = !quick || which_etcd();
     let dir = tempfile::tempdir().unwrap();
-    let servers = common::start_cluster(dir.path());
+    let servers = common::start_cluster(&dir.path().join("beacon"));
+    let etcd = with_etcd.then(|| start_etcd(&dir.path().join("etcd")));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(512)
             .build()
             .unwrap();
-        let target = servers[common::leader(&client, &servers).await].http;
-        println!("beacon, 3 servers, KV PUT of 128 bytes to the leader, {seconds} s per level");
+        let leader = servers[common::leader(&client, &servers).await].http;
+        let mut targets = vec![Target::Beacon(client, leader)];
+        if let Some(etcd) = &etcd {
+            targets.push(Target::Etcd(Box::new(etcd_leader(etcd).await)));
+        }
         println!(
-            "{:>11}  {:>10}  {:>9}  {:>9}",
-            "concurrency", "writes/s", "p50", "p99"
+            "3-member clusters on loopback, one service registration per write (~130 B), \
+             {rounds} rounds x {seconds} s per level, alternating; medians"
+        );
+        println!(
+            "{:>11}  {:>7}  {:>9}  {:>8}  {:>8}  {:>6}",
+            "concurrency", "server", "writes/s", "p50 ms", "p99 ms", "failed"
         );
         for &c in levels {
-            let (rate, p50, p99) = level(&client, target, c, seconds).await;
-            println!(
-                "{c:>11}  {rate:>10.0}  {:>7.2}ms  {:>7.2}ms",
-                p50.as_secs_f64() * 1000.0,
-                p99.as_secs_f64() * 1000.0
-            );
+            let mut results: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+            for round in 0..rounds {
+                let order: Vec<usize> = if round % 2 == 0 {
+                    (0..targets.len()).collect()
+                } else {
+                    (0..targets.len()).rev().collect()
+                };
+                for t in order {
+                    results[t].push(run(&targets[t], c, seconds, round).await);
+                }
+            }
+            let mut rates = Vec::new();
+            for (target, runs) in targets.iter().zip(&results) {
+                let rate = median(runs.iter().map(|r| r.rate).collect());
+                let p50 = median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect());
+                let p99 = median(runs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect());
+                let failed: usize = runs.iter().map(|r| r.failed).sum();
+                println!(
+                    "{c:>11}  {:>7}  {rate:>9.0}  {p50:>8.2}  {p99:>8.2}  {failed:>6}",
+                    target.name()
+                );
+                rates.push(rate);
+            }
+            if rates.len() == 2 {
+                println!(
+                    "{:>11}  beacon/etcd writes/s ratio {:.2}",
+                    "",
+                    rates[0] / rates[1]
+                );
+            }
         }
     });
+}
+
+fn which_etcd() -> bool {
+    Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -34,8 +34,13 @@ struct Question {
 }
 
 struct Entry {
-    /// Empty: this question always takes the full path (until the catalog changes).
+    /// The orders encoded so far (each is built the first time it is due, so a new name costs
+    /// one encoding, not `wanted`). Empty: this question always takes the full path (until the
+    /// catalog changes).
     variants: Vec<Vec<u8>>,
+    /// How many orders this answer is worth.
+    wanted: usize,
+    seed: u64,
     next: usize,
     depends_on: Dependency,
     /// The catalog's last index when the entry was built (or last found still valid).
@@ -111,19 +116,31 @@ impl AnswerCache {
         if entry.variants.is_empty() {
             return false;
         }
-        let variant = &entry.variants[entry.next];
-        entry.next = (entry.next + 1) % entry.variants.len();
-        if entry.variants.len() == MAX_VARIANTS {
+        let index = entry.next;
+        entry.next = (entry.next + 1) % entry.wanted;
+        if index == entry.variants.len() {
+            let order = Order::Variant {
+                seed: entry.seed,
+                index,
+                of: entry.wanted,
+            };
+            match prepare(handler, packet, src, order) {
+                Some(p) => entry.variants.push(p.bytes),
+                None => return false,
+            }
+        }
+        if entry.wanted == MAX_VARIANTS {
             entry.served += 1;
         }
         out.clear();
-        out.extend_from_slice(variant);
+        out.extend_from_slice(&entry.variants[index]);
         out[..2].copy_from_slice(&packet[..2]);
         out[12..question.name_end].copy_from_slice(&packet[12..question.name_end]);
         true
     }
 
-    /// Computes the orders of one answer through the handler; false when it takes the full path.
+    /// Encodes the first order of an answer and records how many it is worth; false when the
+    /// question takes the full path.
     fn build(
         &mut self,
         handler: &DnsHandler,
@@ -132,9 +149,6 @@ impl AnswerCache {
         src: SocketAddr,
         key: &[u8],
     ) -> bool {
-        let Ok(request) = Request::from_bytes(packet.to_vec(), src, Protocol::Udp) else {
-            return false;
-        };
         // Built from a catalog at least this new, so changes after it are seen as changes.
         let built_at = state.indexes().last;
         self.seed = self
@@ -142,52 +156,55 @@ impl AnswerCache {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let seed = self.seed;
-        let first = handler.prepare(
-            &request,
+        let first = prepare(
+            handler,
+            packet,
+            src,
             Order::Variant {
                 seed,
                 index: 0,
                 of: 1,
             },
         );
-        let (variants, depends_on) = match first {
-            None => (Vec::new(), Dependency::Catalog),
-            Some(first) => {
-                let count = first.shuffled.clamp(1, MAX_VARIANTS);
-                let mut variants = Vec::with_capacity(count);
-                variants.push(first.bytes);
-                for index in 1..count {
-                    match handler.prepare(
-                        &request,
-                        Order::Variant {
-                            seed,
-                            index,
-                            of: count,
-                        },
-                    ) {
-                        Some(p) => variants.push(p.bytes),
-                        None => return false,
-                    }
-                }
-                (variants, first.depends_on)
-            }
+        let entry = match first {
+            None => Entry {
+                variants: Vec::new(),
+                wanted: 1,
+                seed,
+                next: 0,
+                depends_on: Dependency::Catalog,
+                built_at,
+                served: 0,
+            },
+            Some(first) => Entry {
+                variants: vec![first.bytes],
+                wanted: first.shuffled.clamp(1, MAX_VARIANTS),
+                seed,
+                // The first query is answered with the order just built.
+                next: 0,
+                depends_on: first.depends_on,
+                built_at,
+                served: 0,
+            },
         };
         if self.entries.len() >= MAX_ENTRIES {
             self.entries.clear();
         }
-        let cacheable = !variants.is_empty();
-        self.entries.insert(
-            key.into(),
-            Entry {
-                variants,
-                next: 0,
-                depends_on,
-                built_at,
-                served: 0,
-            },
-        );
+        let cacheable = !entry.variants.is_empty();
+        self.entries.insert(key.into(), entry);
         cacheable
     }
+}
+
+/// One order of the answer to `packet`, through the handler.
+fn prepare(
+    handler: &DnsHandler,
+    packet: &[u8],
+    src: SocketAddr,
+    order: Order,
+) -> Option<super::Prepared> {
+    let request = Request::from_bytes(packet.to_vec(), src, Protocol::Udp).ok()?;
+    handler.prepare(&request, order)
 }
 
 /// Recognizes a plain query (one question, no answer or authority records, at most an EDNS

@@ -11,7 +11,8 @@
 //!   API (`etcd-client`, one HTTP/2 channel).
 //!
 //! Run: `cargo bench --bench writes` (release build; needs `etcd` on the PATH and `protoc` to
-//! build etcd-client: `apt-get install etcd-server protobuf-compiler`).
+//! build etcd-client: `apt-get install etcd-server protobuf-compiler`). `WRITES_LEVELS=64` picks
+//! the concurrencies; `WRITES_ONLY=beacon` leaves etcd out (for profiling).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -221,8 +222,17 @@ fn main() {
             env_or("WRITES_ROUNDS", 3) as usize,
         )
     };
-    let levels: &[usize] = if quick { &[4] } else { &[1, 16, 64, 256] };
-    let with_etcd = !quick || which_etcd();
+    let levels: Vec<usize> = match std::env::var("WRITES_LEVELS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
+        Err(_) if quick => vec![4],
+        Err(_) => vec![1, 16, 64, 256],
+    };
+    // WRITES_ONLY=beacon skips etcd (to profile Beacon alone).
+    let only_beacon = std::env::var("WRITES_ONLY").is_ok_and(|v| v == "beacon");
+    let with_etcd = !only_beacon && (!quick || which_etcd());
     let dir = tempfile::tempdir().unwrap();
     let servers = common::start_cluster(&dir.path().join("beacon"));
     let etcd = with_etcd.then(|| start_etcd(&dir.path().join("etcd")));
@@ -245,7 +255,7 @@ fn main() {
             "{:>11}  {:>7}  {:>9}  {:>8}  {:>8}  {:>6}",
             "concurrency", "server", "writes/s", "p50 ms", "p99 ms", "failed"
         );
-        for &c in levels {
+        for &c in &levels {
             let mut results: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
             for round in 0..rounds {
                 let order: Vec<usize> = if round % 2 == 0 {

@@ -33,7 +33,11 @@ pub fn free_port() -> u16 {
 fn command(args: &[String], envs: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_beacon"));
     cmd.args(args)
-        .env("RUST_LOG", "info,openraft=error,hickory_server=warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG")
+                .unwrap_or_else(|_| "info,openraft=error,hickory_server=warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in envs {
@@ -65,7 +69,22 @@ fn ready(mut child: Child, rpc: String) -> Beacon {
             break;
         }
     }
-    std::thread::spawn(move || for _ in lines {});
+    // BENCH_LOG=path: the servers' logs are appended there (e.g. with BENCH_RUST_LOG=debug).
+    let mut copy = std::env::var("BENCH_LOG").ok().and_then(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    });
+    std::thread::spawn(move || {
+        for line in lines {
+            if let Some(file) = copy.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+            }
+        }
+    });
     Beacon {
         child,
         rpc,

@@ -67,13 +67,19 @@ pub enum Command {
     Restore(Box<super::Rows>),
 }
 
-/// One Raft log entry: a command and the proposer's wall-clock time, so time-based rules
+/// One client's write: a command and the proposer's wall-clock time, so time-based rules
 /// (lock-delay) come out the same on every replica.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub at_ms: u64,
     pub command: Command,
 }
+
+/// What one Raft log entry carries: the writes of concurrent clients (group commit), applied in
+/// order at the entry's index, each with its own outcome.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Proposal(pub Vec<Request>);
 
 /// A KV operation inside a transaction (Consul's `KVTxnOp` verbs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

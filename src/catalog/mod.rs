@@ -14,8 +14,8 @@ pub mod watch;
 pub use kv::{SESSION_TTL_MAX, SESSION_TTL_MIN};
 
 pub use command::{
-    Applied, ApplyError, CheckRegistration, Command, NodeRegistration, Outcome, Registration,
-    Request, ServiceRegistration, TxnError, TxnOp,
+    Applied, ApplyError, CheckRegistration, Command, NodeRegistration, Outcome, Proposal,
+    Registration, Request, ServiceRegistration, TxnError, TxnOp,
 };
 pub use view::{View, WriteError, Writer};
 

@@ -2,6 +2,7 @@
 //! and membership, the `Writer` that proposes (and forwards) catalog commands, and the status
 //! the HTTP API reports.
 
+mod batch;
 mod client;
 pub mod formation;
 mod network;
@@ -12,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use redb::Database;
 use serde::{Deserialize, Serialize};
@@ -103,6 +104,8 @@ pub struct Cluster {
     client: RpcClient,
     /// When this server last heard from a leader (append entries), for `X-Consul-LastContact`.
     leader_contact: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// Gathers concurrent writes into shared Raft entries.
+    batcher: batch::Batcher,
 }
 
 impl Cluster {
@@ -147,6 +150,7 @@ impl Cluster {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         Ok(Cluster {
+            batcher: batch::Batcher::start(raft.clone()),
             raft,
             id,
             me,
@@ -448,16 +452,10 @@ impl Cluster {
         })
     }
 
-    /// Proposes a command on this server, which must be the leader.
+    /// Proposes a command on this server, which must be the leader; it shares a Raft entry with
+    /// the writes proposed at the same time.
     pub async fn write_local(&self, request: Request) -> Result<(Outcome, u64), WriteError> {
-        match self.raft.client_write(request).await {
-            Ok(response) => Ok((response.data, response.log_id.index)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
-                Some(node) => Err(WriteError::NotLeader(node.rpc_addr)),
-                None => Err(WriteError::NoLeader),
-            },
-            Err(e) => Err(WriteError::Failed(e.to_string())),
-        }
+        self.batcher.write(request).await
     }
 
     pub async fn shutdown(&self) {

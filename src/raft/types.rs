@@ -2,13 +2,13 @@
 
 use std::io::Cursor;
 
-use crate::catalog::{Outcome, Request};
+use crate::catalog::{Outcome, Proposal};
 
 openraft::declare_raft_types!(
-    /// Beacon's Raft types: catalog commands in, apply outcomes out.
+    /// Beacon's Raft types: batches of catalog commands in, one outcome per command out.
     pub TypeConfig:
-        D = Request,
-        R = Outcome,
+        D = Proposal,
+        R = Vec<Outcome>,
         NodeId = NodeId,
         Node = ServerNode,
         Entry = openraft::Entry<TypeConfig>,

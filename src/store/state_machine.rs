@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::log::{decode, encode, read_meta};
 use super::schema::{
     CHECKS, KV, LOCK_DELAYS, META, NODES, SERVICE_INDEXES, SERVICES, SESSIONS, meta,
 };
 use super::{StoreError, blocking, raft_err};
-use crate::catalog::{Applied, Change, Indexes, Rows, State, View};
+use crate::catalog::{Change, Indexes, Rows, State, View};
 use crate::model::{Check, KvEntry, Node, Service, Session};
 use crate::raft::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -292,7 +292,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<crate::catalog::Outcome>, StorageError>
+    async fn apply<I>(
+        &mut self,
+        entries: I,
+    ) -> Result<Vec<Vec<crate::catalog::Outcome>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -305,20 +308,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             match entry.payload {
                 EntryPayload::Blank => {
                     self.state.note_applied(index);
-                    outcomes.push(Ok(Applied::Done));
+                    outcomes.push(Vec::new());
                 }
-                EntryPayload::Normal(request) => {
-                    outcomes.push(self.state.apply(
-                        index,
-                        request.at_ms,
-                        &request.command,
-                        &mut changes,
-                    ));
+                EntryPayload::Normal(proposal) => {
+                    if proposal.0.is_empty() {
+                        self.state.note_applied(index);
+                    }
+                    let state = &mut self.state;
+                    outcomes.push(
+                        proposal
+                            .0
+                            .iter()
+                            .map(|r| state.apply(index, r.at_ms, &r.command, &mut changes))
+                            .collect(),
+                    );
                 }
                 EntryPayload::Membership(m) => {
                     self.state.note_applied(index);
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
-                    outcomes.push(Ok(Applied::Done));
+                    outcomes.push(Vec::new());
                 }
             }
         }
@@ -331,7 +339,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| raft_err(ErrorVerb::Write, e))?;
         let db = self.db.clone();
         blocking(move || {
-            let tx = db.begin_write()?;
+            let mut tx = db.begin_write()?;
+            // No fsync of its own: the entries are already durable in the log (same database),
+            // and the next log append's fsync persists this commit too. After a crash the state
+            // machine is at an older applied index and openraft applies the rest from the log.
+            tx.set_durability(Durability::None)
+                .map_err(|e| StoreError::Db(e.to_string()))?;
             write_rows(&tx, &writes)?;
             write_meta(&tx, &meta_rows)?;
             tx.commit()?;
@@ -380,7 +393,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta_rows.push((meta::SNAPSHOT, stored));
         let db = self.db.clone();
         blocking(move || {
-            let tx = db.begin_write()?;
+            let mut tx = db.begin_write()?;
+            // No fsync of its own: the entries are already durable in the log (same database),
+            // and the next log append's fsync persists this commit too. After a crash the state
+            // machine is at an older applied index and openraft applies the rest from the log.
+            tx.set_durability(Durability::None)
+                .map_err(|e| StoreError::Db(e.to_string()))?;
             write_rows(&tx, &writes)?;
             write_meta(&tx, &meta_rows)?;
             tx.commit()?;

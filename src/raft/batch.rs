@@ -1,0 +1,90 @@
+//! Group commit on the leader: writes that arrive while earlier ones are being committed wait
+//! and then go together in one Raft entry, so they share one log append (one fsync on every
+//! server), one replication message and one state machine transaction.
+//!
+//! At most `IN_FLIGHT` entries are being committed at once. An idle server proposes a lone write
+//! at once (no added latency); under load the queue fills while the in-flight entries commit,
+//! and the next entry takes everything queued (up to `MAX_BATCH`).
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::types::Raft;
+use crate::catalog::{Outcome, Proposal, Request, WriteError};
+
+/// Entries being committed at once.
+const IN_FLIGHT: usize = 2;
+/// Writes per entry at most (bounds an entry's size and the work of one apply).
+const MAX_BATCH: usize = 512;
+
+type Reply = oneshot::Sender<Result<(Outcome, u64), WriteError>>;
+
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::UnboundedSender<(Request, Reply)>,
+}
+
+impl Batcher {
+    pub fn start(raft: Raft) -> Batcher {
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(propose(raft, pending));
+        Batcher { queue }
+    }
+
+    pub async fn write(&self, request: Request) -> Result<(Outcome, u64), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((request, reply))
+            .map_err(|_| WriteError::Failed("raft is shutting down".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(WriteError::Failed("raft is shutting down".into())))
+    }
+}
+
+async fn propose(raft: Raft, mut pending: mpsc::UnboundedReceiver<(Request, Reply)>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = pending.recv().await {
+        // Waiting for a slot is what lets the next batch grow.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.into_iter().unzip();
+            let result = raft.client_write(Proposal(requests)).await;
+            drop(slot);
+            match result {
+                Ok(response) => {
+                    let index = response.log_id.index;
+                    for (reply, outcome) in replies.into_iter().zip(response.data) {
+                        let _ = reply.send(Ok((outcome, index)));
+                    }
+                }
+                Err(e) => {
+                    let error = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                            match f.leader_node {
+                                Some(node) => WriteError::NotLeader(node.rpc_addr),
+                                None => WriteError::NoLeader,
+                            }
+                        }
+                        other => WriteError::Failed(other.to_string()),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}

@@ -3,9 +3,11 @@
 //! authoritatively through hickory's `Catalog`; everything else forwarded to the recursors, or
 //! REFUSED when there are none.
 //!
-//! The hot path takes one lock-free load of the published catalog `State` per query: no redb
-//! transaction, no disk I/O, no global lock. Zones and settings are swapped atomically on reload
-//! (SIGHUP).
+//! UDP goes through `udp`'s receive loops, which answer plain questions for our domain from
+//! `cache`'s pre-encoded answers and pass everything else to this handler; TCP is hickory's
+//! server with this handler. The handler takes one lock-free load of the published catalog
+//! `State` per query: no redb transaction, no disk I/O, no global lock. Zones and settings are
+//! swapped atomically on reload (SIGHUP).
 
 mod cache;
 mod forward;

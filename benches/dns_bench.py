@@ -480,7 +480,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2-second runs, small data, no RESULTS.md")
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--large-services", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=15)
     args = parser.parse_args()
     if args.quick:

@@ -5,11 +5,10 @@
 //! own answer cache and its own buffers. It takes up to `BATCH` packets per `recvmmsg` and
 //! sends the answers with one `sendmmsg`: no task spawn, no allocation and no lock per query.
 //!
-//! Overload: when a batch comes back full there is a backlog. Once queries have been arriving
-//! older than `max_queue_delay` (by their kernel receive timestamp) for 20 times that long — a
-//! standing queue, not a burst — the old ones are dropped and counted instead of answered late;
-//! the queue to the full path is bounded too. So the latency of answered queries stays bounded
-//! whatever the offered load.
+//! Overload: when a batch comes back full there is a backlog, and queries that have already
+//! waited longer than `max_queue_delay` (by their kernel receive timestamp) are dropped and
+//! counted instead of answered late; the queue to the full path is bounded the same way. So the
+//! latency of answered queries stays bounded whatever the offered load.
 
 use std::io;
 use std::mem::{MaybeUninit, size_of, zeroed};
@@ -342,7 +341,6 @@ impl Receiver {
         let mut batch = Batch::new();
         let fd = self.socket.as_raw_fd();
         let max_delay = self.max_queue_delay.as_nanos() as i128;
-        let mut standing = StandingQueue::default();
         while !self.stop.load(Ordering::Acquire) {
             batch.arm();
             // SAFETY: the headers point into `batch`, which outlives the call.
@@ -371,9 +369,6 @@ impl Receiver {
             // A full batch means more are waiting: the server is behind.
             let behind = received == BATCH;
             let now = if behind { realtime_ns() } else { 0 };
-            if !behind {
-                standing.clear();
-            }
             let state = self.handler.view().load();
             self.cache.sync_generation(self.handler.generation());
             let (mut hits, mut dropped, mut malformed, mut full) = (0, 0, 0, 0);
@@ -384,10 +379,7 @@ impl Receiver {
                     malformed += 1;
                     continue;
                 }
-                if behind
-                    && let Some(at) = batch.received_at(i)
-                    && standing.too_old(now, now - at, max_delay)
-                {
+                if behind && batch.received_at(i).is_some_and(|at| now - at > max_delay) {
                     dropped += 1;
                     continue;
                 }
@@ -422,32 +414,6 @@ impl Receiver {
             m.dropped_overload.fetch_add(dropped, Ordering::Relaxed);
             m.dropped_malformed.fetch_add(malformed, Ordering::Relaxed);
         }
-    }
-}
-
-/// Tells a standing queue from a burst (the idea of CoDel): queries are dropped only once every
-/// query read has been older than the limit for `GRACE_FACTOR` times the limit. A burst — a
-/// cold cache, a short stall — drains without loss; sustained overload is shed.
-#[derive(Default)]
-struct StandingQueue {
-    /// When queries started arriving older than the limit, in realtime ns.
-    since: Option<i128>,
-}
-
-const GRACE_FACTOR: i128 = 20;
-
-impl StandingQueue {
-    fn clear(&mut self) {
-        self.since = None;
-    }
-
-    fn too_old(&mut self, now: i128, age: i128, limit: i128) -> bool {
-        if age <= limit {
-            self.since = None;
-            return false;
-        }
-        let since = *self.since.get_or_insert(now);
-        now - since >= GRACE_FACTOR * limit
     }
 }
 
@@ -599,35 +565,5 @@ impl ResponseHandler for UdpReply {
                 Ok(self.send_header(metadata))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: i128 = 1_000_000;
-
-    #[test]
-    fn a_burst_is_absorbed_and_a_standing_queue_is_shed() {
-        let mut queue = StandingQueue::default();
-        let limit = 5 * MS;
-        // Old queries for less than the grace period: a burst, kept.
-        assert!(!queue.too_old(0, 20 * MS, limit));
-        assert!(!queue.too_old(50 * MS, 20 * MS, limit));
-        // A young query ends the episode.
-        assert!(!queue.too_old(60 * MS, MS, limit));
-        assert!(!queue.too_old(100 * MS, 20 * MS, limit));
-        assert!(!queue.too_old(150 * MS, 20 * MS, limit));
-        // Still old 100 ms (20 x 5 ms) after it began: shed.
-        assert!(queue.too_old(200 * MS, 20 * MS, limit));
-        queue.clear();
-        assert!(!queue.too_old(210 * MS, 20 * MS, limit));
-    }
-
-    #[test]
-    fn a_zero_limit_sheds_at_once() {
-        let mut queue = StandingQueue::default();
-        assert!(queue.too_old(0, 1, 0));
     }
 }

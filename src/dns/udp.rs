@@ -8,7 +8,9 @@
 //! Overload: when a batch comes back full there is a backlog, and queries that have already
 //! waited longer than `max_queue_delay` (by their kernel receive timestamp) are dropped and
 //! counted instead of answered late; the queue to the full path is bounded the same way. So the
-//! latency of answered queries stays bounded whatever the offered load.
+//! latency of answered queries stays bounded whatever the offered load. Queries that queued
+//! while the loop itself was away (idle, or descheduled for longer than the limit) are always
+//! answered: a stall of ours is not the client's overload.
 
 use std::io;
 use std::mem::{MaybeUninit, size_of, zeroed};
@@ -43,6 +45,8 @@ const MAX_ANSWER: usize = 4096;
 const FULL_PATH_QUEUE: usize = 4096;
 /// Full-path queries in flight at once (each may wait on a recursor).
 const FULL_PATH_CONCURRENCY: usize = 1024;
+/// A gap between batches shorter than this is never taken for the loop being away.
+const AWAY_AT_LEAST: i128 = 2_000_000;
 /// How often an idle loop checks whether to stop.
 const IDLE_POLL_MS: i32 = 200;
 
@@ -341,6 +345,10 @@ impl Receiver {
         let mut batch = Batch::new();
         let fd = self.socket.as_raw_fd();
         let max_delay = self.max_queue_delay.as_nanos() as i128;
+        // When the last batch was finished, and until when queries count as queued while the
+        // loop was away.
+        let mut last_batch_done = realtime_ns();
+        let mut away_until = 0;
         while !self.stop.load(Ordering::Acquire) {
             batch.arm();
             // SAFETY: the headers point into `batch`, which outlives the call.
@@ -366,9 +374,14 @@ impl Receiver {
                 continue;
             }
             let received = received as usize;
+            let now = realtime_ns();
+            if now - last_batch_done > max_delay.max(AWAY_AT_LEAST) {
+                // This loop was away (idle, or not scheduled): what queued meanwhile is not a
+                // sign of overload and is answered, however old.
+                away_until = now;
+            }
             // A full batch means more are waiting: the server is behind.
             let behind = received == BATCH;
-            let now = if behind { realtime_ns() } else { 0 };
             let state = self.handler.view().load();
             self.cache.sync_generation(self.handler.generation());
             let (mut hits, mut dropped, mut malformed, mut full) = (0, 0, 0, 0);
@@ -379,7 +392,11 @@ impl Receiver {
                     malformed += 1;
                     continue;
                 }
-                if behind && batch.received_at(i).is_some_and(|at| now - at > max_delay) {
+                if behind
+                    && batch
+                        .received_at(i)
+                        .is_some_and(|at| at > away_until && now - at > max_delay)
+                {
                     dropped += 1;
                     continue;
                 }
@@ -413,6 +430,7 @@ impl Receiver {
             m.full_path.fetch_add(full, Ordering::Relaxed);
             m.dropped_overload.fetch_add(dropped, Ordering::Relaxed);
             m.dropped_malformed.fetch_add(malformed, Ordering::Relaxed);
+            last_batch_done = realtime_ns();
         }
     }
 }

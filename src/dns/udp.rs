@@ -9,8 +9,8 @@
 //! waited longer than `max_queue_delay` (by their kernel receive timestamp) are dropped and
 //! counted instead of answered late; the queue to the full path is bounded the same way. So the
 //! latency of answered queries stays bounded whatever the offered load. Queries that queued
-//! while the loop itself was away (idle, or descheduled for longer than the limit) are always
-//! answered: a stall of ours is not the client's overload.
+//! while a loop that was keeping up was away (idle, or descheduled for longer than the limit)
+//! are always answered: a stall of ours is not the client's overload.
 
 use std::io;
 use std::mem::{MaybeUninit, size_of, zeroed};
@@ -349,6 +349,7 @@ impl Receiver {
         // loop was away.
         let mut last_batch_done = realtime_ns();
         let mut away_until = 0;
+        let mut was_behind = false;
         while !self.stop.load(Ordering::Acquire) {
             batch.arm();
             // SAFETY: the headers point into `batch`, which outlives the call.
@@ -375,13 +376,16 @@ impl Receiver {
             }
             let received = received as usize;
             let now = realtime_ns();
-            if now - last_batch_done > max_delay.max(AWAY_AT_LEAST) {
-                // This loop was away (idle, or not scheduled): what queued meanwhile is not a
-                // sign of overload and is answered, however old.
+            if !was_behind && now - last_batch_done > max_delay.max(AWAY_AT_LEAST) {
+                // This loop was keeping up, then away (idle, or not scheduled): what queued
+                // meanwhile is not a sign of overload and is answered, however old. A loop that
+                // was already behind before the gap (say, throttled by a CPU quota) gets no
+                // such allowance.
                 away_until = now;
             }
             // A full batch means more are waiting: the server is behind.
             let behind = received == BATCH;
+            was_behind = behind;
             let state = self.handler.view().load();
             self.cache.sync_generation(self.handler.generation());
             let (mut hits, mut dropped, mut malformed, mut full) = (0, 0, 0, 0);

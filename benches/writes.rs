@@ -6,7 +6,8 @@
 //! in a loop, and reports acknowledged writes/s, p50 and p99 (medians of the rounds) and the ratio.
 //!
 //! - Beacon: `PUT /v1/catalog/register` of one service instance (a JSON body of about 130 bytes)
-//!   to the leader over HTTP/1.1 (one connection per worker).
+//!   to the leader over HTTP/1.1 (one connection per worker). Each worker cycles through 100
+//!   service IDs on its own node, changing the port each time.
 //! - etcd: `Put` of the same bytes under `/services/<node>/<id>`, to the leader, over etcd's gRPC
 //!   API (`etcd-client`, one HTTP/2 channel).
 //!
@@ -123,12 +124,15 @@ impl Target {
 
     /// One acknowledged registration (true) or a failure.
     async fn write(&mut self, worker: usize, i: u64) -> bool {
+        // Each worker's node carries at most 100 services (as a real node would), so the
+        // catalog stays the same size while every write changes one (its port).
         let node = format!("bench-{worker}");
-        let id = format!("svc-{worker}-{i}");
+        let id = format!("svc-{worker}-{}", i % 100);
         let body = format!(
-            r#"{{"Node":"{node}","Address":"10.0.{}.{}","Service":{{"ID":"{id}","Service":"web","Port":8080,"Tags":["v1"]}}}}"#,
+            r#"{{"Node":"{node}","Address":"10.0.{}.{}","Service":{{"ID":"{id}","Service":"web","Port":{},"Tags":["v1"]}}}}"#,
             worker / 250,
-            worker % 250 + 1
+            worker % 250 + 1,
+            10000 + i % 50000
         );
         match self {
             Target::Beacon(client, addr) => client

@@ -380,6 +380,16 @@ def compare(servers, loads, queries, rounds, seconds, log):
     return results
 
 
+def compare_and_report(servers, loads, queries, args, log):
+    results = compare(servers, loads, queries, args.rounds, args.seconds, log)
+    rows, ratios = table(results, servers)
+    log("")
+    log(rows)
+    log("")
+    log(ratios)
+    log("")
+
+
 def table(results, servers):
     b, n = servers[0].name, servers[1].name
     rows = [
@@ -525,13 +535,7 @@ def main():
             ("full rate, 10x100, verbose (p99)", ["-c", "10", "-q", "100"], True),
             ("fixed 100k q/s, verbose (p99)", ["-c", "10", "-q", "100", "-Q", "100000"], True),
         ]
-        results = compare(servers, loads, queries, args.rounds, args.seconds, log)
-        rows, ratios = table(results, servers)
-        log("")
-        log(rows)
-        log("")
-        log(ratios)
-        log("")
+        compare_and_report(servers, loads, queries, args, log)
         log("Verbose runs log every query's latency (that is where p99 comes from); the logging "
             "costs dnsperf time, so their queries/s are lower than the plain full-rate runs'.\n")
         dropped = beacon.metric('beacon_dns_udp_dropped_total{reason="overload"}')
@@ -610,13 +614,7 @@ def main():
         servers = [beacon, nsd]
         check_answers(servers, args.large_services)
         queries = query_file(work, args.large_services)
-        results = compare(servers, loads[:1], queries, args.rounds, args.seconds, log)
-        rows, ratios = table(results, servers)
-        log("")
-        log(rows)
-        log("")
-        log(ratios)
-        log("")
+        compare_and_report(servers, loads[:1], queries, args, log)
         log(f"After the runs: Beacon RSS {beacon.process.rss_mb():.0f} MB, NSD "
             f"{tree_rss_mb(nsd.process.pid):.0f} MB.\n")
     finally:

@@ -255,10 +255,7 @@ async fn http_and_tcp_checks_drive_health() {
 
 #[tokio::test]
 async fn only_passing_drops_warning_instances() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("beacon.toml");
-    std::fs::write(&cfg, "[dns_config]\nonly_passing = true\n").unwrap();
-    let s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let s = Server::with_config("[dns_config]\nonly_passing = true\n");
     web(&s, "web1", "10.0.0.1", &[]).await;
     let (st, _) = put(&s.url("/v1/agent/check/warn/service:web1"), "").await;
     assert_eq!(st, 200);
@@ -326,10 +323,7 @@ async fn large_answers_truncate_over_udp_and_are_complete_over_tcp() {
 
 #[tokio::test]
 async fn udp_answer_limit_returns_a_shuffled_subset_without_tc() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("beacon.toml");
-    std::fs::write(&cfg, "[dns_config]\nudp_answer_limit = 3\n").unwrap();
-    let s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let s = Server::with_config("[dns_config]\nudp_answer_limit = 3\n");
     many_instances(&s, 10).await;
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..20 {
@@ -379,14 +373,9 @@ async fn unknown_names_get_nxdomain_with_soa() {
 
 #[tokio::test]
 async fn ttls_come_from_config() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("beacon.toml");
-    std::fs::write(
-        &cfg,
+    let s = Server::with_config(
         "[dns_config]\nnode_ttl = \"30s\"\nservice_ttl = { \"*\" = \"5s\", \"web\" = \"10s\" }\n",
-    )
-    .unwrap();
-    let s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    );
     register(&s, json!({"Name": "web", "Address": "10.0.0.1", "Port": 1})).await;
     register(&s, json!({"Name": "db", "Address": "10.0.0.2", "Port": 1})).await;
     assert_eq!(

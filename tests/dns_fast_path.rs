@@ -184,15 +184,8 @@ async fn metrics_count_queries_and_cache_hits() {
 
 #[tokio::test]
 async fn a_backlog_is_shed_counted_and_the_server_recovers_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("beacon.toml");
     // Zero: any query found waiting behind a full batch is too old.
-    std::fs::write(
-        &cfg,
-        "[dns_config]\nmax_queue_delay = \"0s\"\nudp_workers = 1\n",
-    )
-    .unwrap();
-    let s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let s = Server::with_config("[dns_config]\nmax_queue_delay = \"0s\"\nudp_workers = 1\n");
     instances(&s, "web", 1).await;
     ask(s.dns, "web.service.consul.", RecordType::A).await;
     let received_before = metric(&s, "beacon_dns_udp_queries_received_total").await;

@@ -65,6 +65,17 @@ impl Server {
         s
     }
 
+    /// A dev server with a fresh data dir, started with `--config` naming a file holding `toml`.
+    pub fn with_config(toml: &str) -> Server {
+        let temp = tempfile::tempdir().unwrap();
+        let config = temp.path().join("beacon.toml");
+        std::fs::write(&config, toml).unwrap();
+        let data = temp.path().join("data");
+        let mut s = Server::start_in(&data, &["--config", config.to_str().unwrap()]);
+        s._temp = Some(temp);
+        s
+    }
+
     /// A dev server on a given data dir (for restarts).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
         let mut args: Vec<String> = [

@@ -10,7 +10,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::parse_duration;
-use crate::raft::Timing;
 
 pub const DEFAULT_HTTP_PORT: u16 = 8500;
 pub const DEFAULT_DNS_PORT: u16 = 8600;
@@ -56,6 +55,43 @@ pub struct Config {
     /// Other servers' RPC addresses, tried until one answers.
     pub join: Vec<String>,
     pub autopilot: Autopilot,
+}
+
+/// Raft timing. Consul's default `raft_multiplier` of 5 gives ~5 s elections; Beacon's base
+/// timing (multiplier 1) aims at sub-second failover.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Snapshot after this many applied entries (Consul's `raft_snapshot_threshold`).
+    pub snapshot_threshold: u64,
+    /// Log entries kept behind a snapshot for lagging followers (Consul's `raft_trailing_logs`).
+    pub trailing_logs: u64,
+}
+
+impl Timing {
+    pub fn with_multiplier(multiplier: u32) -> Self {
+        let base = Timing::default();
+        Timing {
+            heartbeat: base.heartbeat * multiplier,
+            election_min: base.election_min * multiplier,
+            election_max: base.election_max * multiplier,
+            ..base
+        }
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_millis(60),
+            election_min: Duration::from_millis(250),
+            election_max: Duration::from_millis(350),
+            snapshot_threshold: 16384,
+            trailing_logs: 10240,
+        }
+    }
 }
 
 /// How the agent runs.

@@ -1,8 +1,8 @@
 //! openraft's storage conformance suite against the redb log and state machine.
 
-use beacon::catalog::View;
-use beacon::raft::types::{StorageError, TypeConfig};
+use beacon::store::types::{StorageError, TypeConfig};
 use beacon::store::{self, LogStore, StateMachineStore};
+use beacon::view::View;
 use openraft::testing::{StoreBuilder, Suite};
 
 struct RedbBuilder;

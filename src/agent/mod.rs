@@ -11,15 +11,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
 use crate::catalog::{
     ApplyError, CheckRegistration, Command, NodeRegistration, Registration, ServiceRegistration,
-    View, WriteError, Writer,
 };
+use crate::cluster::{WriteError, Writer};
 use crate::model::{CheckDefinition, CheckStatus};
+use crate::tasks::Tasks;
+use crate::view::View;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Consul's floor for `DeregisterCriticalServiceAfter`.
 pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
@@ -65,7 +65,7 @@ struct Inner {
     http: reqwest::Client,
     /// For checks with `TLSSkipVerify`.
     http_insecure: reqwest::Client,
-    shutdown: CancellationToken,
+    tasks: Tasks,
 }
 
 struct Runner {
@@ -82,12 +82,7 @@ impl Drop for Runner {
 }
 
 impl Agent {
-    pub fn new(
-        node: NodeIdentity,
-        writer: Arc<dyn Writer>,
-        view: View,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(node: NodeIdentity, writer: Arc<dyn Writer>, view: View, tasks: Tasks) -> Self {
         let client = |insecure: bool| {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::limited(10))
@@ -105,7 +100,7 @@ impl Agent {
                 critical_since: Mutex::new(HashMap::new()),
                 http,
                 http_insecure,
-                shutdown,
+                tasks,
             }),
         }
     }
@@ -158,7 +153,9 @@ impl Agent {
             .await?;
         self.reconcile();
         let agent = self.clone();
-        tokio::spawn(async move { agent.reap_loop().await });
+        self.inner
+            .tasks
+            .spawn_essential("agent-reaper", async move { agent.reap_loop().await });
         Ok(())
     }
 
@@ -358,7 +355,10 @@ impl Agent {
         let agent = self.clone();
         if let Some(ttl) = definition.ttl {
             let (tx, rx) = watch::channel(Instant::now() + ttl);
-            let task = tokio::spawn(async move { agent.run_ttl(check_id, rx).await });
+            let task = self
+                .inner
+                .tasks
+                .spawn(async move { agent.run_ttl(check_id, rx).await });
             Runner {
                 definition,
                 task,
@@ -366,7 +366,10 @@ impl Agent {
             }
         } else {
             let def = definition.clone();
-            let task = tokio::spawn(async move { agent.run_probe(check_id, def).await });
+            let task = self
+                .inner
+                .tasks
+                .spawn(async move { agent.run_probe(check_id, def).await });
             Runner {
                 definition,
                 task,
@@ -379,13 +382,13 @@ impl Agent {
         loop {
             let at = *deadline.borrow_and_update();
             tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return,
+                _ = self.inner.tasks.stop().cancelled() => return,
                 changed = deadline.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep_until(at) => {
                     self.set_status(&check_id, CheckStatus::Critical, "TTL expired".into(), true).await;
                     // Wait for the next pass/warn/fail to move the deadline.
                     tokio::select! {
-                        _ = self.inner.shutdown.cancelled() => return,
+                        _ = self.inner.tasks.stop().cancelled() => return,
                         changed = deadline.changed() => if changed.is_err() { return },
                     }
                 }
@@ -434,7 +437,7 @@ impl Agent {
             }
             first = false;
             tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return,
+                _ = self.inner.tasks.stop().cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
         }
@@ -484,7 +487,7 @@ impl Agent {
     async fn reap_loop(self) {
         loop {
             tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return,
+                _ = self.inner.tasks.stop().cancelled() => return,
                 _ = tokio::time::sleep(REAP_EVERY) => {}
             }
             for service_id in self.services_to_reap(Instant::now()) {

@@ -3,13 +3,12 @@
 //! `State::apply` is the only way the catalog changes; every server applies the same Raft log and
 //! reaches the same state. Nothing here knows about DNS, HTTP, Raft, redb or the clock.
 //! The maps are persistent (`imbl`), so cloning a `State` is O(1) and shares structure: after
-//! each applied batch the store publishes a clone through [`View`], and readers (DNS, HTTP)
-//! never block the writer or each other.
+//! each applied batch the store publishes a clone through `view::View`, and readers (DNS, HTTP)
+//! never block the writer or each other. No tokio, no clock, no I/O: time reaches `apply` only
+//! as the proposer's timestamp inside each `Request`.
 
 mod command;
 mod kv;
-mod view;
-pub mod watch;
 
 pub use kv::{SESSION_TTL_MAX, SESSION_TTL_MIN};
 
@@ -17,7 +16,6 @@ pub use command::{
     Applied, ApplyError, CheckRegistration, Command, NodeRegistration, Outcome, Proposal,
     Registration, Request, ServiceRegistration, TxnError, TxnOp,
 };
-pub use view::{View, WriteError, Writer};
 
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};

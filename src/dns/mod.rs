@@ -35,10 +35,12 @@ use hickory_server::store::file::{FileConfig, FileZoneHandler};
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
 use tokio::net::TcpListener;
 
-use crate::catalog::View;
 use crate::config::DnsConfig;
+use crate::metrics::DnsMetrics;
+use crate::tasks::Tasks;
+use crate::view::View;
 use forward::Forwarder;
-pub use udp::{DnsMetrics, UdpServer};
+pub use udp::UdpServer;
 pub use zone::Reply;
 use zone::{ConsulZone, Dependency, Order};
 
@@ -455,8 +457,15 @@ pub fn serve(
     listeners: Listeners,
     metrics: Arc<DnsMetrics>,
     max_queue_delay: Duration,
+    tasks: &Tasks,
 ) -> std::io::Result<DnsServer> {
-    let udp = UdpServer::start(handler.clone(), listeners.udp, metrics, max_queue_delay)?;
+    let udp = UdpServer::start(
+        handler.clone(),
+        listeners.udp,
+        metrics,
+        max_queue_delay,
+        tasks,
+    )?;
     let mut tcp = Server::new(SharedHandler(handler));
     tcp.register_listener(listeners.tcp, TCP_IDLE_TIMEOUT, 65535);
     Ok(DnsServer { udp, tcp })

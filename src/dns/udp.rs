@@ -17,7 +17,7 @@ use std::mem::{MaybeUninit, size_of, zeroed};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::DnsHandler;
 use super::cache::AnswerCache;
+use crate::metrics::DnsMetrics;
+use crate::tasks::Tasks;
 
 /// Packets taken per system call.
 const BATCH: usize = 64;
@@ -49,50 +51,6 @@ const FULL_PATH_CONCURRENCY: usize = 1024;
 const AWAY_AT_LEAST: i128 = 2_000_000;
 /// How often an idle loop checks whether to stop.
 const IDLE_POLL_MS: i32 = 200;
-
-/// Counters for `/v1/agent/metrics`.
-#[derive(Default)]
-pub struct DnsMetrics {
-    /// UDP queries received.
-    pub received: AtomicU64,
-    /// UDP answers sent (from the cache or the full path).
-    pub answered: AtomicU64,
-    /// Answered from a pre-encoded answer.
-    pub cache_hits: AtomicU64,
-    /// Handed to the full handler.
-    pub full_path: AtomicU64,
-    /// Dropped on purpose because the server was behind (queued too long, or the full-path
-    /// queue was full).
-    pub dropped_overload: AtomicU64,
-    /// Dropped as unusable (too large, or not even a DNS header).
-    pub dropped_malformed: AtomicU64,
-    /// Kernel socket inodes, to read the kernel's own drop counts (receive buffer overflow).
-    inodes: std::sync::Mutex<Vec<u64>>,
-}
-
-impl DnsMetrics {
-    /// Queries the kernel dropped because a receive buffer was full, from `/proc/net/udp*`.
-    pub fn kernel_drops(&self) -> u64 {
-        let inodes = self.inodes.lock().map(|i| i.clone()).unwrap_or_default();
-        let mut total = 0;
-        for table in ["/proc/net/udp", "/proc/net/udp6"] {
-            let Ok(text) = std::fs::read_to_string(table) else {
-                continue;
-            };
-            for line in text.lines().skip(1) {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                // ... uid timeout inode ref pointer drops
-                let (Some(inode), Some(drops)) = (fields.get(9), fields.last()) else {
-                    continue;
-                };
-                if inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) {
-                    total += drops.parse::<u64>().unwrap_or(0);
-                }
-            }
-        }
-        total
-    }
-}
 
 /// Binds `count` UDP sockets sharing `addr` through `SO_REUSEPORT` (port 0: one free port).
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
@@ -148,22 +106,26 @@ impl UdpServer {
         sockets: Vec<UdpSocket>,
         metrics: Arc<DnsMetrics>,
         max_queue_delay: Duration,
+        tasks: &Tasks,
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (full_tx, full_rx) = mpsc::channel(FULL_PATH_QUEUE);
         let reply_socket = Arc::new(sockets[0].try_clone()?);
-        tokio::spawn(full_path(
-            handler.clone(),
-            full_rx,
-            reply_socket,
-            metrics.clone(),
-        ));
+        // Ends when the receive loops stop (they hold the queue's senders).
+        tasks.spawn_essential(
+            "dns-full-path",
+            full_path(
+                handler.clone(),
+                full_rx,
+                reply_socket,
+                metrics.clone(),
+                tasks.clone(),
+            ),
+        );
         let mut threads = Vec::new();
         for (n, socket) in sockets.into_iter().enumerate() {
-            if let Ok(inode) = socket_inode(&socket)
-                && let Ok(mut inodes) = metrics.inodes.lock()
-            {
-                inodes.push(inode);
+            if let Ok(inode) = socket_inode(&socket) {
+                metrics.watch_socket(inode);
             }
             let mut receiver = Receiver {
                 socket,
@@ -477,6 +439,7 @@ async fn full_path(
     mut queue: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
     socket: Arc<UdpSocket>,
     metrics: Arc<DnsMetrics>,
+    tasks: Tasks,
 ) {
     let permits = Arc::new(Semaphore::new(FULL_PATH_CONCURRENCY));
     while let Some((packet, src)) = queue.recv().await {
@@ -489,7 +452,7 @@ async fn full_path(
             metrics: metrics.clone(),
         };
         let handler = handler.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             handle_full(&handler, packet, reply).await;
             drop(permit);
         });

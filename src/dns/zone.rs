@@ -11,9 +11,10 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::names::{self, Lookup, encode_hex_ip};
-use crate::catalog::{Instance, State, View};
+use crate::catalog::{Instance, State};
 use crate::config::DnsConfig;
 use crate::model::{CheckStatus, Node};
+use crate::view::View;
 
 /// How many servers an NS answer names at most (Consul: 3, random).
 const MAX_NS: usize = 3;

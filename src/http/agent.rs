@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 use super::dto::{self, CheckIn, ServiceIn};
 use super::{Api, ApiError, Params, json};
 use crate::catalog::aggregate;
+use crate::cluster::Member;
 use crate::model::CheckStatus;
 
 fn ok() -> Response {
@@ -242,12 +243,12 @@ pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
 }
 
 /// A server as Consul's `/v1/agent/members` shows it (Status 1 alive, 4 failed).
-fn member_json(api: &Api, m: &crate::raft::Member) -> Value {
-    let addr: Option<std::net::SocketAddr> = m.node.rpc_addr.parse().ok();
+fn member_json(api: &Api, m: &Member) -> Value {
+    let addr: Option<std::net::SocketAddr> = m.address.parse().ok();
     let ip = addr.map(|a| a.ip().to_string()).unwrap_or_default();
     let port = addr.map(|a| a.port()).unwrap_or(0);
     json!({
-        "Name": m.node.name,
+        "Name": m.name,
         "Addr": ip,
         "Port": port,
         "Tags": {
@@ -273,15 +274,10 @@ pub async fn members(State(api): State<Api>, params: Params) -> Response {
 
 /// `PUT /v1/agent/leave`: leave the voter set gracefully, then shut down.
 pub async fn leave(State(api): State<Api>) -> Result<Response, ApiError> {
-    let change = crate::raft::rpc::MembershipChange::Remove {
-        id: api.cluster.id(),
-    };
-    if api.cluster.members().len() > 1 {
-        api.cluster
-            .membership(change)
-            .await
-            .map_err(ApiError::Internal)?;
-    }
+    api.cluster
+        .leave()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     api.leave.cancel();
     Ok(ok())
 }
@@ -292,42 +288,6 @@ pub async fn join(
     State(api): State<Api>,
     Path(address): Path<String>,
 ) -> Result<Response, ApiError> {
-    let info = api
-        .cluster
-        .client()
-        .info(&address)
-        .await
-        .map_err(|e| ApiError::Internal(format!("cannot reach {address}: {e}")))?;
-    let ours = api.view.load().cluster_id().to_string();
-    if info.initialized && !ours.is_empty() && info.cluster_id == ours {
-        return Ok(ok());
-    }
-    if info.initialized && api.cluster.members().len() > 1 {
-        return Err(ApiError::BadRequest(format!(
-            "{address} belongs to another cluster ({}); a server leaves its cluster before joining another",
-            info.cluster_id
-        )));
-    }
-    if info.initialized {
-        let change = crate::raft::rpc::MembershipChange::Add {
-            id: api.cluster.id(),
-            node: api.cluster.me().clone(),
-        };
-        let target = info.leader.unwrap_or(address);
-        match api.cluster.client().membership(&target, &change).await {
-            Ok(Ok(())) => Ok(ok()),
-            Ok(Err(e)) => Err(ApiError::Internal(e)),
-            Err(e) => Err(ApiError::Internal(e.to_string())),
-        }
-    } else {
-        let change = crate::raft::rpc::MembershipChange::Add {
-            id: info.id,
-            node: info.node,
-        };
-        api.cluster
-            .membership(change)
-            .await
-            .map_err(ApiError::Internal)?;
-        Ok(ok())
-    }
+    api.cluster.join(&address).await?;
+    Ok(ok())
 }

@@ -4,7 +4,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::agent::AgentError;
-use crate::catalog::{ApplyError, WriteError};
+use crate::catalog::ApplyError;
+use crate::cluster::{ClusterError, WriteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -35,6 +36,17 @@ impl IntoResponse for ApiError {
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::OtherCluster { .. } | ClusterError::UnknownServer(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            _ => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -25,7 +25,9 @@ use serde_json::Value;
 pub use error::ApiError;
 
 use crate::agent::Agent;
-use crate::catalog::{View, Writer};
+use crate::cluster::{Cluster, Writer};
+use crate::metrics::DnsMetrics;
+use crate::view::View;
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1 << 20;
@@ -36,12 +38,14 @@ pub struct Api {
     pub view: View,
     pub writer: Arc<dyn Writer>,
     pub agent: Agent,
-    pub cluster: crate::raft::Cluster,
-    pub sessions: crate::sessions::SessionTimers,
+    /// The cluster port: status, members, membership, read barriers, session renewals.
+    pub cluster: Arc<dyn Cluster>,
     pub datacenter: String,
     /// Cancelled when this server has left its cluster: the process then shuts down.
     pub leave: tokio_util::sync::CancellationToken,
-    pub dns_metrics: Arc<crate::dns::DnsMetrics>,
+    /// Cancelled when the agent starts shutting down: blocking queries answer at once.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub dns_metrics: Arc<DnsMetrics>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -152,7 +156,7 @@ async fn status_leader(State(api): State<Api>, params: Params) -> Response {
     let index = api.view.load().indexes().last;
     json(
         index,
-        &Value::String(api.cluster.leader_addr().unwrap_or_default()),
+        &Value::String(api.cluster.leader().unwrap_or_default()),
         &params,
     )
 }

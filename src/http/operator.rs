@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 
 use super::{Api, ApiError, Params, json};
 use crate::catalog::{Command, Rows};
-use crate::raft::rpc::MembershipChange;
 
 /// Largest snapshot accepted by `PUT /v1/snapshot`.
 pub const MAX_SNAPSHOT: usize = 256 << 20;
@@ -22,8 +21,8 @@ pub async fn raft_configuration(State(api): State<Api>, params: Params) -> Respo
         .map(|m| {
             json!({
                 "ID": m.id.to_string(),
-                "Node": m.node.name,
-                "Address": m.node.rpc_addr,
+                "Node": m.name,
+                "Address": m.address,
                 "Leader": m.leader,
                 "Voter": m.voter,
                 "ProtocolVersion": "3",
@@ -38,7 +37,7 @@ pub async fn raft_configuration(State(api): State<Api>, params: Params) -> Respo
 pub async fn remove_peer(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
     let members = api.cluster.members();
     let found = match (params.get("address"), params.get("id")) {
-        (Some(addr), _) => members.iter().find(|m| m.node.rpc_addr == addr),
+        (Some(addr), _) => members.iter().find(|m| m.address == addr),
         (None, Some(id)) => members.iter().find(|m| m.id.to_string() == id),
         (None, None) => {
             return Err(ApiError::BadRequest(
@@ -52,34 +51,20 @@ pub async fn remove_peer(State(api): State<Api>, params: Params) -> Result<Respo
         ));
     };
     api.cluster
-        .membership(MembershipChange::Remove { id: member.id })
+        .remove_server(member.id)
         .await
-        .map_err(ApiError::Internal)?;
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(StatusCode::OK.into_response())
 }
 
 /// `GET /v1/snapshot`: the whole catalog as of the latest applied entry (on the leader, unless
 /// `?stale`), as a JSON document `PUT /v1/snapshot` restores.
 pub async fn save(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
-    let (bytes, index) = match api.cluster.leader_addr() {
-        Some(leader) if !api.cluster.is_leader() && !params.has("stale") => {
-            let bytes = api
-                .cluster
-                .client()
-                .snapshot(&leader)
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let rows: Rows = serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::Internal(format!("leader sent a bad snapshot: {e}")))?;
-            (bytes, rows.indexes.last)
-        }
-        _ => {
-            let state = api.view.load();
-            let bytes = serde_json::to_vec(&state.to_rows())
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            (bytes, state.indexes().last)
-        }
-    };
+    let (bytes, index) = api
+        .cluster
+        .backup(params.has("stale"))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut response = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],

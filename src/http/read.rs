@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use rand::Rng;
 
 use super::{Api, ApiError, Params};
-use crate::catalog::watch::Topic;
 use crate::model::parse_duration;
+use crate::view::watch::Topic;
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -173,6 +173,12 @@ async fn serve(
         let any_change = futures_any(waits);
         tokio::select! {
             _ = any_change => {}
+            // At shutdown (or at the deadline) the waiter gets the current answer at once.
+            _ = api.shutdown.cancelled() => {
+                let mut response = next.clone().run(Request::from_parts(parts.clone(), Body::empty())).await;
+                decorate(&api, &mut response, mode);
+                return Ok(response);
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 let mut response = next.clone().run(Request::from_parts(parts.clone(), Body::empty())).await;
                 decorate(&api, &mut response, mode);
@@ -204,7 +210,7 @@ fn decorate(api: &Api, response: &mut Response, mode: Mode) {
         "X-Consul-Effective-Consistency",
         HeaderValue::from_static(mode.header()),
     );
-    let known = api.cluster.leader_addr().is_some();
+    let known = api.cluster.leader().is_some();
     headers.insert(
         "X-Consul-KnownLeader",
         HeaderValue::from_static(if known { "true" } else { "false" }),

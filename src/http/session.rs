@@ -123,7 +123,10 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, Api
             )));
         }
     }
-    api.sessions.renew(&id);
+    // Best effort: the leader's scan starts the timer anyway if this does not arrive.
+    if let Err(e) = api.cluster.renew_session(&id).await {
+        tracing::debug!(session = %id, error = %e, "could not start the session timer");
+    }
     Ok(json(
         api.view.load().indexes().sessions,
         &json!({"ID": id}),
@@ -141,7 +144,7 @@ pub async fn renew(
     Path(id): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    if !api.sessions.renew(&id) {
+    if !api.cluster.renew_session(&id).await? {
         return Err(ApiError::NotFound(format!("Session id '{id}' not found")));
     }
     let state = api.view.load();

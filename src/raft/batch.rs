@@ -11,8 +11,10 @@ use std::sync::Arc;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::types::Raft;
-use crate::catalog::{Outcome, Proposal, Request, WriteError};
+use crate::catalog::{Outcome, Proposal, Request};
+use crate::cluster::WriteError;
+use crate::store::types::Raft;
+use crate::tasks::Tasks;
 
 /// Entries being committed at once.
 const IN_FLIGHT: usize = 2;
@@ -27,9 +29,17 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn start(raft: Raft) -> Batcher {
+    /// Starts the proposer; it stops when the agent shuts down.
+    pub fn start(raft: Raft, tasks: &Tasks) -> Batcher {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(propose(raft, pending));
+        let stop = tasks.stop().clone();
+        let batches = tasks.clone();
+        tasks.spawn_essential("raft-proposer", async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = propose(raft, pending, batches) => {}
+            }
+        });
         Batcher { queue }
     }
 
@@ -44,7 +54,7 @@ impl Batcher {
     }
 }
 
-async fn propose(raft: Raft, mut pending: mpsc::UnboundedReceiver<(Request, Reply)>) {
+async fn propose(raft: Raft, mut pending: mpsc::UnboundedReceiver<(Request, Reply)>, tasks: Tasks) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = pending.recv().await {
         // Waiting for a slot is what lets the next batch grow.
@@ -59,7 +69,7 @@ async fn propose(raft: Raft, mut pending: mpsc::UnboundedReceiver<(Request, Repl
             }
         }
         let raft = raft.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.into_iter().unzip();
             let result = raft.client_write(Proposal(requests)).await;
             drop(slot);

@@ -8,7 +8,9 @@ use serde::de::DeserializeOwned;
 use super::ServerInfo;
 use super::network::CLUSTER_HEADER;
 use super::rpc::{MembershipChange, WriteReply};
-use crate::catalog::{Outcome, Request, View, WriteError};
+use crate::catalog::{Outcome, Request};
+use crate::cluster::{ClusterError, WriteError};
+use crate::view::View;
 
 #[derive(Clone)]
 pub struct RpcClient {
@@ -24,6 +26,18 @@ pub enum CallError {
     Unreachable(String),
     #[error("{0}")]
     Failed(String),
+}
+
+impl CallError {
+    fn into_cluster_error(self, addr: &str) -> ClusterError {
+        match self {
+            CallError::Unreachable(reason) => ClusterError::Unreachable {
+                addr: addr.to_string(),
+                reason,
+            },
+            CallError::Failed(e) => ClusterError::Failed(e),
+        }
+    }
 }
 
 impl RpcClient {
@@ -96,7 +110,7 @@ impl RpcClient {
     /// Asks the leader at `addr` for the index a read must wait for.
     pub async fn read_index(&self, addr: &str, linearizable: bool) -> Result<u64, WriteError> {
         match self
-            .call::<_, Result<u64, String>>(
+            .call::<_, Result<u64, WriteError>>(
                 addr,
                 "read-index",
                 Some(&linearizable),
@@ -105,18 +119,28 @@ impl RpcClient {
             .await
         {
             Ok(Ok(index)) => Ok(index),
-            Ok(Err(_)) | Err(CallError::Unreachable(_)) => Err(WriteError::NoLeader),
+            Ok(Err(e)) => Err(e),
+            Err(CallError::Unreachable(_)) => Err(WriteError::NoLeader),
             Err(CallError::Failed(e)) => Err(WriteError::Failed(e)),
         }
     }
 
+    /// Asks the leader at `addr` to change the membership.
     pub async fn membership(
         &self,
         addr: &str,
         change: &MembershipChange,
-    ) -> Result<Result<(), String>, CallError> {
+    ) -> Result<(), ClusterError> {
         self.call(addr, "membership", Some(change), Duration::from_secs(60))
             .await
+            .map_err(|e| e.into_cluster_error(addr))?
+    }
+
+    /// Restarts a session's timer on the leader at `addr`.
+    pub async fn renew_session(&self, addr: &str, id: &str) -> Result<bool, ClusterError> {
+        self.call(addr, "session-renew", Some(&id), Duration::from_secs(5))
+            .await
+            .map_err(|e| e.into_cluster_error(addr))?
     }
 
     /// Fetches the serialized catalog from the leader (used by `GET /v1/snapshot` on followers).

@@ -1,4 +1,5 @@
-//! Cluster formation: `--bootstrap-expect` and `--join`.
+//! Cluster formation and membership by request: `--bootstrap-expect` and `--join` at start,
+//! `join` and `leave` asked of a running server.
 //!
 //! A new server asks each `--join` address who it is. If one already belongs to a cluster, this
 //! server asks that cluster's leader to add it (as a learner, then a voter once caught up).
@@ -13,7 +14,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::rpc::MembershipChange;
-use super::{Cluster, ServerInfo};
+use super::{RaftNode, ServerInfo};
+use crate::cluster::ClusterError;
 
 const RETRY: Duration = Duration::from_millis(300);
 
@@ -33,7 +35,7 @@ pub enum FormationError {
 
 /// Returns once this server belongs to a cluster.
 pub async fn form(
-    cluster: &Cluster,
+    cluster: &RaftNode,
     join: &[String],
     bootstrap_expect: usize,
     shutdown: &CancellationToken,
@@ -69,13 +71,10 @@ pub async fn form(
                 node: me.clone(),
             };
             match cluster.client().membership(&target, &change).await {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     tracing::info!(cluster = %target, "joined the cluster");
                     wait_initialized(cluster, shutdown).await?;
                     return Ok(());
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(target = %target, error = %e, "join refused, retrying")
                 }
                 Err(e) => tracing::debug!(target = %target, error = %e, "join failed, retrying"),
             }
@@ -107,7 +106,7 @@ pub async fn form(
 }
 
 async fn wait_initialized(
-    cluster: &Cluster,
+    cluster: &RaftNode,
     shutdown: &CancellationToken,
 ) -> Result<(), FormationError> {
     while !cluster.is_initialized().await {
@@ -115,6 +114,54 @@ async fn wait_initialized(
             _ = shutdown.cancelled() => return Err(FormationError::Cancelled),
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
+    }
+    Ok(())
+}
+
+/// Joins the cluster of the server at `address` (its RPC address); or, when that server is new
+/// (uninitialized), adds it to this server's cluster through the leader. Joining the cluster
+/// this server already belongs to succeeds and changes nothing.
+pub async fn join(node: &RaftNode, address: &str) -> Result<(), ClusterError> {
+    let info = node
+        .client()
+        .info(address)
+        .await
+        .map_err(|e| ClusterError::Unreachable {
+            addr: address.to_string(),
+            reason: e.to_string(),
+        })?;
+    let ours = node.view().load().cluster_id().to_string();
+    if info.initialized && !ours.is_empty() && info.cluster_id == ours {
+        return Ok(());
+    }
+    if info.initialized && node.members().len() > 1 {
+        return Err(ClusterError::OtherCluster {
+            addr: address.to_string(),
+            theirs: info.cluster_id,
+        });
+    }
+    if info.initialized {
+        let change = MembershipChange::Add {
+            id: node.id(),
+            node: node.me().clone(),
+        };
+        let target = info.leader.unwrap_or_else(|| address.to_string());
+        node.client().membership(&target, &change).await
+    } else {
+        node.membership(MembershipChange::Add {
+            id: info.id,
+            node: info.node,
+        })
+        .await
+    }
+}
+
+/// Removes this server from its cluster's configuration (through the leader), unless it is the
+/// only member.
+pub async fn leave(node: &RaftNode) -> Result<(), ClusterError> {
+    if node.members().len() > 1 {
+        node.membership(MembershipChange::Remove { id: node.id() })
+            .await?;
     }
     Ok(())
 }

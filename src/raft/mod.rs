@@ -1,13 +1,15 @@
-//! Raft glue: the openraft node over the redb store, server-to-server RPC, cluster formation
-//! and membership, the `Writer` that proposes (and forwards) catalog commands, and the status
-//! the HTTP API reports.
+//! Raft glue: the openraft node ([`RaftNode`]) over the redb store, server-to-server RPC,
+//! cluster formation and membership changes, the `Writer` that proposes (and forwards) catalog
+//! commands with group commit, and the status the cluster port reports.
+//!
+//! Nothing above `server` names this module's types: `http`, `dns` and `agent` see only the
+//! cluster port (`crate::cluster`), which `server::port` implements over a `RaftNode`.
 
 mod batch;
 mod client;
 pub mod formation;
 mod network;
 pub mod rpc;
-pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,48 +20,15 @@ use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Command, Outcome, Request, View, WriteError, Writer};
+use crate::catalog::{Command, Outcome, Request};
+use crate::cluster::{ClusterError, Member, WriteError, Writer};
+use crate::config::Timing;
+use crate::store::types::{NodeId, Raft, ServerNode};
 use crate::store::{LogStore, StateMachineStore, StoreError};
+use crate::tasks::Tasks;
+use crate::view::View;
 pub use client::RpcClient;
 pub use network::{CLUSTER_HEADER, Contacts};
-use types::{NodeId, Raft, ServerNode};
-
-/// Raft timing. Consul's default `raft_multiplier` of 5 gives ~5 s elections; Beacon's base
-/// timing (multiplier 1) aims at sub-second failover.
-#[derive(Clone, Debug)]
-pub struct Timing {
-    pub heartbeat: Duration,
-    pub election_min: Duration,
-    pub election_max: Duration,
-    /// Snapshot after this many applied entries (Consul's `raft_snapshot_threshold`).
-    pub snapshot_threshold: u64,
-    /// Log entries kept behind a snapshot for lagging followers (Consul's `raft_trailing_logs`).
-    pub trailing_logs: u64,
-}
-
-impl Timing {
-    pub fn with_multiplier(multiplier: u32) -> Self {
-        let base = Timing::default();
-        Timing {
-            heartbeat: base.heartbeat * multiplier,
-            election_min: base.election_min * multiplier,
-            election_max: base.election_max * multiplier,
-            ..base
-        }
-    }
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            heartbeat: Duration::from_millis(60),
-            election_min: Duration::from_millis(250),
-            election_max: Duration::from_millis(350),
-            snapshot_threshold: 16384,
-            trailing_logs: 10240,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -81,21 +50,10 @@ pub struct ServerInfo {
     pub leader: Option<String>,
 }
 
-/// One member of the Raft configuration, for the operator API.
-#[derive(Clone, Debug)]
-pub struct Member {
-    pub id: NodeId,
-    pub node: ServerNode,
-    pub voter: bool,
-    pub leader: bool,
-    /// Whether this server has heard from it recently (always true for itself and, on
-    /// followers, for every member: only the leader talks to everyone).
-    pub alive: bool,
-}
-
-/// A running Raft node with what the rest of the server needs from it.
+/// A running Raft node (this server's member of the Raft group) with what the rest of the
+/// server needs from it. Cheap to clone.
 #[derive(Clone)]
-pub struct Cluster {
+pub struct RaftNode {
     raft: Raft,
     id: NodeId,
     me: ServerNode,
@@ -108,7 +66,7 @@ pub struct Cluster {
     batcher: batch::Batcher,
 }
 
-impl Cluster {
+impl RaftNode {
     /// Loads and publishes the persisted catalog, and starts Raft.
     pub async fn start(
         id: NodeId,
@@ -116,7 +74,8 @@ impl Cluster {
         db: Arc<Database>,
         view: View,
         timing: &Timing,
-    ) -> Result<Cluster, StartError> {
+        tasks: &Tasks,
+    ) -> Result<RaftNode, StartError> {
         let config = openraft::Config {
             cluster_name: "beacon".into(),
             heartbeat_interval: timing.heartbeat.as_millis() as u64,
@@ -149,8 +108,8 @@ impl Cluster {
         let raft = Raft::new(id, config, network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        Ok(Cluster {
-            batcher: batch::Batcher::start(raft.clone()),
+        Ok(RaftNode {
+            batcher: batch::Batcher::start(raft.clone(), tasks),
             raft,
             id,
             me,
@@ -304,7 +263,7 @@ impl Cluster {
         self.members()
             .into_iter()
             .filter(|m| m.voter)
-            .map(|m| m.node.rpc_addr)
+            .map(|m| m.address)
             .collect()
     }
 
@@ -325,7 +284,8 @@ impl Cluster {
                         .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
                 Member {
                     id: *id,
-                    node: node.clone(),
+                    name: node.name.clone(),
+                    address: node.rpc_addr.clone(),
                     voter: voters.contains(id),
                     leader: metrics.current_leader == Some(*id),
                     alive,
@@ -367,6 +327,23 @@ impl Cluster {
         &self.contacts
     }
 
+    /// Resolves once this server's leadership is `leading` (at once if it already is).
+    pub async fn wait_leadership(&self, leading: bool) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if (metrics.borrow_and_update().state == ServerState::Leader) == leading {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: nobody leads here any more.
+                if !leading {
+                    return;
+                }
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Waits until some server is leader.
     pub async fn wait_for_leader(&self, timeout: Duration) -> bool {
         self.raft
@@ -386,7 +363,7 @@ impl Cluster {
     }
 
     /// Leader only: adds a server as a learner, waits until it caught up, then makes it a voter.
-    pub async fn add_server(&self, id: NodeId, node: ServerNode) -> Result<(), String> {
+    pub async fn add_server(&self, id: NodeId, node: ServerNode) -> Result<(), ClusterError> {
         let members = self.members();
         if members.iter().any(|m| m.id == id && m.voter) {
             return Ok(());
@@ -394,19 +371,19 @@ impl Cluster {
         self.raft
             .add_learner(id, node, true)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(membership_error)?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(membership_error)?;
         Ok(())
     }
 
     /// Leader only: removes a server from the configuration entirely.
-    pub async fn remove_server(&self, id: NodeId) -> Result<(), String> {
+    pub async fn remove_server(&self, id: NodeId) -> Result<(), ClusterError> {
         let members = self.members();
         let Some(member) = members.iter().find(|m| m.id == id) else {
-            return Err(format!("no server with ID {id} in the configuration"));
+            return Err(ClusterError::UnknownServer(format!("with ID {id}")));
         };
         let change = if member.voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -416,12 +393,12 @@ impl Cluster {
         self.raft
             .change_membership(change, false)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(membership_error)?;
         Ok(())
     }
 
     /// Runs a membership change on the leader, wherever this server is.
-    pub async fn membership(&self, change: rpc::MembershipChange) -> Result<(), String> {
+    pub async fn membership(&self, change: rpc::MembershipChange) -> Result<(), ClusterError> {
         let deadline = tokio::time::Instant::now() + LEADER_HOLD;
         loop {
             if self.is_leader() {
@@ -434,22 +411,20 @@ impl Cluster {
             }
             if let Some(leader) = self.leader_addr() {
                 match self.client.membership(&leader, &change).await {
-                    Ok(Ok(())) => return Ok(()),
-                    Ok(Err(e)) if !e.contains("not the leader") => return Err(e),
-                    _ => {}
+                    Ok(()) => return Ok(()),
+                    Err(ClusterError::NotLeader | ClusterError::Unreachable { .. }) => {}
+                    Err(e) => return Err(e),
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err("No cluster leader".into());
+                return Err(ClusterError::NoLeader);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub fn writer(&self) -> Arc<dyn Writer> {
-        Arc::new(RaftWriter {
-            cluster: self.clone(),
-        })
+        Arc::new(RaftWriter { node: self.clone() })
     }
 
     /// Proposes a command on this server, which must be the leader; it shares a Raft entry with
@@ -465,13 +440,26 @@ impl Cluster {
     }
 }
 
+/// A membership change refused by Raft: `NotLeader` when this server does not lead (the caller
+/// retries on the leader).
+fn membership_error(
+    e: RaftError<NodeId, openraft::error::ClientWriteError<NodeId, ServerNode>>,
+) -> ClusterError {
+    match e {
+        RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) => {
+            ClusterError::NotLeader
+        }
+        other => ClusterError::Failed(other.to_string()),
+    }
+}
+
 /// Consul holds a write this long waiting for a leader (`rpc_hold_timeout`).
 pub const LEADER_HOLD: Duration = Duration::from_secs(7);
 
 /// Proposes commands on the leader: directly when this server leads, else forwarded over RPC;
 /// then waits until this server applied the entry, so the caller reads its own write.
 struct RaftWriter {
-    cluster: Cluster,
+    node: RaftNode,
 }
 
 #[async_trait::async_trait]
@@ -483,15 +471,15 @@ impl Writer for RaftWriter {
             command,
         };
         loop {
-            let attempt = match self.cluster.write_local(request.clone()).await {
+            let attempt = match self.node.write_local(request.clone()).await {
                 Err(WriteError::NotLeader(leader)) => {
-                    self.cluster.client.forward_write(&leader, &request).await
+                    self.node.client.forward_write(&leader, &request).await
                 }
                 other => other,
             };
             match attempt {
                 Ok((outcome, index)) => {
-                    if !self.cluster.wait_applied(index, LEADER_HOLD).await {
+                    if !self.node.wait_applied(index, LEADER_HOLD).await {
                         return Err(WriteError::Failed(format!(
                             "committed at index {index} but not applied here in time"
                         )));

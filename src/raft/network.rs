@@ -19,8 +19,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::types::{NodeId, ServerNode, TypeConfig};
-use crate::catalog::View;
+use crate::store::types::{NodeId, ServerNode, TypeConfig};
+use crate::view::View;
 
 /// Header naming the sender's cluster.
 pub const CLUSTER_HEADER: &str = "X-Beacon-Cluster";

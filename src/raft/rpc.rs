@@ -1,5 +1,6 @@
 //! The server RPC listener (`--rpc-addr`): Raft's append/vote/snapshot, and the requests other
-//! servers make of this one: discovery, forwarded writes, membership changes.
+//! servers make of this one: discovery, forwarded writes and read barriers, membership changes,
+//! session renewals for the leader's timers, backups.
 
 use axum::Json;
 use axum::Router;
@@ -16,9 +17,24 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use super::network::CLUSTER_HEADER;
-use super::types::{NodeId, ServerNode, TypeConfig};
-use super::{Cluster, ServerInfo};
-use crate::catalog::{Outcome, Request, WriteError};
+use super::{RaftNode, ServerInfo};
+use crate::catalog::{Outcome, Request};
+use crate::cluster::{ClusterError, WriteError};
+use crate::store::types::{NodeId, ServerNode, TypeConfig};
+
+/// The leader's session timers, as the RPC listener reaches them (implemented by
+/// `leader::SessionTimers`; defined here so `raft` does not depend on `leader`).
+pub trait SessionRenewal: Send + Sync + 'static {
+    /// Restarts a session's timer on this server, which must lead. Ok(false): no such session.
+    fn renew(&self, id: &str) -> Result<bool, ClusterError>;
+}
+
+/// What the listener's handlers share.
+#[derive(Clone)]
+struct Rpc {
+    node: RaftNode,
+    sessions: std::sync::Arc<dyn SessionRenewal>,
+}
 
 /// The reply to a forwarded write.
 #[derive(Debug, Serialize, Deserialize)]
@@ -35,7 +51,8 @@ pub enum MembershipChange {
     Remove { id: NodeId },
 }
 
-pub fn router(cluster: Cluster) -> Router {
+pub fn router(node: RaftNode, sessions: std::sync::Arc<dyn SessionRenewal>) -> Router {
+    let rpc = Rpc { node, sessions };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -45,20 +62,14 @@ pub fn router(cluster: Cluster) -> Router {
         .route("/rpc/read-index", post(read_index))
         .route("/rpc/membership", post(membership))
         .route("/rpc/snapshot", get(snapshot))
-        .layer(middleware::from_fn_with_state(
-            cluster.clone(),
-            same_cluster,
-        ))
+        .route("/rpc/session-renew", post(session_renew))
+        .layer(middleware::from_fn_with_state(rpc.clone(), same_cluster))
         .layer(DefaultBodyLimit::max(64 << 20))
-        .with_state(cluster)
+        .with_state(rpc)
 }
 
 /// Refuses requests from servers of another cluster.
-async fn same_cluster(
-    State(cluster): State<Cluster>,
-    request: HttpRequest,
-    next: Next,
-) -> Response {
+async fn same_cluster(State(rpc): State<Rpc>, request: HttpRequest, next: Next) -> Response {
     // Discovery answers anyone, so a server of another cluster learns why it cannot join.
     if request.uri().path() == "/rpc/info" {
         return next.run(request).await;
@@ -69,7 +80,7 @@ async fn same_cluster(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let ours = cluster.view().load().cluster_id().to_string();
+    let ours = rpc.node.view().load().cluster_id().to_string();
     if !theirs.is_empty() && !ours.is_empty() && theirs != ours {
         return (
             StatusCode::CONFLICT,
@@ -81,7 +92,7 @@ async fn same_cluster(
 }
 
 async fn append(
-    State(c): State<Cluster>,
+    State(Rpc { node: c, .. }): State<Rpc>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
     c.heard_from_leader();
@@ -89,38 +100,37 @@ async fn append(
 }
 
 async fn read_index(
-    State(c): State<Cluster>,
+    State(Rpc { node: c, .. }): State<Rpc>,
     Json(linearizable): Json<bool>,
-) -> Json<Result<u64, String>> {
+) -> Json<Result<u64, WriteError>> {
     if !c.is_leader() {
-        return Json(Err("not the leader".into()));
+        return Json(Err(WriteError::NoLeader));
     }
-    Json(
-        c.read_index_local(linearizable)
-            .await
-            .map_err(|e| e.to_string()),
-    )
+    Json(c.read_index_local(linearizable).await)
 }
 
 async fn vote(
-    State(c): State<Cluster>,
+    State(Rpc { node: c, .. }): State<Rpc>,
     Json(req): Json<VoteRequest<NodeId>>,
 ) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
     Json(c.raft().vote(req).await)
 }
 
 async fn snapshot_chunk(
-    State(c): State<Cluster>,
+    State(Rpc { node: c, .. }): State<Rpc>,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
     Json(c.raft().install_snapshot(req).await)
 }
 
-async fn info(State(c): State<Cluster>) -> Json<ServerInfo> {
+async fn info(State(Rpc { node: c, .. }): State<Rpc>) -> Json<ServerInfo> {
     Json(c.info().await)
 }
 
-async fn write(State(c): State<Cluster>, Json(req): Json<Request>) -> Json<WriteReply> {
+async fn write(
+    State(Rpc { node: c, .. }): State<Rpc>,
+    Json(req): Json<Request>,
+) -> Json<WriteReply> {
     Json(match c.write_local(req).await {
         Ok((outcome, index)) => WriteReply::Applied { outcome, index },
         Err(WriteError::NotLeader(leader)) => WriteReply::NotLeader(Some(leader)),
@@ -130,11 +140,11 @@ async fn write(State(c): State<Cluster>, Json(req): Json<Request>) -> Json<Write
 }
 
 async fn membership(
-    State(c): State<Cluster>,
+    State(Rpc { node: c, .. }): State<Rpc>,
     Json(change): Json<MembershipChange>,
-) -> Json<Result<(), String>> {
+) -> Json<Result<(), ClusterError>> {
     if !c.is_leader() {
-        return Json(Err("not the leader".into()));
+        return Json(Err(ClusterError::NotLeader));
     }
     Json(match change {
         MembershipChange::Add { id, node } => c.add_server(id, node).await,
@@ -143,10 +153,17 @@ async fn membership(
 }
 
 /// The catalog as JSON rows, for backups taken through a follower.
-async fn snapshot(State(c): State<Cluster>) -> Response {
+async fn snapshot(State(Rpc { node: c, .. }): State<Rpc>) -> Response {
     let rows = c.view().load().to_rows();
     match serde_json::to_vec(&rows) {
         Ok(bytes) => bytes.into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+async fn session_renew(
+    State(rpc): State<Rpc>,
+    Json(id): Json<String>,
+) -> Json<Result<bool, ClusterError>> {
+    Json(rpc.sessions.renew(&id))
 }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::schema::{LOG, META, meta};
 use super::{StoreError, blocking, raft_err};
-use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::store::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The log half of the store. Cheap to clone: it is the log reader too.
 #[derive(Clone)]

@@ -9,6 +9,7 @@
 mod log;
 mod schema;
 mod state_machine;
+pub mod types;
 
 pub use log::LogStore;
 pub use state_machine::StateMachineStore;
@@ -111,7 +112,7 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
 pub(crate) fn raft_err(
     verb: openraft::ErrorVerb,
     e: impl std::fmt::Display,
-) -> crate::raft::types::StorageError {
+) -> crate::store::types::StorageError {
     openraft::StorageIOError::new(
         openraft::ErrorSubject::Store,
         verb,

@@ -13,11 +13,12 @@ use super::schema::{
     CHECKS, KV, LOCK_DELAYS, META, NODES, SERVICE_INDEXES, SERVICES, SESSIONS, meta,
 };
 use super::{StoreError, blocking, raft_err};
-use crate::catalog::{Change, Indexes, Rows, State, View};
+use crate::catalog::{Change, Indexes, Rows, State};
 use crate::model::{Check, KvEntry, Node, Service, Session};
-use crate::raft::types::{
+use crate::store::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+use crate::view::View;
 
 pub struct StateMachineStore {
     db: Arc<Database>,

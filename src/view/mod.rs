@@ -1,10 +1,16 @@
-//! How the rest of the server reads and writes the catalog without knowing about Raft.
+//! The published catalog: the latest applied `State`, read lock-free by DNS and HTTP, and the
+//! watchers that wake blocking queries when what they read changes.
+//!
+//! This is the runtime side of the catalog (atomics, tokio's `Notify`), kept out of `catalog`
+//! so the state machine itself stays pure. The store publishes here after each applied batch.
+
+pub mod watch;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{Command, Outcome, State};
+use crate::catalog::{Change, State};
 
 /// The latest applied catalog, published after every applied batch.
 ///
@@ -13,7 +19,7 @@ use super::{Command, Outcome, State};
 #[derive(Clone, Default)]
 pub struct View {
     current: Arc<ArcSwap<State>>,
-    watchers: Arc<super::watch::Watchers>,
+    watchers: Arc<watch::Watchers>,
 }
 
 impl View {
@@ -33,29 +39,12 @@ impl View {
     }
 
     /// Publishes a new state, then wakes the blocking queries watching what changed.
-    pub fn publish_changes(&self, state: State, changes: &[super::Change]) {
+    pub fn publish_changes(&self, state: State, changes: &[Change]) {
         self.publish(state);
         self.watchers.notify(changes);
     }
 
-    pub fn watchers(&self) -> &super::watch::Watchers {
+    pub fn watchers(&self) -> &watch::Watchers {
         &self.watchers
     }
-}
-
-/// Why a write did not go through (as opposed to being refused by the catalog).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum WriteError {
-    #[error("No cluster leader")]
-    NoLeader,
-    #[error("not the leader; the leader is {0}")]
-    NotLeader(String),
-    #[error("raft write failed: {0}")]
-    Failed(String),
-}
-
-/// Proposes commands and waits until they are committed and applied locally.
-#[async_trait::async_trait]
-pub trait Writer: Send + Sync + 'static {
-    async fn write(&self, command: Command) -> Result<Outcome, WriteError>;
 }

@@ -1,4 +1,6 @@
-//! The openraft type configuration shared by the store and the Raft glue.
+//! The openraft type configuration: what a log entry carries (a `Proposal` of catalog
+//! requests), what it returns, and how servers are named. It lives here, below `raft`, because
+//! the store persists these types and must not depend on the Raft glue above it.
 
 use std::io::Cursor;
 

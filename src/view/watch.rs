@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::Change;
+use crate::catalog::Change;
 
 /// What a blocking query watches.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,116 @@
+//! The cluster port: everything `http`, `dns` and `agent` may ask of the servers, without
+//! naming Raft, the store or the transport.
+//!
+//! Two seams: [`Writer`] proposes catalog commands (acknowledged once a majority committed them
+//! and this server applied them), and [`Cluster`] answers the operator's questions (status,
+//! peers, members), changes membership (join, leave, remove), makes reads fresh (read barrier)
+//! and renews sessions on the leader's timers. On a server, `server::port` implements both over
+//! the Raft node; a client agent will implement them over server RPC.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Command, Outcome};
+use crate::model::Index;
+
+/// A server's Raft ID: chosen at random on first start and kept in its data dir.
+pub type ServerId = u64;
+
+/// Why a write (or a read barrier) did not go through, as opposed to being refused by the
+/// catalog (that is an `ApplyError` inside the `Outcome`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WriteError {
+    /// No leader was known within Consul's `rpc_hold_timeout` (7 s).
+    #[error("No cluster leader")]
+    NoLeader,
+    /// This server does not lead; the leader's server (RPC) address.
+    #[error("not the leader; the leader is {0}")]
+    NotLeader(String),
+    #[error("raft write failed: {0}")]
+    Failed(String),
+}
+
+/// Proposes commands and waits until they are committed and applied locally, so the caller
+/// reads its own write.
+#[async_trait::async_trait]
+pub trait Writer: Send + Sync + 'static {
+    async fn write(&self, command: Command) -> Result<Outcome, WriteError>;
+}
+
+/// Why a membership change, a join or a leader-side call failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader was known within the hold time.
+    #[error("No cluster leader")]
+    NoLeader,
+    /// The call reached a server that does not lead (retried on the leader).
+    #[error("not the leader")]
+    NotLeader,
+    /// Nothing was delivered to the server at `addr`.
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// The server at `addr` belongs to another cluster than this one.
+    #[error(
+        "{addr} belongs to another cluster ({theirs}); a server leaves its cluster before joining another"
+    )]
+    OtherCluster { addr: String, theirs: String },
+    /// No server with this ID or address is in the Raft configuration.
+    #[error("no server {0} in the configuration")]
+    UnknownServer(String),
+    /// Raft refused or failed the change.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One server of the Raft configuration, for `/v1/agent/members` and `/v1/operator/raft/*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: ServerId,
+    /// The server's node name.
+    pub name: String,
+    /// Its server (RPC) address, `ip:port`.
+    pub address: String,
+    pub voter: bool,
+    pub leader: bool,
+    /// Whether this server has heard from it recently (always true for itself and, on
+    /// followers, for every member: only the leader talks to everyone).
+    pub alive: bool,
+}
+
+/// What the API may ask of the cluster. Implemented by `server::port::ServerCluster`.
+#[async_trait::async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// This server's ID.
+    fn id(&self) -> ServerId;
+    /// The leader's server (RPC) address, if a leader is known (`/v1/status/leader`).
+    fn leader(&self) -> Option<String>;
+    fn is_leader(&self) -> bool;
+    /// The voters' server (RPC) addresses (`/v1/status/peers`).
+    fn peers(&self) -> Vec<String>;
+    /// Every server in the configuration, voters and non-voters.
+    fn members(&self) -> Vec<Member>;
+    /// The Raft index of the configuration in force (`/v1/operator/raft/configuration`).
+    fn membership_index(&self) -> Index;
+    /// Raft counters, as Consul's `/v1/agent/self` `Stats.raft` reports them.
+    fn stats(&self) -> BTreeMap<&'static str, String>;
+    /// Milliseconds since the leader was last heard from: 0 on the leader, None if never
+    /// (`X-Consul-LastContact`).
+    fn last_contact_ms(&self) -> Option<u64>;
+    /// Makes a read on this server at least as fresh as the leader's state: `linearizable`
+    /// also confirms leadership with a quorum round (Consul's `?consistent`); otherwise it
+    /// catches up to the leader's applied index (Consul's default mode).
+    async fn read_barrier(&self, linearizable: bool) -> Result<(), WriteError>;
+    /// Joins the cluster of the server at `address` (its RPC address), or, when that server is
+    /// new and this one leads, brings it into ours (`PUT /v1/agent/join/:address`).
+    async fn join(&self, address: &str) -> Result<(), ClusterError>;
+    /// Leaves the voter set gracefully (`PUT /v1/agent/leave`); the caller then shuts down.
+    async fn leave(&self) -> Result<(), ClusterError>;
+    /// Removes a server from the configuration, on the leader wherever this server is.
+    async fn remove_server(&self, id: ServerId) -> Result<(), ClusterError>;
+    /// The catalog backup as the leader has it (`GET /v1/snapshot`); with `stale`, this
+    /// server's own. Returns the document and the index it was taken at.
+    async fn backup(&self, stale: bool) -> Result<(Vec<u8>, Index), ClusterError>;
+    /// Restarts a session's TTL timer on the leader. Ok(false): no such session.
+    async fn renew_session(&self, id: &str) -> Result<bool, ClusterError>;
+}

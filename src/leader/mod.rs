@@ -1,0 +1,158 @@
+//! Leader duties in one place: one task, started when this server becomes the Raft leader and
+//! cancelled when it stops leading, runs everything only the leader may do:
+//! - cluster naming: the cluster ID is written once, right after the cluster forms;
+//! - session expiry: the leader's TTL timers ([`SessionTimers`]) destroy expired sessions;
+//! - autopilot: servers the leader has not reached for `dead_server_threshold` are removed, if
+//!   a healthy majority remains (Consul's `cleanup_dead_servers`).
+//!
+//! The supervisor follows Raft's own leadership signal (its metrics), so duties never run on two
+//! servers of one term, and a new leader starts them from scratch (Consul's
+//! `establishLeadership` / `revokeLeadership`).
+
+mod sessions;
+
+pub use sessions::{SCAN_EVERY, SessionTimers, TTL_MULTIPLIER};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Command;
+use crate::cluster::Writer;
+use crate::config::Autopilot;
+use crate::raft::RaftNode;
+use crate::tasks::Tasks;
+
+/// What the leader's duties need.
+#[derive(Clone)]
+pub struct Duties {
+    pub node: RaftNode,
+    pub writer: Arc<dyn Writer>,
+    pub autopilot: Autopilot,
+    pub sessions: SessionTimers,
+}
+
+/// Starts the supervisor: it runs the duties for every term this server leads, until shutdown.
+pub fn start(duties: Duties, tasks: &Tasks) {
+    let inner = tasks.clone();
+    tasks.spawn_essential("leader-supervisor", supervise(duties, inner));
+}
+
+async fn supervise(duties: Duties, tasks: Tasks) {
+    let stop = tasks.stop().clone();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = duties.node.wait_leadership(true) => {}
+        }
+        tracing::info!("leading: starting leader duties");
+        let term = stop.child_token();
+        let running = tasks.spawn(run(duties.clone(), term.clone()));
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = duties.node.wait_leadership(false) => {
+                tracing::info!("no longer leading: stopping leader duties");
+            }
+        }
+        term.cancel();
+        let ended = running.await;
+        duties.sessions.stop_leading();
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "leader duties failed");
+            return;
+        }
+    }
+}
+
+/// One term's duties; returns when `term` is cancelled.
+async fn run(duties: Duties, term: CancellationToken) {
+    let since = Instant::now();
+    duties.sessions.start_leading(since);
+    let mut tick = tokio::time::interval(SCAN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = term.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let round = async {
+            name_cluster(&duties).await;
+            expire_sessions(&duties).await;
+            if duties.autopilot.cleanup_dead_servers {
+                remove_dead_server(&duties.node, since, duties.autopilot.dead_server_threshold)
+                    .await;
+            }
+        };
+        if until_cancelled(&term, round).await.is_none() {
+            return;
+        }
+    }
+}
+
+async fn until_cancelled<T>(term: &CancellationToken, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        _ = term.cancelled() => None,
+        done = work => Some(done),
+    }
+}
+
+/// Names the cluster once, right after it forms.
+async fn name_cluster(duties: &Duties) {
+    if !duties.node.view().load().cluster_id().is_empty() {
+        return;
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    if let Err(e) = duties.writer.write(Command::InitCluster { id }).await {
+        tracing::warn!(error = %e, "could not name the cluster");
+    }
+}
+
+async fn expire_sessions(duties: &Duties) {
+    for id in duties.sessions.expired(Instant::now()) {
+        tracing::info!(session = %id, "session TTL expired");
+        match duties
+            .writer
+            .write(Command::SessionDestroy { id: id.clone() })
+            .await
+        {
+            Ok(_) => duties.sessions.forget(&id),
+            Err(e) => tracing::warn!(session = %id, error = %e, "could not expire session"),
+        }
+    }
+}
+
+/// Removes one voter the leader has not reached for `threshold`, if the voters that remain
+/// healthy still form a majority of the current configuration.
+async fn remove_dead_server(node: &RaftNode, leader_since: Instant, threshold: Duration) {
+    let members = node.members();
+    let voters: Vec<_> = members.iter().filter(|m| m.voter).collect();
+    let dead: Vec<_> = voters
+        .iter()
+        .filter(|m| m.id != node.id())
+        .filter(|m| {
+            let last = node
+                .contacts()
+                .last(m.id)
+                .unwrap_or(leader_since)
+                .max(leader_since);
+            last.elapsed() > threshold
+        })
+        .collect();
+    let Some(victim) = dead.first() else { return };
+    let healthy = voters.len() - dead.len();
+    if healthy * 2 <= voters.len() {
+        tracing::warn!(
+            dead = dead.len(),
+            voters = voters.len(),
+            "dead servers, but removing them would lose the majority"
+        );
+        return;
+    }
+    tracing::info!(server = %victim.name, addr = %victim.address, "autopilot: removing dead server");
+    if let Err(e) = node.remove_server(victim.id).await {
+        tracing::warn!(error = %e, "autopilot could not remove a dead server");
+    }
+}

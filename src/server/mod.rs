@@ -1,0 +1,339 @@
+//! The composition root: runs an agent in four phases.
+//!
+//! 1. **bind**: every listener (HTTP, DNS UDP and TCP, server RPC), before anything is created
+//!    in the data dir, so a taken port fails start-up without side effects;
+//! 2. **start**: the store, Raft, the leader supervisor, the agent, DNS and HTTP, every task
+//!    owned by one `Tasks` tracker;
+//! 3. **serve**: form or join the cluster, register this server, then wait for a shutdown
+//!    request, a graceful leave, or an essential task's unexpected end;
+//! 4. **drain**: stop listening, let blocking queries answer, wait for every task (with a
+//!    deadline), then stop Raft.
+//!
+//! `port` implements the cluster port (`crate::cluster`) over the Raft node.
+
+pub mod port;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, NodeIdentity};
+use crate::config::{Config, Mode};
+use crate::dns::{self, DnsHandler, DnsServer, ZoneSettings};
+use crate::http::{self, Api};
+use crate::leader::{self, SessionTimers};
+use crate::metrics::DnsMetrics;
+use crate::raft::{RaftNode, formation, rpc};
+use crate::store;
+use crate::store::types::ServerNode;
+use crate::tasks::Tasks;
+use crate::view::View;
+use port::ServerCluster;
+
+/// Re-reads the configuration (for SIGHUP): flags plus the config file.
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+/// How long drain waits for the agent's tasks before giving up on them.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Runs a server until `shutdown` resolves, it leaves its cluster, or one of its essential tasks
+/// ends unexpectedly (then it returns an error naming the task). With `reload`, SIGHUP re-reads
+/// the config and applies its DNS part (settings and zone files).
+pub async fn run(
+    config: Config,
+    reload: Option<Reload>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let bound = bind(&config).await?;
+    let tasks = Tasks::new();
+    let running = start(&config, bound, reload, &tasks).await?;
+    let served = serve(&config, &running, &tasks, shutdown).await;
+    drain(running, &tasks).await;
+    served?;
+    match tasks.failure() {
+        Some(task) => Err(anyhow::anyhow!("task {task} ended unexpectedly")),
+        None => Ok(()),
+    }
+}
+
+/// Phase 1: every listener, bound before the data dir is touched.
+struct Bound {
+    http: TcpListener,
+    dns: dns::Listeners,
+    /// None in dev mode without `--rpc-addr`.
+    rpc: Option<TcpListener>,
+    /// The RPC address this server reports (the bound one, or the configured one).
+    rpc_addr: SocketAddr,
+}
+
+async fn bind(config: &Config) -> anyhow::Result<Bound> {
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding http on {}", config.http_addr))?;
+    tracing::info!("listening http on {}", http.local_addr()?);
+    let dns = dns::bind(config.dns_addr, config.dns.udp_loops())
+        .await
+        .with_context(|| format!("binding dns on {}", config.dns_addr))?;
+    tracing::info!(
+        loops = dns.udp.len(),
+        "listening dns-udp on {}",
+        dns.udp[0].local_addr()?
+    );
+    tracing::info!("listening dns-tcp on {}", dns.tcp.local_addr()?);
+    let rpc = if config.mode == Mode::Server || config.rpc_listen {
+        let rpc = TcpListener::bind(config.rpc_addr)
+            .await
+            .with_context(|| format!("binding rpc on {}", config.rpc_addr))?;
+        tracing::info!("listening rpc on {}", rpc.local_addr()?);
+        Some(rpc)
+    } else {
+        None
+    };
+    let rpc_addr = match &rpc {
+        Some(l) => l.local_addr()?,
+        None => config.rpc_addr,
+    };
+    Ok(Bound {
+        http,
+        dns,
+        rpc,
+        rpc_addr,
+    })
+}
+
+/// Phase 2's result: what serve and drain work with.
+struct Running {
+    node: RaftNode,
+    agent: Agent,
+    dns: DnsServer,
+    rpc_addr: SocketAddr,
+    /// Cancelled when this server has left its cluster.
+    leave: CancellationToken,
+    /// Dev mode without `--data-dir`: removed when this is dropped, after drain.
+    _temp: Option<tempfile::TempDir>,
+}
+
+async fn start(
+    config: &Config,
+    bound: Bound,
+    reload: Option<Reload>,
+    tasks: &Tasks,
+) -> anyhow::Result<Running> {
+    let (data_dir, temp): (PathBuf, Option<tempfile::TempDir>) = match &config.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("beacon-dev-")
+                .tempdir()
+                .context("creating a temporary data dir")?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let db = store::open(&data_dir)?;
+    let node_id = store::node_id(&db)?;
+    tracing::info!(data_dir = %data_dir.display(), node_id, "opened data dir");
+
+    let view = View::default();
+    let me = ServerNode {
+        rpc_addr: bound.rpc_addr.to_string(),
+        name: config.node_name.clone(),
+    };
+    let node = RaftNode::start(node_id, me, db, view.clone(), &config.raft, tasks).await?;
+    let sessions = SessionTimers::new(view.clone());
+    if let Some(listener) = bound.rpc {
+        let router = rpc::router(node.clone(), Arc::new(sessions.clone()));
+        let stop = tasks.stop().clone();
+        tasks.spawn_essential("rpc-server", async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "rpc server failed");
+            }
+        });
+    }
+
+    let writer = node.writer();
+    leader::start(
+        leader::Duties {
+            node: node.clone(),
+            writer: writer.clone(),
+            autopilot: config.autopilot.clone(),
+            sessions: sessions.clone(),
+        },
+        tasks,
+    );
+    let identity = NodeIdentity {
+        id: view
+            .load()
+            .node(&config.node_name)
+            .map(|n| n.id.clone())
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(new_node_id),
+        name: config.node_name.clone(),
+        address: advertise_ip(bound.rpc_addr.ip()).to_string(),
+        datacenter: config.datacenter.clone(),
+    };
+    let agent = Agent::new(identity, writer.clone(), view.clone(), tasks.clone());
+
+    let handler =
+        DnsHandler::new(view.clone(), zone_settings(config)).map_err(anyhow::Error::msg)?;
+    let handler = Arc::new(handler);
+    let dns_metrics = Arc::new(DnsMetrics::default());
+    let dns = dns::serve(
+        handler.clone(),
+        bound.dns,
+        dns_metrics.clone(),
+        config.dns.max_queue_delay,
+        tasks,
+    )
+    .context("starting dns")?;
+    if let Some(reload) = reload {
+        tasks.spawn(reload_on_sighup(handler, reload, tasks.stop().clone()));
+    }
+
+    let leave = CancellationToken::new();
+    let api = Api {
+        view,
+        writer,
+        agent: agent.clone(),
+        cluster: Arc::new(ServerCluster {
+            node: node.clone(),
+            sessions,
+        }),
+        datacenter: config.datacenter.clone(),
+        leave: leave.clone(),
+        shutdown: tasks.stop().clone(),
+        dns_metrics,
+    };
+    let http_listener = bound.http;
+    let stop = tasks.stop().clone();
+    tasks.spawn_essential("http-server", async move {
+        if let Err(e) = http::serve(http_listener, api, async move { stop.cancelled().await }).await
+        {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    Ok(Running {
+        node,
+        agent,
+        dns,
+        rpc_addr: bound.rpc_addr,
+        leave,
+        _temp: temp,
+    })
+}
+
+/// Phase 3: becomes ready (cluster formed, a leader known, this server registered), then waits
+/// for a reason to stop.
+async fn serve(
+    config: &Config,
+    running: &Running,
+    tasks: &Tasks,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let node = &running.node;
+    let stop = tasks.stop();
+    let ready = async {
+        match config.mode {
+            Mode::Dev => node.bootstrap_single().await?,
+            Mode::Server => {
+                formation::form(node, &config.join, config.bootstrap_expect, stop).await?
+            }
+        }
+        while !node.wait_for_leader(Duration::from_secs(5)).await {
+            tracing::info!("waiting for a cluster leader");
+        }
+        running
+            .agent
+            .start(running.rpc_addr.port())
+            .await
+            .context("registering this server in the catalog")?;
+        tracing::info!(leader = ?node.leader_addr(), "beacon agent ready");
+        anyhow::Ok(())
+    };
+    tokio::pin!(shutdown);
+    tokio::select! {
+        result = ready => result?,
+        _ = &mut shutdown => return Ok(()),
+        _ = stop.cancelled() => return Ok(()),
+    }
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = running.leave.cancelled() => tracing::info!("left the cluster"),
+        _ = stop.cancelled() => {}
+    }
+    Ok(())
+}
+
+/// Phase 4: stop accepting, let every task finish (blocking queries answer at once), stop Raft.
+async fn drain(running: Running, tasks: &Tasks) {
+    tracing::info!("shutting down");
+    tasks.stop().cancel();
+    running.dns.shutdown().await;
+    if !tasks.drain(DRAIN_DEADLINE).await {
+        tracing::warn!(
+            running = tasks.running(),
+            "tasks still running after {DRAIN_DEADLINE:?}; stopping anyway"
+        );
+    }
+    running.node.shutdown().await;
+    tracing::info!("stopped");
+}
+
+fn zone_settings(config: &Config) -> ZoneSettings {
+    ZoneSettings {
+        domain: config.domain.clone(),
+        datacenter: config.datacenter.clone(),
+        dns: config.dns.clone(),
+    }
+}
+
+async fn reload_on_sighup(handler: Arc<DnsHandler>, reload: Reload, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reload disabled");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            let result = reload()
+                .map_err(|e| e.to_string())
+                .and_then(|config| handler.reload(zone_settings(&config)));
+            match result {
+                Ok(()) => tracing::info!("reloaded DNS configuration and zone files"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload failed; keeping the previous DNS configuration")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (handler, reload);
+        stop.cancelled().await;
+    }
+}
+
+fn advertise_ip(ip: IpAddr) -> IpAddr {
+    if ip.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        ip
+    }
+}
+
+/// A random UUID, Consul's node ID format.
+fn new_node_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

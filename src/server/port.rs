@@ -1,0 +1,123 @@
+//! The cluster port on a server: `cluster::Cluster` over this server's Raft node and the
+//! leader's session timers. The logic lives in `raft` (formation, membership) and `leader`
+//! (timers); this adapter only routes each question to it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::catalog::Rows;
+use crate::cluster::{Cluster, ClusterError, Member, ServerId, WriteError};
+use crate::leader::SessionTimers;
+use crate::model::Index;
+use crate::raft::rpc::SessionRenewal;
+use crate::raft::{LEADER_HOLD, RaftNode, formation};
+
+/// A server's answer to the cluster port.
+#[derive(Clone)]
+pub struct ServerCluster {
+    pub node: RaftNode,
+    pub sessions: SessionTimers,
+}
+
+#[async_trait::async_trait]
+impl Cluster for ServerCluster {
+    fn id(&self) -> ServerId {
+        self.node.id()
+    }
+
+    fn leader(&self) -> Option<String> {
+        self.node.leader_addr()
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.is_leader()
+    }
+
+    fn peers(&self) -> Vec<String> {
+        self.node.peers()
+    }
+
+    fn members(&self) -> Vec<Member> {
+        self.node.members()
+    }
+
+    fn membership_index(&self) -> Index {
+        self.node.membership_index()
+    }
+
+    fn stats(&self) -> BTreeMap<&'static str, String> {
+        self.node.stats()
+    }
+
+    fn last_contact_ms(&self) -> Option<u64> {
+        self.node.last_contact_ms()
+    }
+
+    async fn read_barrier(&self, linearizable: bool) -> Result<(), WriteError> {
+        self.node.read_barrier(linearizable).await
+    }
+
+    async fn join(&self, address: &str) -> Result<(), ClusterError> {
+        formation::join(&self.node, address).await
+    }
+
+    async fn leave(&self) -> Result<(), ClusterError> {
+        formation::leave(&self.node).await
+    }
+
+    async fn remove_server(&self, id: ServerId) -> Result<(), ClusterError> {
+        self.node
+            .membership(crate::raft::rpc::MembershipChange::Remove { id })
+            .await
+    }
+
+    async fn backup(&self, stale: bool) -> Result<(Vec<u8>, Index), ClusterError> {
+        match self.node.leader_addr() {
+            Some(leader) if !self.node.is_leader() && !stale => {
+                let bytes = self
+                    .node
+                    .client()
+                    .snapshot(&leader)
+                    .await
+                    .map_err(|e| ClusterError::Failed(e.to_string()))?;
+                let rows: Rows = serde_json::from_slice(&bytes).map_err(|e| {
+                    ClusterError::Failed(format!("leader sent a bad snapshot: {e}"))
+                })?;
+                Ok((bytes, rows.indexes.last))
+            }
+            _ => {
+                let state = self.node.view().load();
+                let bytes = serde_json::to_vec(&state.to_rows())
+                    .map_err(|e| ClusterError::Failed(e.to_string()))?;
+                Ok((bytes, state.indexes().last))
+            }
+        }
+    }
+
+    /// On the leader, its own timers; elsewhere, forwarded to the leader. Retried while
+    /// leadership moves, up to Consul's hold time.
+    async fn renew_session(&self, id: &str) -> Result<bool, ClusterError> {
+        let deadline = tokio::time::Instant::now() + LEADER_HOLD;
+        loop {
+            let attempt = if self.node.is_leader() {
+                self.sessions.renew(id)
+            } else if let Some(leader) = self.node.leader_addr() {
+                self.node.client().renew_session(&leader, id).await
+            } else {
+                Err(ClusterError::NoLeader)
+            };
+            match attempt {
+                Err(
+                    ClusterError::NotLeader
+                    | ClusterError::NoLeader
+                    | ClusterError::Unreachable { .. },
+                ) => {}
+                done => return done,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

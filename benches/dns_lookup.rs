@@ -12,9 +12,8 @@ use std::time::Duration;
 
 mod common;
 
-use beacon::catalog::{
-    Command as CatalogCommand, NodeRegistration, Registration, ServiceRegistration, State,
-};
+use beacon::catalog::{Command as CatalogCommand, Registration, State};
+use beacon::model::{NodeSpec, ServiceSpec};
 use criterion::{Criterion, criterion_group, criterion_main};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
@@ -26,12 +25,12 @@ fn catalog_with(services: usize, instances: usize) -> State {
     for s in 0..services {
         for i in 0..instances {
             let reg = Registration {
-                node: NodeRegistration {
+                node: NodeSpec {
                     name: format!("node{i}"),
                     address: format!("10.0.{}.{}", i / 250, i % 250 + 1),
                     ..Default::default()
                 },
-                service: Some(ServiceRegistration {
+                service: Some(ServiceSpec {
                     id: format!("svc{s}-{i}"),
                     name: format!("svc{s}"),
                     port: 80,

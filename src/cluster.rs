@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Command, Outcome};
+use crate::catalog::{Command, Outcome, Rows};
 use crate::model::Index;
 
 /// A server's Raft ID: chosen at random on first start and kept in its data dir.
@@ -108,9 +108,9 @@ pub trait Cluster: Send + Sync + 'static {
     async fn leave(&self) -> Result<(), ClusterError>;
     /// Removes a server from the configuration, on the leader wherever this server is.
     async fn remove_server(&self, id: ServerId) -> Result<(), ClusterError>;
-    /// The catalog backup as the leader has it (`GET /v1/snapshot`); with `stale`, this
-    /// server's own. Returns the document and the index it was taken at.
-    async fn backup(&self, stale: bool) -> Result<(Vec<u8>, Index), ClusterError>;
+    /// The whole catalog as the leader has it (for `GET /v1/snapshot`); with `stale`, this
+    /// server's own.
+    async fn backup(&self, stale: bool) -> Result<Rows, ClusterError>;
     /// Restarts a session's TTL timer on the leader. Ok(false): no such session.
     async fn renew_session(&self, id: &str) -> Result<bool, ClusterError>;
 }

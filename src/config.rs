@@ -111,6 +111,16 @@ pub struct Autopilot {
     pub dead_server_threshold: Duration,
 }
 
+impl Default for Autopilot {
+    /// Clean-up on, as Consul's `cleanup_dead_servers`; a voter unreachable for 30 s is dead.
+    fn default() -> Self {
+        Autopilot {
+            cleanup_dead_servers: true,
+            dead_server_threshold: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The DNS settings that follow Consul's `dns_config` block (plus the zones and recursors
 /// around it). Everything here is reloaded on SIGHUP.
 #[derive(Clone, Debug)]
@@ -235,23 +245,54 @@ impl ServiceTtl {
     }
 }
 
-/// Values given on the command line; each overrides the file.
-#[derive(Clone, Debug, Default)]
+/// `beacon agent`'s command line; each value given overrides the file. Clap derives the
+/// parser from this struct, and config resolution consumes it as is.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Flags {
+    /// One-node server that bootstraps its own cluster and elects itself.
+    #[arg(long)]
     pub dev: bool,
+    /// Run as a server of a cluster (with --bootstrap-expect and/or --join).
+    #[arg(long)]
     pub server: bool,
+    /// Form a new cluster once this many servers know each other.
+    #[arg(long, value_name = "N")]
     pub bootstrap_expect: Option<usize>,
+    /// Another server's RPC address; repeatable; retried until reached.
+    #[arg(long = "join", value_name = "ADDR")]
     pub join: Vec<String>,
+    /// TOML config file with Consul's key names; flags override it.
+    #[arg(long = "config", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
+    /// HTTP API address (default 127.0.0.1:8500).
+    #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<String>,
+    /// DNS address for UDP and TCP (default 127.0.0.1:8600).
+    #[arg(long, value_name = "ADDR")]
     pub dns_addr: Option<String>,
+    /// Server RPC address reported as the leader (default 127.0.0.1:8300).
+    #[arg(long, value_name = "ADDR")]
     pub rpc_addr: Option<String>,
+    /// Where the Raft log and catalog persist (dev: a temporary dir unless given).
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Node name (default: the hostname).
+    #[arg(long)]
     pub node: Option<String>,
+    /// Datacenter (default dc1).
+    #[arg(long)]
     pub datacenter: Option<String>,
+    /// DNS domain (default consul.).
+    #[arg(long)]
     pub domain: Option<String>,
+    /// A second domain answering the same data.
+    #[arg(long)]
     pub alt_domain: Option<String>,
+    /// Upstream DNS server for names outside Beacon's zones (ip or ip:port); repeatable.
+    #[arg(long = "recursor", value_name = "ADDR")]
     pub recursors: Vec<String>,
+    /// trace, debug, info, warn or error (default info).
+    #[arg(long)]
     pub log_level: Option<String>,
 }
 
@@ -453,6 +494,8 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     }
 
     let d = file.dns_config;
+    // Every default is written once, in the `Default` impls; resolution only overrides.
+    let dns_defaults = DnsConfig::default();
     let mut ttl_map = BTreeMap::new();
     for (name, value) in d.service_ttl.unwrap_or_default() {
         ttl_map.insert(
@@ -462,7 +505,7 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     }
     let node_ttl = match d.node_ttl {
         Some(v) => duration("dns_config.node_ttl", &v)?,
-        None => Duration::ZERO,
+        None => dns_defaults.node_ttl,
     };
     let udp_answer_limit = match d.udp_answer_limit {
         None => None,
@@ -528,11 +571,15 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     if let Some(n) = file.raft_trailing_logs {
         raft.trailing_logs = n;
     }
+    let autopilot_defaults = Autopilot::default();
     let autopilot = Autopilot {
-        cleanup_dead_servers: file.autopilot.cleanup_dead_servers.unwrap_or(true),
+        cleanup_dead_servers: file
+            .autopilot
+            .cleanup_dead_servers
+            .unwrap_or(autopilot_defaults.cleanup_dead_servers),
         dead_server_threshold: match file.autopilot.dead_server_threshold {
             Some(v) => duration("autopilot.dead_server_threshold", &v)?,
-            None => Duration::from_secs(30),
+            None => autopilot_defaults.dead_server_threshold,
         },
     };
 
@@ -567,13 +614,13 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     };
     let recursor_timeout = match d.recursor_timeout {
         Some(v) => duration("dns_config.recursor_timeout", &v)?,
-        None => Duration::from_secs(2),
+        None => dns_defaults.recursor_timeout,
     };
     let max_queue_delay = match d.max_queue_delay {
         Some(v) => duration("dns_config.max_queue_delay", &v)?,
-        None => DEFAULT_MAX_QUEUE_DELAY,
+        None => dns_defaults.max_queue_delay,
     };
-    let soa_defaults = SoaConfig::default();
+    let soa_defaults = dns_defaults.soa;
     let soa = d.soa.unwrap_or_default();
     let mut zone_files = Vec::new();
     for z in file.zone_files {
@@ -603,9 +650,13 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
             service_ttl: ServiceTtl::from_map(ttl_map),
             node_ttl,
             udp_answer_limit,
-            a_record_limit: d.a_record_limit.unwrap_or(0) as usize,
-            only_passing: d.only_passing.unwrap_or(false),
-            enable_additional_node_meta_txt: d.enable_additional_node_meta_txt.unwrap_or(true),
+            a_record_limit: d
+                .a_record_limit
+                .map_or(dns_defaults.a_record_limit, |n| n as usize),
+            only_passing: d.only_passing.unwrap_or(dns_defaults.only_passing),
+            enable_additional_node_meta_txt: d
+                .enable_additional_node_meta_txt
+                .unwrap_or(dns_defaults.enable_additional_node_meta_txt),
             soa: SoaConfig {
                 refresh: soa.refresh.unwrap_or(soa_defaults.refresh),
                 retry: soa.retry.unwrap_or(soa_defaults.retry),
@@ -617,7 +668,7 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
             recursor_timeout,
             recursor_random,
             zone_files,
-            udp_workers: d.udp_workers.unwrap_or(0) as usize,
+            udp_workers: d.udp_workers.map_or(dns_defaults.udp_workers, usize::from),
             max_queue_delay,
         },
         raft,

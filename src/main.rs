@@ -3,10 +3,9 @@
 mod cli;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use beacon::config::{self, Flags};
@@ -28,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a Beacon agent.
-    Agent(AgentArgs),
+    Agent(Flags),
     /// Read and write the key/value store of a running agent.
     Kv(cli::kv::KvArgs),
     /// Ask the local server to leave its cluster gracefully, then shut down.
@@ -41,55 +40,6 @@ enum Command {
     Operator(cli::ops::OperatorArgs),
     /// Save or restore a snapshot of the catalog.
     Snapshot(cli::ops::SnapshotArgs),
-}
-
-#[derive(Args)]
-struct AgentArgs {
-    /// One-node server that bootstraps its own cluster and elects itself.
-    #[arg(long)]
-    dev: bool,
-    /// Run as a server of a cluster (with --bootstrap-expect and/or --join).
-    #[arg(long)]
-    server: bool,
-    /// Form a new cluster once this many servers know each other.
-    #[arg(long, value_name = "N")]
-    bootstrap_expect: Option<usize>,
-    /// Another server's RPC address; repeatable; retried until reached.
-    #[arg(long = "join", value_name = "ADDR")]
-    join: Vec<String>,
-    /// TOML config file with Consul's key names; flags override it.
-    #[arg(long = "config", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// HTTP API address (default 127.0.0.1:8500).
-    #[arg(long, value_name = "ADDR")]
-    http_addr: Option<String>,
-    /// DNS address for UDP and TCP (default 127.0.0.1:8600).
-    #[arg(long, value_name = "ADDR")]
-    dns_addr: Option<String>,
-    /// Server RPC address reported as the leader (default 127.0.0.1:8300).
-    #[arg(long, value_name = "ADDR")]
-    rpc_addr: Option<String>,
-    /// Where the Raft log and catalog persist (dev: a temporary dir unless given).
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Node name (default: the hostname).
-    #[arg(long)]
-    node: Option<String>,
-    /// Datacenter (default dc1).
-    #[arg(long)]
-    datacenter: Option<String>,
-    /// DNS domain (default consul.).
-    #[arg(long)]
-    domain: Option<String>,
-    /// A second domain answering the same data.
-    #[arg(long)]
-    alt_domain: Option<String>,
-    /// Upstream DNS server for names outside Beacon's zones (ip or ip:port); repeatable.
-    #[arg(long = "recursor", value_name = "ADDR")]
-    recursors: Vec<String>,
-    /// trace, debug, info, warn or error (default info).
-    #[arg(long)]
-    log_level: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -136,24 +86,7 @@ fn client(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCo
     }
 }
 
-fn agent(args: AgentArgs) -> ExitCode {
-    let flags = Flags {
-        dev: args.dev,
-        server: args.server,
-        bootstrap_expect: args.bootstrap_expect,
-        join: args.join,
-        config_file: args.config,
-        http_addr: args.http_addr,
-        dns_addr: args.dns_addr,
-        rpc_addr: args.rpc_addr,
-        data_dir: args.data_dir,
-        node: args.node,
-        datacenter: args.datacenter,
-        domain: args.domain,
-        alt_domain: args.alt_domain,
-        recursors: args.recursors,
-        log_level: args.log_level,
-    };
+fn agent(flags: Flags) -> ExitCode {
     let config = match config::load(&flags) {
         Ok(c) => c,
         Err(e) => {

@@ -672,3 +672,57 @@ async fn snapshot_save_and_restore_into_a_fresh_cluster_and_foreign_data_dirs_ar
         intruder.log_text()
     );
 }
+
+/// Consul keeps session TTL timers on the leader: a renew through any server must reach them,
+/// and an unrenewed session is invalidated at twice its TTL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_renewed_only_through_a_follower_lives_and_expires_at_twice_its_ttl() {
+    let _one = serial().await;
+    let c = Cluster::start("");
+    let f = &c.nodes[follower(&c).await];
+    let (st, created) = put(
+        &f.url("/v1/session/create"),
+        json!({"TTL": "10s", "LockDelay": "0s"}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 200, "{created}");
+    let sid = serde_json::from_str::<serde_json::Value>(&created).unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let info = |node: &Node| {
+        let url = node.url(&format!("/v1/session/info/{sid}"));
+        async move { get_json(&url).await.1 }
+    };
+    let renew_url = f.url(&format!("/v1/session/renew/{sid}"));
+
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(40) {
+        let (st, renewed) = put(&renew_url, "").await;
+        assert_eq!(st, 200, "renew through a follower: {renewed}");
+        assert!(renewed.contains(&sid), "{renewed}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    for node in &c.nodes {
+        assert_ne!(
+            info(node).await,
+            json!([]),
+            "renewed every 3 s through a follower, the session is valid 40 s later"
+        );
+    }
+
+    let (st, _) = put(&renew_url, "").await;
+    let last_renew = std::time::Instant::now();
+    assert_eq!(st, 200);
+    tokio::time::sleep(Duration::from_secs(19).saturating_sub(last_renew.elapsed())).await;
+    assert_ne!(
+        info(f).await,
+        json!([]),
+        "19 s after its last renew (TTL 10 s) the session is still there"
+    );
+    let deadline = Duration::from_secs(22).saturating_sub(last_renew.elapsed());
+    eventually_within(deadline, "the session is invalidated at 2×TTL", || async {
+        (info(f).await == json!([])).then_some(())
+    })
+    .await;
+}

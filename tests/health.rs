@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use hickory_proto::rr::RecordType;
 use serde_json::json;
 use support::*;
@@ -38,34 +36,6 @@ async fn success_before_passing_holds_the_check_critical_until_reached() {
         (a_records(&r) == ["10.4.0.1"]).then_some(())
     })
     .await;
-}
-
-#[tokio::test]
-async fn services_critical_past_deregister_after_are_reaped() {
-    let s = Server::start(&[]);
-    register(
-        &s,
-        json!({"Name": "doomed", "Port": 80, "Check": {"TTL": "1h", "DeregisterCriticalServiceAfter": "1s"}}),
-    )
-    .await;
-    register(&s, json!({"Name": "kept", "Port": 80, "Check": {"TTL": "1h", "Status": "passing", "DeregisterCriticalServiceAfter": "1s"}})).await;
-    // Consul's floor is one minute, and the reaper looks every few seconds.
-    eventually_within(
-        Duration::from_secs(100),
-        "the critical service is deregistered",
-        || async {
-            let (_, services) = get_json(&s.url("/v1/agent/services")).await;
-            services.get("doomed").is_none().then_some(())
-        },
-    )
-    .await;
-    let (_, services) = get_json(&s.url("/v1/agent/services")).await;
-    assert!(services.get("kept").is_some(), "a passing service stays");
-    let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
-    assert!(
-        checks.get("service:doomed").is_none(),
-        "its checks went with it"
-    );
 }
 
 #[tokio::test]

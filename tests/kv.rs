@@ -255,30 +255,6 @@ async fn delete_behavior_and_check_linked_sessions() {
 }
 
 #[tokio::test]
-async fn session_ttl_expiry_releases_the_lock() {
-    let s = Server::start(&[]);
-    let sid = create_session(&s, json!({"TTL": "10s", "LockDelay": "0s"})).await;
-    assert_eq!(
-        kv_put(&s, &format!("ttl-lock?acquire={sid}"), "x").await.1,
-        "true"
-    );
-    let (_, renewed) = put(&s.url(&format!("/v1/session/renew/{sid}")), "").await;
-    assert!(renewed.contains(&sid));
-    // Consul invalidates after twice the TTL without a renewal.
-    eventually_within(
-        std::time::Duration::from_secs(40),
-        "the session expires",
-        || async {
-            let (_, info) = get_json(&s.url(&format!("/v1/session/info/{sid}"))).await;
-            (info == json!([])).then_some(())
-        },
-    )
-    .await;
-    let (_, e) = get_json(&s.url("/v1/kv/ttl-lock")).await;
-    assert!(e[0].get("Session").is_none());
-}
-
-#[tokio::test]
 async fn txn_applies_all_or_nothing() {
     let s = Server::start(&[]);
     assert_eq!(kv_put(&s, "t/a", "1").await.0, 200);

@@ -176,3 +176,60 @@ fn corrupt_or_unusable_data_dir_is_a_clear_error_and_is_left_alone() {
     assert_ne!(code, 0);
     assert!(err.contains("not-a-dir"), "{err}");
 }
+
+#[test]
+fn a_taken_port_fails_start_up_before_the_data_dir_is_created() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (code, err) = run_to_exit(&[
+        "agent",
+        "--dev",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--http-addr",
+        &format!("127.0.0.1:{port}"),
+        "--dns-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("binding http"), "{err}");
+    assert!(
+        !data.exists(),
+        "nothing was created in the data dir before every socket was bound"
+    );
+}
+
+#[tokio::test]
+async fn a_blocking_query_answers_when_shutdown_starts() {
+    let mut s = Server::start(&[]);
+    register(&s, json!({"Name": "web", "Port": 80})).await;
+    let first = http()
+        .get(s.url("/v1/health/service/web"))
+        .send()
+        .await
+        .unwrap();
+    let index = first.headers()["X-Consul-Index"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let url = s.url(&format!("/v1/health/service/web?index={index}&wait=5m"));
+    let waiter = tokio::spawn(async move { http().get(url).send().await });
+    // Nothing observable says the query is parked; give it a moment on loopback to arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "nothing changed, so the query waits");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = s.terminate();
+        (status, s)
+    });
+    let answer = waiter
+        .await
+        .unwrap()
+        .expect("the waiter gets an answer, not a dropped connection");
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body.as_array().unwrap().len(), 1, "{body}");
+    let (status, _s) = status.await.unwrap();
+    assert!(status.success(), "exit status {status}");
+}

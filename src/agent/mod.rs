@@ -11,11 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::catalog::{
-    ApplyError, CheckRegistration, Command, NodeRegistration, Registration, ServiceRegistration,
-};
+use crate::catalog::{ApplyError, Command, Registration};
 use crate::cluster::{WriteError, Writer};
-use crate::model::{CheckDefinition, CheckStatus};
+use crate::model::{CheckDefinition, CheckSpec, CheckStatus, NodeSpec, ServiceSpec};
 use crate::tasks::Tasks;
 use crate::view::View;
 use tokio::sync::watch;
@@ -113,14 +111,14 @@ impl Agent {
         &self.inner.view
     }
 
-    fn node_registration(&self) -> NodeRegistration {
+    fn node_registration(&self) -> NodeSpec {
         let n = &self.inner.node;
-        NodeRegistration {
+        NodeSpec {
             id: n.id.clone(),
             name: n.name.clone(),
             address: n.address.clone(),
             datacenter: n.datacenter.clone(),
-            ..NodeRegistration::default()
+            ..NodeSpec::default()
         }
     }
 
@@ -134,18 +132,18 @@ impl Agent {
     pub async fn start(&self, server_port: u16) -> Result<(), AgentError> {
         let registration = Registration {
             node: self.node_registration(),
-            service: Some(ServiceRegistration {
+            service: Some(ServiceSpec {
                 id: "consul".into(),
                 name: "consul".into(),
                 port: server_port,
-                ..ServiceRegistration::default()
+                ..ServiceSpec::default()
             }),
-            checks: vec![CheckRegistration {
+            checks: vec![CheckSpec {
                 check_id: "serfHealth".into(),
                 name: "Serf Health Status".into(),
                 status: Some(CheckStatus::Passing),
                 output: "Agent alive and reachable".into(),
-                ..CheckRegistration::default()
+                ..CheckSpec::default()
             }],
             ..Registration::default()
         };
@@ -162,8 +160,8 @@ impl Agent {
     /// Registers (or replaces) a service on this node with its checks.
     pub async fn register_service(
         &self,
-        service: ServiceRegistration,
-        checks: Vec<CheckRegistration>,
+        service: ServiceSpec,
+        checks: Vec<CheckSpec>,
         replace_existing_checks: bool,
     ) -> Result<(), AgentError> {
         let registration = Registration {
@@ -209,7 +207,7 @@ impl Agent {
         Ok(())
     }
 
-    pub async fn register_check(&self, check: CheckRegistration) -> Result<(), AgentError> {
+    pub async fn register_check(&self, check: CheckSpec) -> Result<(), AgentError> {
         if !check.service_id.is_empty() && !self.owns_service(&check.service_id) {
             return Err(AgentError::BadRequest(format!(
                 "ServiceID {:?} does not exist",
@@ -524,23 +522,18 @@ impl Agent {
     }
 }
 
-fn maintenance_check(
-    check_id: &str,
-    name: &str,
-    service_id: &str,
-    reason: &str,
-) -> CheckRegistration {
+fn maintenance_check(check_id: &str, name: &str, service_id: &str, reason: &str) -> CheckSpec {
     let notes = if reason.is_empty() {
         "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.".to_string()
     } else {
         reason.to_string()
     };
-    CheckRegistration {
+    CheckSpec {
         check_id: check_id.into(),
         name: name.into(),
         status: Some(CheckStatus::Critical),
         notes,
         service_id: service_id.into(),
-        ..CheckRegistration::default()
+        ..CheckSpec::default()
     }
 }

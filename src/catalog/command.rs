@@ -1,10 +1,8 @@
 //! The commands that change the catalog. Each is one Raft log entry.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CheckDefinition, CheckStatus, Index, KvEntry, Session, TaggedAddress, Weights};
+use crate::model::{CheckSpec, CheckStatus, Index, KvEntry, NodeSpec, ServiceSpec, Session};
 
 /// A change to the catalog, proposed through Raft and applied identically on every server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -157,52 +155,14 @@ pub struct TxnError {
     pub what: String,
 }
 
-/// The node part of a registration.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeRegistration {
-    pub id: String,
-    pub name: String,
-    pub address: String,
-    pub datacenter: String,
-    pub tagged_addresses: BTreeMap<String, String>,
-    pub meta: BTreeMap<String, String>,
-}
-
-/// A service instance as registered (without indexes).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceRegistration {
-    pub id: String,
-    pub name: String,
-    pub tags: Vec<String>,
-    pub address: String,
-    pub port: u16,
-    pub meta: BTreeMap<String, String>,
-    pub tagged_addresses: BTreeMap<String, TaggedAddress>,
-    pub weights: Weights,
-    pub enable_tag_override: bool,
-    pub kind: String,
-}
-
-/// A check as registered. `status` None keeps an existing check's status, or starts a new one
-/// critical, as Consul does.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct CheckRegistration {
-    pub check_id: String,
-    pub name: String,
-    pub status: Option<CheckStatus>,
-    pub notes: String,
-    pub output: String,
-    pub service_id: String,
-    pub definition: CheckDefinition,
-}
-
+/// Consul's `RegisterRequest`: a node and, optionally, one service and checks on it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
-    pub node: NodeRegistration,
+    pub node: NodeSpec,
     /// Leave an existing node's address and meta alone (Consul's `SkipNodeUpdate`).
     pub skip_node_update: bool,
-    pub service: Option<ServiceRegistration>,
-    pub checks: Vec<CheckRegistration>,
+    pub service: Option<ServiceSpec>,
+    pub checks: Vec<CheckSpec>,
     /// Remove the service's checks that this registration does not list
     /// (`?replace-existing-checks`).
     pub replace_existing_checks: bool,

@@ -13,14 +13,15 @@ mod kv;
 pub use kv::{SESSION_TTL_MAX, SESSION_TTL_MIN};
 
 pub use command::{
-    Applied, ApplyError, CheckRegistration, Command, NodeRegistration, Outcome, Proposal,
-    Registration, Request, ServiceRegistration, TxnError, TxnOp,
+    Applied, ApplyError, Command, Outcome, Proposal, Registration, Request, TxnError, TxnOp,
 };
 
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Check, CheckStatus, Index, KvEntry, Node, Service, Session};
+use crate::model::{
+    Check, CheckSpec, CheckStatus, Index, KvEntry, Node, Service, ServiceSpec, Session,
+};
 
 /// Key of a service instance or a check: (lower-cased node name, ID).
 pub type ItemKey = (String, String);
@@ -478,20 +479,14 @@ impl State {
         if existing.is_some() && reg.skip_node_update {
             return;
         }
-        let n = &reg.node;
         let mut node = Node {
-            id: n.id.clone(),
-            name: n.name.clone(),
-            address: n.address.clone(),
-            datacenter: n.datacenter.clone(),
-            tagged_addresses: n.tagged_addresses.clone(),
-            meta: n.meta.clone(),
+            spec: reg.node.clone(),
             create_index: index,
             modify_index: index,
         };
         if let Some(old) = existing {
             if node.id.is_empty() {
-                node.id = old.id.clone();
+                node.spec.id = old.id.clone();
             }
             node.create_index = old.create_index;
             node.modify_index = old.modify_index;
@@ -510,21 +505,12 @@ impl State {
         &mut self,
         index: Index,
         node_key: &str,
-        svc: &ServiceRegistration,
+        svc: &ServiceSpec,
         changes: &mut Vec<Change>,
     ) {
         let item = (node_key.to_string(), svc.id.clone());
         let mut service = Service {
-            id: svc.id.clone(),
-            name: svc.name.clone(),
-            tags: svc.tags.clone(),
-            address: svc.address.clone(),
-            port: svc.port,
-            meta: svc.meta.clone(),
-            tagged_addresses: svc.tagged_addresses.clone(),
-            weights: svc.weights,
-            enable_tag_override: svc.enable_tag_override,
-            kind: svc.kind.clone(),
+            spec: svc.clone(),
             create_index: index,
             modify_index: index,
         };
@@ -557,7 +543,7 @@ impl State {
         index: Index,
         node_key: &str,
         node_name: &str,
-        reg: &CheckRegistration,
+        reg: &CheckSpec,
         changes: &mut Vec<Change>,
     ) {
         let item = (node_key.to_string(), reg.check_id.clone());

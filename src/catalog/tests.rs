@@ -1,8 +1,8 @@
 use super::*;
-use crate::model::CheckDefinition;
+use crate::model::{CheckDefinition, NodeSpec};
 
-fn node(name: &str, addr: &str) -> NodeRegistration {
-    NodeRegistration {
+fn node(name: &str, addr: &str) -> NodeSpec {
+    NodeSpec {
         name: name.into(),
         address: addr.into(),
         datacenter: "dc1".into(),
@@ -10,8 +10,8 @@ fn node(name: &str, addr: &str) -> NodeRegistration {
     }
 }
 
-fn service(id: &str, name: &str, tags: &[&str]) -> ServiceRegistration {
-    ServiceRegistration {
+fn service(id: &str, name: &str, tags: &[&str]) -> ServiceSpec {
+    ServiceSpec {
         id: id.into(),
         name: name.into(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
@@ -20,8 +20,8 @@ fn service(id: &str, name: &str, tags: &[&str]) -> ServiceRegistration {
     }
 }
 
-fn ttl_check(id: &str, service_id: &str, status: Option<CheckStatus>) -> CheckRegistration {
-    CheckRegistration {
+fn ttl_check(id: &str, service_id: &str, status: Option<CheckStatus>) -> CheckSpec {
+    CheckSpec {
         check_id: id.into(),
         name: id.into(),
         status,
@@ -166,7 +166,7 @@ fn node_check_affects_every_service_on_node() {
         Registration {
             node: node("n1", "10.0.0.1"),
             skip_node_update: true,
-            checks: vec![CheckRegistration {
+            checks: vec![CheckSpec {
                 check_id: "_node_maintenance".into(),
                 name: "Node Maintenance Mode".into(),
                 status: Some(CheckStatus::Critical),

@@ -124,7 +124,7 @@ impl AnswerCache {
                 index,
                 of: entry.wanted,
             };
-            match prepare(handler, packet, src, order) {
+            match prepare(handler, state, packet, src, order) {
                 Some(p) => entry.variants.push(p.bytes),
                 None => return false,
             }
@@ -158,6 +158,7 @@ impl AnswerCache {
         let seed = self.seed;
         let first = prepare(
             handler,
+            state,
             packet,
             src,
             Order::Variant {
@@ -199,12 +200,13 @@ impl AnswerCache {
 /// One order of the answer to `packet`, through the handler.
 fn prepare(
     handler: &DnsHandler,
+    state: &State,
     packet: &[u8],
     src: SocketAddr,
     order: Order,
 ) -> Option<super::Prepared> {
     let request = Request::from_bytes(packet.to_vec(), src, Protocol::Udp).ok()?;
-    handler.prepare(&request, order)
+    handler.prepare(state, &request, order)
 }
 
 /// Recognizes a plain query (one question, no answer or authority records, at most an EDNS

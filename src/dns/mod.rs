@@ -10,8 +10,10 @@
 //! swapped atomically on reload (SIGHUP).
 
 mod cache;
+mod encode;
 mod forward;
 pub mod names;
+mod sys;
 mod udp;
 mod zone;
 
@@ -22,11 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{
-    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode,
-};
+use hickory_proto::op::{MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -35,10 +34,12 @@ use hickory_server::store::file::{FileConfig, FileZoneHandler};
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
 use tokio::net::TcpListener;
 
+use crate::catalog::State;
 use crate::config::DnsConfig;
 use crate::metrics::DnsMetrics;
 use crate::tasks::Tasks;
 use crate::view::View;
+use encode::{error_info, local_metadata, response_edns, send};
 use forward::Forwarder;
 pub use udp::UdpServer;
 pub use zone::Reply;
@@ -95,7 +96,7 @@ pub(crate) struct Prepared {
 
 impl DnsHandler {
     pub fn new(view: View, settings: ZoneSettings) -> Result<Self, String> {
-        let handlers = build(&view, &settings)?;
+        let handlers = build(&settings)?;
         Ok(DnsHandler {
             view,
             current: ArcSwap::from_pointee(handlers),
@@ -114,7 +115,12 @@ impl DnsHandler {
     /// Encodes the UDP answer to a plain query for a name in the Beacon domain, with the
     /// instances in the given order; `None` when the question needs the full path (other
     /// zones, forwarding, answers that must be computed afresh each time).
-    pub(crate) fn prepare(&self, request: &Request, order: Order) -> Option<Prepared> {
+    pub(crate) fn prepare(
+        &self,
+        state: &State,
+        request: &Request,
+        order: Order,
+    ) -> Option<Prepared> {
         let plain = request.metadata.message_type == MessageType::Query
             && request.metadata.op_code == OpCode::Query
             && request.queries.len() == 1;
@@ -124,34 +130,22 @@ impl DnsHandler {
         let query = &request.queries.queries()[0];
         let handlers = self.current.load();
         let zone = handlers.zone_for(query.name())?;
-        let mut reply = zone.answer(query.name(), query.query_type(), true, order);
+        let reply = zone.answer(state, query.name(), query.query_type(), true, order);
         if !reply.external.is_empty() || reply.depends_on == Dependency::Never {
             return None;
         }
-        let edns = response_edns(request);
-        let metadata = local_metadata(request, &reply, handlers.forwarder.is_some());
-        let soa = reply.soa.take();
-        let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
-            metadata,
-            reply.answers.iter(),
-            reply.authorities.iter(),
-            soa.iter(),
-            reply.additionals.iter(),
-        );
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(udp_limit(edns.as_ref()));
-        response.destructive_emit(&mut encoder).ok()?;
+        let (depends_on, shuffled) = (reply.depends_on.clone(), reply.shuffled);
+        let bytes = encode::udp_bytes(request, reply, handlers.forwarder.is_some())?;
         Some(Prepared {
             bytes,
-            depends_on: reply.depends_on,
-            shuffled: reply.shuffled,
+            depends_on,
+            shuffled,
         })
     }
 
     /// Re-reads the zone files and applies new DNS settings; on error the old ones stay.
     pub fn reload(&self, settings: ZoneSettings) -> Result<(), String> {
-        let handlers = build(&self.view, &settings)?;
+        let handlers = build(&settings)?;
         self.current.store(Arc::new(handlers));
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -159,21 +153,15 @@ impl DnsHandler {
     }
 }
 
-fn build(view: &View, settings: &ZoneSettings) -> Result<Handlers, String> {
+fn build(settings: &ZoneSettings) -> Result<Handlers, String> {
     let dns = &settings.dns;
     let mut zones = vec![ConsulZone::new(
-        view.clone(),
         &settings.domain,
         &settings.datacenter,
         dns.clone(),
     )?];
     if let Some(alt) = &dns.alt_domain {
-        zones.push(ConsulZone::new(
-            view.clone(),
-            alt,
-            &settings.datacenter,
-            dns.clone(),
-        )?);
+        zones.push(ConsulZone::new(alt, &settings.datacenter, dns.clone())?);
     }
     let mut statics = Catalog::new();
     let mut static_origins = Vec::new();
@@ -209,42 +197,6 @@ fn load_zone(origin: Name, path: &Path) -> Result<FileZoneHandler, String> {
         },
     )
     .map_err(|e| format!("zone file {}: {e}", path.display()))
-}
-
-fn error_info(request: &Request, rcode: ResponseCode) -> ResponseInfo {
-    let mut metadata = Metadata::new(
-        request.metadata.id,
-        MessageType::Response,
-        request.metadata.op_code,
-    );
-    metadata.response_code = rcode;
-    ResponseInfo::from(Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    })
-}
-
-/// The OPT record of an answer: echoes EDNS, with our payload limit.
-fn response_edns(request: &Request) -> Option<Edns> {
-    request.edns.as_ref().map(|req| {
-        let mut e = Edns::new();
-        e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-        e
-    })
-}
-
-/// The largest UDP message a client accepts: its EDNS buffer, else 512 (RFC 1035 4.2.1).
-fn udp_limit(edns: Option<&Edns>) -> u16 {
-    edns.map_or(512, Edns::max_payload)
-}
-
-/// The header of an answer from one of our zones.
-fn local_metadata(request: &Request, reply: &Reply, recursion: bool) -> Metadata {
-    let mut metadata = Metadata::response_from_request(&request.metadata);
-    metadata.authoritative = true;
-    metadata.recursion_available = recursion;
-    metadata.response_code = reply.rcode;
-    metadata
 }
 
 fn is_reverse(name: &LowerName) -> bool {
@@ -287,6 +239,7 @@ impl RequestHandler for DnsHandler {
         let query = &request.queries.queries()[0];
         let (qname, qtype) = (query.name(), query.query_type());
         let handlers = self.current.load_full();
+        let state = self.view.load();
         let udp = request.protocol() == Protocol::Udp;
         let recursion = handlers.forwarder.is_some();
 
@@ -296,7 +249,7 @@ impl RequestHandler for DnsHandler {
         // Our domain first; then reverse lookups of catalog addresses; then static zones; the
         // rest goes to the recursors (or is refused).
         let local = if let Some(zone) = zone {
-            let mut reply = zone.answer(qname, qtype, udp, Order::Random);
+            let mut reply = zone.answer(&state, qname, qtype, udp, Order::Random);
             if let Some(forwarder) = &handlers.forwarder {
                 for host in std::mem::take(&mut reply.external) {
                     if let Some(upstream) = forwarder.resolve(&Query::query(host, qtype)).await {
@@ -315,14 +268,14 @@ impl RequestHandler for DnsHandler {
             let ptr = matches!(qtype, RecordType::PTR | RecordType::ANY)
                 .then(|| names::reverse_ip(&labels))
                 .flatten()
-                .and_then(|ip| primary.ptr(&Name::from(qname.clone()), ip));
+                .and_then(|ip| primary.ptr(&state, &Name::from(qname.clone()), ip));
             match (ptr, handlers.forwarder.is_some()) {
                 (Some(record), _) => Some(Reply {
                     answers: vec![record],
                     ..Reply::default()
                 }),
                 (None, true) => None,
-                (None, false) => Some(primary.nxdomain_reply()),
+                (None, false) => Some(primary.nxdomain_reply(&state)),
             }
         } else if in_static {
             return handlers
@@ -388,27 +341,6 @@ async fn forwarded<R: ResponseHandler>(
         None => {
             metadata.response_code = ResponseCode::ServFail;
             send(handle, builder.build_no_records(metadata), request).await
-        }
-    }
-}
-
-async fn send<'a, R: ResponseHandler>(
-    handle: &mut R,
-    response: hickory_server::zone_handler::MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-    request: &Request,
-) -> ResponseInfo {
-    match handle.send_response(response).await {
-        Ok(info) => info,
-        Err(e) => {
-            tracing::debug!(error = %e, "dns: failed to send response");
-            error_info(request, ResponseCode::ServFail)
         }
     }
 }

@@ -13,7 +13,6 @@
 //! are always answered: a stall of ours is not the client's overload.
 
 use std::io;
-use std::mem::{MaybeUninit, size_of, zeroed};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -34,15 +33,18 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::DnsHandler;
 use super::cache::AnswerCache;
+use super::sys::{
+    Batch, realtime_ns, send_all, set_receive_timestamps, socket_inode, wait_readable,
+};
 use crate::metrics::DnsMetrics;
 use crate::tasks::Tasks;
 
 /// Packets taken per system call.
-const BATCH: usize = 64;
+pub(super) const BATCH: usize = 64;
 /// The largest query accepted over UDP (larger ones are dropped as malformed).
-const MAX_QUERY: usize = 2048;
+pub(super) const MAX_QUERY: usize = 2048;
 /// Room for the largest UDP answer we send.
-const MAX_ANSWER: usize = 4096;
+pub(super) const MAX_ANSWER: usize = 4096;
 /// Queries waiting for the full path (forwarding, static zones, errors) before new ones drop.
 const FULL_PATH_QUEUE: usize = 4096;
 /// Full-path queries in flight at once (each may wait on a recursor).
@@ -50,7 +52,7 @@ const FULL_PATH_CONCURRENCY: usize = 1024;
 /// A gap between batches shorter than this is never taken for the loop being away.
 const AWAY_AT_LEAST: i128 = 2_000_000;
 /// How often an idle loop checks whether to stop.
-const IDLE_POLL_MS: i32 = 200;
+pub(super) const IDLE_POLL_MS: i32 = 200;
 
 /// Binds `count` UDP sockets sharing `addr` through `SO_REUSEPORT` (port 0: one free port).
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
@@ -72,25 +74,6 @@ fn socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     set_receive_timestamps(&socket)?;
     socket.bind(&SockAddr::from(addr))?;
     Ok(socket.into())
-}
-
-fn set_receive_timestamps(socket: &Socket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket, an int option with its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// The running receive loops.
@@ -154,17 +137,6 @@ impl UdpServer {
     }
 }
 
-fn socket_inode(socket: &UdpSocket) -> io::Result<u64> {
-    let mut stat = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills the struct for a valid descriptor.
-    let rc = unsafe { libc::fstat(socket.as_raw_fd(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fstat succeeded.
-    Ok(unsafe { stat.assume_init() }.st_ino)
-}
-
 struct Receiver {
     socket: UdpSocket,
     handler: Arc<DnsHandler>,
@@ -173,133 +145,6 @@ struct Receiver {
     stop: Arc<AtomicBool>,
     max_queue_delay: Duration,
     cache: AnswerCache,
-}
-
-/// The buffers of one batch; `mmsghdr`s point into them, so they never move once built.
-struct Batch {
-    queries: Vec<[u8; MAX_QUERY]>,
-    sources: Vec<libc::sockaddr_storage>,
-    controls: Vec<[u64; 8]>,
-    query_iovs: Vec<libc::iovec>,
-    query_hdrs: Vec<libc::mmsghdr>,
-    answers: Vec<Vec<u8>>,
-    answer_iovs: Vec<libc::iovec>,
-    answer_hdrs: Vec<libc::mmsghdr>,
-}
-
-impl Batch {
-    fn new() -> Box<Batch> {
-        // SAFETY: all-zero is a valid value for these plain C structs.
-        let zeroed_hdr = || unsafe { zeroed::<libc::mmsghdr>() };
-        let empty_iov = libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
-        let mut batch = Box::new(Batch {
-            queries: vec![[0; MAX_QUERY]; BATCH],
-            // SAFETY: as above.
-            sources: vec![unsafe { zeroed() }; BATCH],
-            controls: vec![[0; 8]; BATCH],
-            query_iovs: vec![empty_iov; BATCH],
-            query_hdrs: (0..BATCH).map(|_| zeroed_hdr()).collect(),
-            answers: (0..BATCH).map(|_| Vec::with_capacity(MAX_ANSWER)).collect(),
-            answer_iovs: vec![empty_iov; BATCH],
-            answer_hdrs: (0..BATCH).map(|_| zeroed_hdr()).collect(),
-        });
-        let b = &mut *batch;
-        for i in 0..BATCH {
-            b.query_iovs[i] = libc::iovec {
-                iov_base: b.queries[i].as_mut_ptr().cast(),
-                iov_len: MAX_QUERY,
-            };
-        }
-        batch
-    }
-
-    /// Resets the receive headers (the kernel overwrites lengths and flags).
-    fn arm(&mut self) {
-        for i in 0..BATCH {
-            let hdr = &mut self.query_hdrs[i].msg_hdr;
-            hdr.msg_name = (&raw mut self.sources[i]).cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &raw mut self.query_iovs[i];
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = self.controls[i].as_mut_ptr().cast();
-            hdr.msg_controllen = size_of::<[u64; 8]>() as _;
-            hdr.msg_flags = 0;
-            self.query_hdrs[i].msg_len = 0;
-        }
-    }
-
-    /// The kernel's receive time of packet `i`, in nanoseconds of the realtime clock.
-    fn received_at(&self, i: usize) -> Option<i128> {
-        let hdr = &self.query_hdrs[i].msg_hdr;
-        // SAFETY: the control buffer and length are what the kernel filled in.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET
-                    && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
-                {
-                    let ts =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
-                    return Some(ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128);
-                }
-                cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
-            }
-        }
-        None
-    }
-
-    fn source(&self, i: usize) -> Option<SocketAddr> {
-        let storage = &self.sources[i];
-        match storage.ss_family as libc::c_int {
-            libc::AF_INET => {
-                // SAFETY: the family says the storage holds a sockaddr_in.
-                let a = unsafe { &*(&raw const *storage).cast::<libc::sockaddr_in>() };
-                let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-                Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
-            }
-            libc::AF_INET6 => {
-                // SAFETY: the family says the storage holds a sockaddr_in6.
-                let a = unsafe { &*(&raw const *storage).cast::<libc::sockaddr_in6>() };
-                let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-                Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                    ip,
-                    u16::from_be(a.sin6_port),
-                    a.sin6_flowinfo,
-                    a.sin6_scope_id,
-                )))
-            }
-            _ => None,
-        }
-    }
-
-    /// Queues answer slot `slot` to the source of query `i`.
-    fn address(&mut self, slot: usize, i: usize) {
-        self.answer_iovs[slot] = libc::iovec {
-            iov_base: self.answers[slot].as_mut_ptr().cast(),
-            iov_len: self.answers[slot].len(),
-        };
-        let hdr = &mut self.answer_hdrs[slot].msg_hdr;
-        hdr.msg_name = (&raw mut self.sources[i]).cast();
-        hdr.msg_namelen = self.query_hdrs[i].msg_hdr.msg_namelen;
-        hdr.msg_iov = &raw mut self.answer_iovs[slot];
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = std::ptr::null_mut();
-        hdr.msg_controllen = 0;
-        hdr.msg_flags = 0;
-    }
-}
-
-fn realtime_ns() -> i128 {
-    let mut ts = MaybeUninit::<libc::timespec>::uninit();
-    // SAFETY: clock_gettime fills the struct.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_REALTIME, ts.as_mut_ptr());
-        let ts = ts.assume_init();
-        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-    }
 }
 
 impl Receiver {
@@ -314,16 +159,7 @@ impl Receiver {
         let mut was_behind = false;
         while !self.stop.load(Ordering::Acquire) {
             batch.arm();
-            // SAFETY: the headers point into `batch`, which outlives the call.
-            let received = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    batch.query_hdrs.as_mut_ptr(),
-                    BATCH as _,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
+            let received = batch.receive(fd);
             if received < 0 {
                 let error = io::Error::last_os_error();
                 match error.kind() {
@@ -402,37 +238,6 @@ impl Receiver {
 }
 
 /// Sends the answers with as few `sendmmsg` calls as the kernel allows; returns how many went.
-fn send_all(fd: libc::c_int, hdrs: &mut [libc::mmsghdr]) -> usize {
-    let mut sent = 0;
-    while sent < hdrs.len() {
-        let rest = &mut hdrs[sent..];
-        // SAFETY: each header points at an answer buffer and address that outlive the call.
-        let n = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as _, 0) };
-        if n < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // A full send buffer or an unreachable client: skip this answer, send the rest.
-            tracing::debug!(%error, "dns: udp send failed");
-            sent += 1;
-            continue;
-        }
-        sent += n as usize;
-    }
-    sent
-}
-
-fn wait_readable(fd: libc::c_int) {
-    let mut pollfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pollfd, 1, IDLE_POLL_MS) };
-}
-
 /// Runs queries the cache cannot answer through the full handler, a bounded number at a time.
 async fn full_path(
     handler: Arc<DnsHandler>,
@@ -534,7 +339,7 @@ impl ResponseHandler for UdpReply {
         >,
     ) -> Result<ResponseInfo, NetError> {
         let id = response.metadata().id;
-        let limit = super::udp_limit(response.edns());
+        let limit = super::encode::udp_limit(response.edns());
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(limit);

@@ -14,7 +14,6 @@ use super::names::{self, Lookup, encode_hex_ip};
 use crate::catalog::{Instance, State};
 use crate::config::DnsConfig;
 use crate::model::{CheckStatus, Node};
-use crate::view::View;
 
 /// How many servers an NS answer names at most (Consul: 3, random).
 const MAX_NS: usize = 3;
@@ -75,7 +74,6 @@ impl Order {
 }
 
 pub struct ConsulZone {
-    view: View,
     pub domain: LowerName,
     domain_name: Name,
     domain_labels: usize,
@@ -86,7 +84,7 @@ pub struct ConsulZone {
 }
 
 impl ConsulZone {
-    pub fn new(view: View, domain: &str, datacenter: &str, dns: DnsConfig) -> Result<Self, String> {
+    pub fn new(domain: &str, datacenter: &str, dns: DnsConfig) -> Result<Self, String> {
         let domain_name = Name::from_str(domain).map_err(|e| format!("domain {domain:?}: {e}"))?;
         let label = |l: &str| {
             Name::from_str(l)
@@ -101,7 +99,6 @@ impl ConsulZone {
             domain_name,
             datacenter: datacenter.to_ascii_lowercase(),
             dns,
-            view,
         })
     }
 
@@ -136,10 +133,17 @@ impl ConsulZone {
         self.name(&format!("{}.node.{}", node.name, self.datacenter))
     }
 
-    /// Answers one question whose name is inside the zone.
-    pub fn answer(&self, qname: &LowerName, qtype: RecordType, udp: bool, order: Order) -> Reply {
-        let state = self.view.load();
-        self.answer_in(&state, qname, qtype, udp, order, 0)
+    /// Answers one question whose name is inside the zone, from the catalog `state` the caller
+    /// loaded once for this query.
+    pub fn answer(
+        &self,
+        state: &State,
+        qname: &LowerName,
+        qtype: RecordType,
+        udp: bool,
+        order: Order,
+    ) -> Reply {
+        self.answer_in(state, qname, qtype, udp, order, 0)
     }
 
     fn answer_in(
@@ -547,8 +551,7 @@ impl ConsulZone {
 
     /// PTR for an address: a node with that address, else a service instance with it.
     /// Answers always use the primary domain (the caller passes the primary zone).
-    pub fn ptr(&self, qname: &Name, ip: IpAddr) -> Option<Record> {
-        let state = self.view.load();
+    pub fn ptr(&self, state: &State, qname: &Name, ip: IpAddr) -> Option<Record> {
         let wanted = ip.to_string();
         let target = match state
             .nodes()
@@ -571,8 +574,8 @@ impl ConsulZone {
         ))
     }
 
-    pub fn nxdomain_reply(&self) -> Reply {
-        self.nxdomain(&self.view.load())
+    pub fn nxdomain_reply(&self, state: &State) -> Reply {
+        self.nxdomain(state)
     }
 }
 

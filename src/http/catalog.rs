@@ -8,8 +8,9 @@ use serde_json::{Map, Value};
 
 use super::dto::{self, CheckIn, ServiceIn};
 use super::{Api, ApiError, Params, json, json_true};
-use crate::catalog::{CheckRegistration, Command, NodeRegistration, Registration};
+use crate::catalog::{Command, Registration};
 use crate::model::Node;
+use crate::model::{CheckSpec, NodeSpec};
 use std::collections::BTreeMap;
 
 /// True when the node carries every `?node-meta=k:v` pair.
@@ -19,21 +20,13 @@ pub fn meta_matches(node: &Node, filters: &[(String, String)]) -> bool {
         .all(|(k, v)| node.meta.get(k).is_some_and(|x| x == v))
 }
 
+/// The `Service` of a catalog registration: an agent service whose name is under `Service`.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct CatalogService {
-    id: String,
     service: String,
-    tags: Vec<String>,
-    address: String,
-    port: u16,
-    meta: BTreeMap<String, String>,
-    #[serde(rename = "taggedaddresses")]
-    tagged_addresses: BTreeMap<String, dto::TaggedAddressIn>,
-    weights: Option<dto::WeightsIn>,
-    #[serde(rename = "enabletagoverride")]
-    enable_tag_override: bool,
-    kind: String,
+    #[serde(flatten)]
+    fields: ServiceIn,
 }
 
 #[derive(Deserialize, Default)]
@@ -67,18 +60,12 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
             if s.service.is_empty() {
                 return Err(ApiError::BadRequest("Must provide service name".into()));
             }
+            // Catalog services carry no checks of their own (they come in `Checks`).
             let svc = ServiceIn {
-                id: s.id,
                 name: s.service,
-                tags: s.tags,
-                address: s.address,
-                port: s.port,
-                meta: s.meta,
-                tagged_addresses: s.tagged_addresses,
-                weights: s.weights,
-                enable_tag_override: s.enable_tag_override,
-                kind: s.kind,
-                ..ServiceIn::default()
+                check: None,
+                checks: Vec::new(),
+                ..s.fields
             };
             Some(svc.into_registration()?.0)
         }
@@ -99,7 +86,7 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
             Some(d) => d.definition().unwrap_or_default(),
             None => Default::default(),
         };
-        checks.push(CheckRegistration {
+        checks.push(CheckSpec {
             check_id: id.clone(),
             name: if check.name.is_empty() {
                 id
@@ -118,7 +105,7 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
         });
     }
     let registration = Registration {
-        node: NodeRegistration {
+        node: NodeSpec {
             id: reg.id,
             name: reg.node,
             address: reg.address,

@@ -15,11 +15,11 @@ use serde::de::{self, DeserializeOwned, Deserializer};
 use serde_json::{Map, Value, json};
 
 use super::ApiError;
-use crate::catalog::{CheckRegistration, ServiceRegistration};
 use crate::model::{
     Check, CheckDefinition, CheckStatus, Node, Service, TaggedAddress, Weights, format_duration,
     parse_duration,
 };
+use crate::model::{CheckSpec, ServiceSpec};
 
 /// Object fields whose values are user maps: their own keys are data, not field names.
 const MAP_FIELDS: &[&str] = &[
@@ -353,8 +353,8 @@ impl CheckIn {
         check_id: String,
         default_name: String,
         service_id: String,
-    ) -> Result<CheckRegistration, ApiError> {
-        Ok(CheckRegistration {
+    ) -> Result<CheckSpec, ApiError> {
+        Ok(CheckSpec {
             check_id,
             name: if self.name.is_empty() {
                 default_name
@@ -372,9 +372,7 @@ impl CheckIn {
 
 impl ServiceIn {
     /// Validates the registration and splits it into the service and its checks.
-    pub fn into_registration(
-        self,
-    ) -> Result<(ServiceRegistration, Vec<CheckRegistration>), ApiError> {
+    pub fn into_registration(self) -> Result<(ServiceSpec, Vec<CheckSpec>), ApiError> {
         if self.name.is_empty() {
             return Err(ApiError::BadRequest("Missing service name".into()));
         }
@@ -403,7 +401,7 @@ impl ServiceIn {
             let name = format!("Service '{}' check", self.name);
             checks.push(check.to_agent_check(check_id, name, id.clone())?);
         }
-        let service = ServiceRegistration {
+        let service = ServiceSpec {
             id,
             name: self.name,
             tags: self.tags,

@@ -10,6 +10,43 @@ use serde_json::{Value, json};
 use super::{Api, ApiError, Params, json};
 use crate::catalog::{Command, Rows};
 
+/// The backup document's format version; `PUT /v1/snapshot` refuses any other.
+pub const BACKUP_VERSION: u32 = 1;
+
+/// The backup document of `GET`/`PUT /v1/snapshot`: a format version and the whole catalog.
+/// (Consul's is a tar of Raft snapshot files; Beacon's is JSON, named in the README.)
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Backup {
+    version: u32,
+    catalog: Rows,
+}
+
+impl Backup {
+    /// The catalog of a backup document. Documents of earlier Beacons, which were the bare
+    /// catalog without a version, are still read.
+    fn decode(body: &[u8]) -> Result<Rows, ApiError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("Invalid snapshot: {e}")))?;
+        let backup = if value.get("Version").is_some() {
+            serde_json::from_value::<Backup>(value)
+        } else {
+            serde_json::from_value::<Rows>(value).map(|catalog| Backup {
+                version: BACKUP_VERSION,
+                catalog,
+            })
+        }
+        .map_err(|e| ApiError::BadRequest(format!("Invalid snapshot: {e}")))?;
+        if backup.version != BACKUP_VERSION {
+            return Err(ApiError::BadRequest(format!(
+                "Invalid snapshot: format version {} (this Beacon reads {BACKUP_VERSION})",
+                backup.version
+            )));
+        }
+        Ok(backup.catalog)
+    }
+}
+
 /// Largest snapshot accepted by `PUT /v1/snapshot`.
 pub const MAX_SNAPSHOT: usize = 256 << 20;
 
@@ -60,11 +97,17 @@ pub async fn remove_peer(State(api): State<Api>, params: Params) -> Result<Respo
 /// `GET /v1/snapshot`: the whole catalog as of the latest applied entry (on the leader, unless
 /// `?stale`), as a JSON document `PUT /v1/snapshot` restores.
 pub async fn save(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
-    let (bytes, index) = api
+    let rows = api
         .cluster
         .backup(params.has("stale"))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let index = rows.indexes.last;
+    let bytes = serde_json::to_vec(&Backup {
+        version: BACKUP_VERSION,
+        catalog: rows,
+    })
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut response = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -82,8 +125,7 @@ pub async fn restore(State(api): State<Api>, body: Bytes) -> Result<Response, Ap
     if body.len() > MAX_SNAPSHOT {
         return Ok((StatusCode::PAYLOAD_TOO_LARGE, "snapshot too large\n").into_response());
     }
-    let rows: Rows = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("Invalid snapshot: {e}")))?;
+    let rows = Backup::decode(&body)?;
     api.writer.write(Command::Restore(Box::new(rows))).await??;
     Ok(StatusCode::OK.into_response())
 }

@@ -62,18 +62,36 @@ pub struct TaggedAddress {
     pub port: u16,
 }
 
-/// A machine in the catalog. Keyed by its lower-cased name: Consul matches node names
-/// case-insensitively, and so do DNS names.
+/// A node as registered: what a registration says about a machine (Consul's `Node` fields of
+/// `RegisterRequest`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Node {
+pub struct NodeSpec {
+    /// A UUID; empty keeps the ID the node already has.
     pub id: String,
     pub name: String,
     pub address: String,
     pub datacenter: String,
     pub tagged_addresses: BTreeMap<String, String>,
     pub meta: BTreeMap<String, String>,
+}
+
+/// A machine in the catalog: its spec and the indexes that stamped it. Keyed by its
+/// lower-cased name: Consul matches node names case-insensitively, and so do DNS names.
+/// Derefs to its spec, so `node.name` reads the spec's field.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    #[serde(flatten)]
+    pub spec: NodeSpec,
     pub create_index: Index,
     pub modify_index: Index,
+}
+
+impl std::ops::Deref for Node {
+    type Target = NodeSpec;
+
+    fn deref(&self) -> &NodeSpec {
+        &self.spec
+    }
 }
 
 /// SRV weights by aggregated health (Consul's `Weights`).
@@ -92,9 +110,10 @@ impl Default for Weights {
     }
 }
 
-/// One instance of a service on a node.
+/// A service instance as registered (Consul's `AgentService` without indexes).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Service {
+pub struct ServiceSpec {
+    /// Unique on its node; the agent API defaults it to the name.
     pub id: String,
     pub name: String,
     pub tags: Vec<String>,
@@ -106,8 +125,24 @@ pub struct Service {
     pub weights: Weights,
     pub enable_tag_override: bool,
     pub kind: String,
+}
+
+/// One instance of a service on a node: its spec and the indexes that stamped it. Derefs to
+/// its spec, so `service.port` reads the spec's field.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    #[serde(flatten)]
+    pub spec: ServiceSpec,
     pub create_index: Index,
     pub modify_index: Index,
+}
+
+impl std::ops::Deref for Service {
+    type Target = ServiceSpec;
+
+    fn deref(&self) -> &ServiceSpec {
+        &self.spec
+    }
 }
 
 /// How an agent runs a check. Stored in the catalog with the check so a restarted agent picks
@@ -141,6 +176,20 @@ impl CheckDefinition {
             ""
         }
     }
+}
+
+/// A check as registered. `status` None keeps an existing check's status, or starts a new one
+/// critical, as Consul does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    pub check_id: String,
+    pub name: String,
+    pub status: Option<CheckStatus>,
+    pub notes: String,
+    pub output: String,
+    /// Empty for a node check.
+    pub service_id: String,
+    pub definition: CheckDefinition,
 }
 
 /// A health check on a node (`service_id` empty) or on one service instance.

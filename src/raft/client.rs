@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use super::ServerInfo;
 use super::network::CLUSTER_HEADER;
 use super::rpc::{MembershipChange, WriteReply};
-use crate::catalog::{Outcome, Request};
+use crate::catalog::{Outcome, Request, Rows};
 use crate::cluster::{ClusterError, WriteError};
 use crate::view::View;
 
@@ -143,8 +143,8 @@ impl RpcClient {
             .map_err(|e| e.into_cluster_error(addr))?
     }
 
-    /// Fetches the serialized catalog from the leader (used by `GET /v1/snapshot` on followers).
-    pub async fn snapshot(&self, addr: &str) -> Result<Vec<u8>, CallError> {
+    /// Fetches the catalog from the leader (used by `GET /v1/snapshot` on followers).
+    pub async fn snapshot(&self, addr: &str) -> Result<Rows, CallError> {
         let url = format!("http://{addr}/rpc/snapshot");
         let response = self
             .http
@@ -153,10 +153,11 @@ impl RpcClient {
             .send()
             .await
             .map_err(|e| CallError::Failed(e.to_string()))?;
-        response
+        let bytes = response
             .bytes()
             .await
-            .map(|b| b.to_vec())
-            .map_err(|e| CallError::Failed(e.to_string()))
+            .map_err(|e| CallError::Failed(e.to_string()))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CallError::Failed(format!("{url}: leader sent a bad snapshot: {e}")))
     }
 }

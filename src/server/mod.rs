@@ -51,6 +51,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let bound = bind(&config).await?;
+    run_bound(config, bound, reload, shutdown).await
+}
+
+/// [`run`] on listeners bound by [`bind`]: in-process callers (tests) bind on port 0 first to
+/// learn the addresses.
+pub async fn run_bound(
+    config: Config,
+    bound: Bound,
+    reload: Option<Reload>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let tasks = Tasks::new();
     let running = start(&config, bound, reload, &tasks).await?;
     let served = serve(&config, &running, &tasks, shutdown).await;
@@ -62,8 +73,8 @@ pub async fn run(
     }
 }
 
-/// Phase 1: every listener, bound before the data dir is touched.
-struct Bound {
+/// Phase 1's result: every listener, bound before the data dir is touched.
+pub struct Bound {
     http: TcpListener,
     dns: dns::Listeners,
     /// None in dev mode without `--rpc-addr`.
@@ -72,7 +83,21 @@ struct Bound {
     rpc_addr: SocketAddr,
 }
 
-async fn bind(config: &Config) -> anyhow::Result<Bound> {
+impl Bound {
+    /// The HTTP API's bound address.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// The DNS (UDP and TCP) bound address.
+    pub fn dns_addr(&self) -> std::io::Result<SocketAddr> {
+        self.dns.tcp.local_addr()
+    }
+}
+
+/// Phase 1: binds every listener of `config` (port 0 picks a free one), creating nothing on
+/// disk. Errors name the listener that could not be bound.
+pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding http on {}", config.http_addr))?;

@@ -71,26 +71,15 @@ impl Cluster for ServerCluster {
             .await
     }
 
-    async fn backup(&self, stale: bool) -> Result<(Vec<u8>, Index), ClusterError> {
+    async fn backup(&self, stale: bool) -> Result<Rows, ClusterError> {
         match self.node.leader_addr() {
-            Some(leader) if !self.node.is_leader() && !stale => {
-                let bytes = self
-                    .node
-                    .client()
-                    .snapshot(&leader)
-                    .await
-                    .map_err(|e| ClusterError::Failed(e.to_string()))?;
-                let rows: Rows = serde_json::from_slice(&bytes).map_err(|e| {
-                    ClusterError::Failed(format!("leader sent a bad snapshot: {e}"))
-                })?;
-                Ok((bytes, rows.indexes.last))
-            }
-            _ => {
-                let state = self.node.view().load();
-                let bytes = serde_json::to_vec(&state.to_rows())
-                    .map_err(|e| ClusterError::Failed(e.to_string()))?;
-                Ok((bytes, state.indexes().last))
-            }
+            Some(leader) if !self.node.is_leader() && !stale => self
+                .node
+                .client()
+                .snapshot(&leader)
+                .await
+                .map_err(|e| ClusterError::Failed(e.to_string())),
+            _ => Ok(self.node.view().load().to_rows()),
         }
     }
 

@@ -36,6 +36,43 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// The catalog inside a Raft snapshot: its own format version, so a snapshot of another
+/// layout is refused (`install_snapshot` fails) rather than misread.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotData {
+    format: u32,
+    rows: Rows,
+}
+
+/// The snapshot data format this server writes and reads.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+impl SnapshotData {
+    fn encode(rows: Rows) -> Result<Vec<u8>, StoreError> {
+        encode(&SnapshotData {
+            format: SNAPSHOT_FORMAT,
+            rows,
+        })
+    }
+
+    /// Reads format 1, and the bare rows that snapshots held before formats were numbered.
+    fn decode(data: &[u8]) -> Result<Rows, StoreError> {
+        if let Ok(versioned) = decode::<SnapshotData>("snapshot", data) {
+            if versioned.format != SNAPSHOT_FORMAT {
+                return Err(StoreError::Corrupt {
+                    table: "snapshot",
+                    detail: format!(
+                        "format {} (this server reads {SNAPSHOT_FORMAT})",
+                        versioned.format
+                    ),
+                });
+            }
+            return Ok(versioned.rows);
+        }
+        decode::<Rows>("snapshot", data)
+    }
+}
+
 /// One row write decided on the async side and executed in the blocking transaction.
 enum RowWrite {
     Node(String, Option<Vec<u8>>),
@@ -376,7 +413,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let rows: Rows = decode("snapshot", &data).map_err(|e| raft_err(ErrorVerb::Read, e))?;
+        let rows = SnapshotData::decode(&data).map_err(|e| raft_err(ErrorVerb::Read, e))?;
         let new_state = State::from_rows(rows.clone());
         let stored = encode(&StoredSnapshot {
             meta: meta.clone(),
@@ -432,7 +469,8 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let data = encode(&self.state.to_rows()).map_err(|e| raft_err(ErrorVerb::Write, e))?;
+        let data = SnapshotData::encode(self.state.to_rows())
+            .map_err(|e| raft_err(ErrorVerb::Write, e))?;
         let snapshot_id = match self.applied {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, data.len()),
             None => format!("empty-{}", data.len()),

@@ -107,3 +107,56 @@ impl SessionRenewal for SessionTimers {
 
 /// How often the leader looks for expired sessions.
 pub const SCAN_EVERY: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Command, Registration, State};
+    use crate::model::{NodeSpec, Session};
+
+    fn view_with_session(ttl: Duration) -> View {
+        let mut state = State::new();
+        let mut changes = Vec::new();
+        let register = Command::Register(Box::new(Registration {
+            node: NodeSpec {
+                name: "n1".into(),
+                address: "10.0.0.1".into(),
+                ..NodeSpec::default()
+            },
+            ..Registration::default()
+        }));
+        state.apply(1, 0, &register, &mut changes).unwrap();
+        let create = Command::SessionCreate(Session {
+            id: "s1".into(),
+            node: "n1".into(),
+            ttl: Some(ttl),
+            ..Session::default()
+        });
+        state.apply(2, 0, &create, &mut changes).unwrap();
+        View::new(state)
+    }
+
+    #[test]
+    fn a_new_leader_restarts_every_timer_at_twice_the_ttl() {
+        let timers = SessionTimers::new(view_with_session(Duration::from_secs(10)));
+        let elected = Instant::now();
+        timers.start_leading(elected);
+        assert!(timers.expired(elected + Duration::from_secs(19)).is_empty());
+        assert_eq!(timers.expired(elected + Duration::from_secs(20)), ["s1"]);
+    }
+
+    #[test]
+    fn a_renew_restarts_the_timer_and_only_a_leader_takes_renewals() {
+        let timers = SessionTimers::new(view_with_session(Duration::from_secs(10)));
+        assert_eq!(timers.renew("s1"), Err(ClusterError::NotLeader));
+        let elected = Instant::now();
+        timers.start_leading(elected);
+        let renewed = elected + Duration::from_secs(15);
+        assert_eq!(timers.renew_at("s1", renewed), Ok(true));
+        assert_eq!(timers.renew_at("nope", renewed), Ok(false));
+        assert!(timers.expired(renewed + Duration::from_secs(19)).is_empty());
+        assert_eq!(timers.expired(renewed + Duration::from_secs(20)), ["s1"]);
+        timers.stop_leading();
+        assert!(timers.expired(renewed + Duration::from_secs(60)).is_empty());
+    }
+}

@@ -1,28 +1,34 @@
 //! Beacon: DNS-based service discovery with a Consul-compatible HTTP API, replicated with Raft.
 //!
-//! Layout (dependencies point one way:
+//! Layout. Dependencies point one way:
 //! `server → {http, dns, agent, leader} → {cluster, raft} → store → {view, catalog} → model`;
-//! `config`, `metrics` and `tasks` are leaves anyone may use):
-//! - [`config`]: one validated `Config` from flags and a TOML file with Consul's key names,
-//!   including Raft `Timing`.
-//! - [`server`]: the composition root: bind → start → serve → drain; `server::port` implements
-//!   the cluster port over the Raft node.
-//! - [`http`]: the Consul-compatible HTTP API (axum); reads the view, writes through `Writer`,
-//!   asks the cluster port the rest.
-//! - [`dns`]: the `consul.` DNS zone answered from the view: our own UDP receive loops with
-//!   pre-encoded answers in front of the hickory-server handler.
-//! - [`agent`]: services and checks owned by this agent and the health runner that probes them.
+//! `config`, `metrics` and `tasks` are leaves anyone may use. `http`, `dns` and `agent` never
+//! name `raft` or `store` items (nor openraft or redb): they read the view, write through
+//! `cluster::Writer` and ask `cluster::Cluster` the rest.
+//! - `main.rs`, `cli/` (the binary): clap, exit codes, logging; `cli::{kv, ops}` are the client
+//!   subcommands, plain HTTP clients of a running agent.
+//! - [`config`]: one validated `Config` from flags (clap derives [`config::Flags`]) and a TOML
+//!   file with Consul's key names; Raft `Timing`; every default written once.
+//! - [`server`]: the composition root: bind → start → serve → drain;
+//!   `server::port` implements the cluster port over the Raft node.
+//! - [`http`]: the Consul-compatible HTTP API (axum): `agent`, `catalog`, `health`, `kv`,
+//!   `session`, `operator` (Raft status, backups), `metrics`; `read` (consistency modes,
+//!   blocking queries), `dto` (Consul's JSON, decoded once into `model` specs), `error`.
+//! - [`dns`]: the `consul.` zone answered from the view (`zone`, `names`), static zones and
+//!   forwarding (`forward`); UDP receive loops (`udp`, their system calls in `sys`) with
+//!   pre-encoded answers (`cache`); `encode` builds answers for both paths.
+//! - [`agent`]: services and checks owned by this agent and the health runner (`probe`).
 //! - [`leader`]: one supervised task while this server leads: cluster naming, session expiry
-//!   (the leader's TTL timers), autopilot.
+//!   (`leader::sessions`, the leader's TTL timers), autopilot.
 //! - [`cluster`]: the cluster port: `Writer`, `Cluster` (status, members, join/leave, read
-//!   barrier, session renew) and their typed errors; no Raft or store types.
-//! - [`raft`]: openraft glue: `RaftNode`, server RPC, formation and membership, the `Writer`
-//!   that proposes commands (group commit: one Raft entry per batch of concurrent writes).
-//! - [`store`]: redb persistence of the Raft log, vote and catalog state machine; the openraft
-//!   type configuration (`store::types`).
+//!   barrier, session renew, backup) and their typed errors; no Raft or store types.
+//! - [`raft`]: openraft glue: `RaftNode`, server RPC (`rpc` listener, `client`, `network` for
+//!   Raft's own calls), `formation` and membership, group commit (`batch`).
+//! - [`store`]: redb: the Raft log (`log`), the state machine rows and snapshots
+//!   (`state_machine`), `schema`; the openraft type configuration (`store::types`).
 //! - [`view`]: the published catalog (lock-free reads) and the watchers of blocking queries.
-//! - [`catalog`]: the pure, deterministic state machine: no tokio, clock or I/O.
-//! - [`model`]: shared domain types.
+//! - [`catalog`]: the pure, deterministic state machine (`command`, `kv`): no tokio, clock or I/O.
+//! - [`model`]: domain types once: node, service and check specs, stored records, durations.
 //! - [`metrics`]: counters written by one module and read by `/v1/agent/metrics`.
 //! - [`tasks`]: one tracker that owns every spawned task; essential tasks stop the agent if they end.
 

@@ -50,6 +50,20 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest UDP answer we send, whatever the client offers.
 const MAX_UDP_PAYLOAD: u16 = 4096;
 
+/// Why the DNS zones could not be set up (at start or on reload).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("domain {domain:?}: {reason}")]
+    Domain { domain: String, reason: String },
+    #[error("zone origin {origin:?}: {reason}")]
+    ZoneOrigin { origin: String, reason: String },
+    #[error("zone file {}: {reason}", path.display())]
+    ZoneFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
 /// What the DNS server needs to know to answer.
 #[derive(Clone, Debug)]
 pub struct ZoneSettings {
@@ -95,7 +109,7 @@ pub(crate) struct Prepared {
 }
 
 impl DnsHandler {
-    pub fn new(view: View, settings: ZoneSettings) -> Result<Self, String> {
+    pub fn new(view: View, settings: ZoneSettings) -> Result<Self, SetupError> {
         let handlers = build(&settings)?;
         Ok(DnsHandler {
             view,
@@ -144,7 +158,7 @@ impl DnsHandler {
     }
 
     /// Re-reads the zone files and applies new DNS settings; on error the old ones stay.
-    pub fn reload(&self, settings: ZoneSettings) -> Result<(), String> {
+    pub fn reload(&self, settings: ZoneSettings) -> Result<(), SetupError> {
         let handlers = build(&settings)?;
         self.current.store(Arc::new(handlers));
         self.generation
@@ -153,7 +167,7 @@ impl DnsHandler {
     }
 }
 
-fn build(settings: &ZoneSettings) -> Result<Handlers, String> {
+fn build(settings: &ZoneSettings) -> Result<Handlers, SetupError> {
     let dns = &settings.dns;
     let mut zones = vec![ConsulZone::new(
         &settings.domain,
@@ -166,8 +180,10 @@ fn build(settings: &ZoneSettings) -> Result<Handlers, String> {
     let mut statics = Catalog::new();
     let mut static_origins = Vec::new();
     for zone in &dns.zone_files {
-        let origin = Name::from_str(&zone.origin)
-            .map_err(|e| format!("zone origin {:?}: {e}", zone.origin))?;
+        let origin = Name::from_str(&zone.origin).map_err(|e| SetupError::ZoneOrigin {
+            origin: zone.origin.clone(),
+            reason: e.to_string(),
+        })?;
         let handler = load_zone(origin.clone(), &zone.path)?;
         let lower = LowerName::from(origin);
         statics.upsert(lower.clone(), vec![Arc::new(handler)]);
@@ -186,7 +202,7 @@ fn build(settings: &ZoneSettings) -> Result<Handlers, String> {
     })
 }
 
-fn load_zone(origin: Name, path: &Path) -> Result<FileZoneHandler, String> {
+fn load_zone(origin: Name, path: &Path) -> Result<FileZoneHandler, SetupError> {
     FileZoneHandler::try_from_config(
         origin,
         ZoneType::Primary,
@@ -196,7 +212,10 @@ fn load_zone(origin: Name, path: &Path) -> Result<FileZoneHandler, String> {
             zone_path: path.to_path_buf(),
         },
     )
-    .map_err(|e| format!("zone file {}: {e}", path.display()))
+    .map_err(|e| SetupError::ZoneFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 fn is_reverse(name: &LowerName) -> bool {

@@ -10,6 +10,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
+use super::SetupError;
 use super::names::{self, Lookup, encode_hex_ip};
 use crate::catalog::{Instance, State};
 use crate::config::DnsConfig;
@@ -84,12 +85,16 @@ pub struct ConsulZone {
 }
 
 impl ConsulZone {
-    pub fn new(domain: &str, datacenter: &str, dns: DnsConfig) -> Result<Self, String> {
-        let domain_name = Name::from_str(domain).map_err(|e| format!("domain {domain:?}: {e}"))?;
+    pub fn new(domain: &str, datacenter: &str, dns: DnsConfig) -> Result<Self, SetupError> {
+        let bad_domain = |e: hickory_proto::ProtoError| SetupError::Domain {
+            domain: domain.to_string(),
+            reason: e.to_string(),
+        };
+        let domain_name = Name::from_str(domain).map_err(bad_domain)?;
         let label = |l: &str| {
             Name::from_str(l)
                 .and_then(|n| n.append_domain(&domain_name))
-                .map_err(|e| format!("domain: {e}"))
+                .map_err(bad_domain)
         };
         Ok(ConsulZone {
             domain: LowerName::from(domain_name.clone()),

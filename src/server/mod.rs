@@ -206,8 +206,7 @@ async fn start(
     };
     let agent = Agent::new(identity, writer.clone(), view.clone(), tasks.clone());
 
-    let handler =
-        DnsHandler::new(view.clone(), zone_settings(config)).map_err(anyhow::Error::msg)?;
+    let handler = DnsHandler::new(view.clone(), zone_settings(config))?;
     let handler = Arc::new(handler);
     let dns_metrics = Arc::new(DnsMetrics::default());
     let dns = dns::serve(
@@ -332,9 +331,12 @@ async fn reload_on_sighup(handler: Arc<DnsHandler>, reload: Reload, stop: Cancel
                 _ = stop.cancelled() => return,
                 got = hup.recv() => if got.is_none() { return },
             }
-            let result = reload()
-                .map_err(|e| e.to_string())
-                .and_then(|config| handler.reload(zone_settings(&config)));
+            let result = match reload() {
+                Ok(config) => handler
+                    .reload(zone_settings(&config))
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(anyhow::Error::from(e)),
+            };
             match result {
                 Ok(()) => tracing::info!("reloaded DNS configuration and zone files"),
                 Err(e) => {

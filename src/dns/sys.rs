@@ -10,7 +10,14 @@ use std::os::fd::AsRawFd;
 
 use socket2::Socket;
 
-use super::udp::{BATCH, IDLE_POLL_MS, MAX_ANSWER, MAX_QUERY};
+/// Packets taken per system call.
+pub(super) const BATCH: usize = 64;
+/// The largest query accepted over UDP (larger ones are dropped as malformed).
+pub(super) const MAX_QUERY: usize = 2048;
+/// Room for the largest UDP answer we send.
+pub(super) const MAX_ANSWER: usize = 4096;
+/// How often an idle loop checks whether to stop.
+pub(super) const IDLE_POLL_MS: i32 = 200;
 
 /// Asks the kernel to stamp each received packet with its arrival time (`SO_TIMESTAMPNS`).
 pub(super) fn set_receive_timestamps(socket: &Socket) -> io::Result<()> {

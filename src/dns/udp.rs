@@ -34,25 +34,17 @@ use tokio::sync::{Semaphore, mpsc};
 use super::DnsHandler;
 use super::cache::AnswerCache;
 use super::sys::{
-    Batch, realtime_ns, send_all, set_receive_timestamps, socket_inode, wait_readable,
+    BATCH, Batch, realtime_ns, send_all, set_receive_timestamps, socket_inode, wait_readable,
 };
 use crate::metrics::DnsMetrics;
 use crate::tasks::Tasks;
 
-/// Packets taken per system call.
-pub(super) const BATCH: usize = 64;
-/// The largest query accepted over UDP (larger ones are dropped as malformed).
-pub(super) const MAX_QUERY: usize = 2048;
-/// Room for the largest UDP answer we send.
-pub(super) const MAX_ANSWER: usize = 4096;
 /// Queries waiting for the full path (forwarding, static zones, errors) before new ones drop.
 const FULL_PATH_QUEUE: usize = 4096;
 /// Full-path queries in flight at once (each may wait on a recursor).
 const FULL_PATH_CONCURRENCY: usize = 1024;
 /// A gap between batches shorter than this is never taken for the loop being away.
 const AWAY_AT_LEAST: i128 = 2_000_000;
-/// How often an idle loop checks whether to stop.
-pub(super) const IDLE_POLL_MS: i32 = 200;
 
 /// Binds `count` UDP sockets sharing `addr` through `SO_REUSEPORT` (port 0: one free port).
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {

@@ -7,12 +7,15 @@
 //! I/O, so nothing here asserts on socket timing. Process-boundary behaviour (signals, exit
 //! codes, restarts, clusters, resolvers) stays in the real-binary tests.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use beacon::config::{self, Flags};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
+use support::eventually_within;
 use tokio::time::Instant;
 
 /// A dev server running inside the test's runtime.
@@ -46,16 +49,11 @@ impl InProcess {
             stop: Some(stop),
             done,
         };
-        server
-            .until(
-                "the agent is registered",
-                Duration::from_secs(30),
-                || async {
-                    let (_, nodes) = server.get("/v1/catalog/nodes").await;
-                    (nodes.as_array().is_some_and(|n| !n.is_empty())).then_some(())
-                },
-            )
-            .await;
+        eventually_within(Duration::from_secs(30), "the agent is registered", || async {
+            let (_, nodes) = server.get("/v1/catalog/nodes").await;
+            (nodes.as_array().is_some_and(|n| !n.is_empty())).then_some(())
+        })
+        .await;
         server
     }
 
@@ -79,25 +77,6 @@ impl InProcess {
             .await
             .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
-    }
-
-    /// Polls `check` until it returns Some, or panics once `deadline` of (paused) time passed.
-    async fn until<T, F, Fut>(&self, what: &str, deadline: Duration, mut check: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let started = Instant::now();
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            assert!(
-                started.elapsed() < deadline,
-                "timed out waiting for: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     async fn create_session(&self, body: Value) -> String {
@@ -130,7 +109,7 @@ async fn session_ttl_expiry_releases_the_lock() {
         .await;
     assert!(renewed.contains(&sid));
     // Consul invalidates after twice the TTL without a renewal.
-    s.until("the session expires", Duration::from_secs(40), || async {
+    eventually_within(Duration::from_secs(40), "the session expires", || async {
         let (_, info) = s.get(&format!("/v1/session/info/{sid}")).await;
         (info == json!([])).then_some(())
     })
@@ -178,9 +157,9 @@ async fn services_critical_past_deregister_after_are_reaped() {
         assert_eq!(st, 200, "{text}");
     }
     // Consul's floor is one minute, and the reaper looks every few seconds.
-    s.until(
-        "the critical service is deregistered",
+    eventually_within(
         Duration::from_secs(100),
+        "the critical service is deregistered",
         || async {
             let (_, services) = s.get("/v1/agent/services").await;
             services.get("doomed").is_none().then_some(())

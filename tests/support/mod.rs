@@ -235,13 +235,14 @@ where
     eventually_within(DEADLINE, what, check).await
 }
 
-/// `eventually` with a longer deadline, for behaviour that is slow by specification.
+/// `eventually` with a longer deadline, for behaviour that is slow by specification. The
+/// deadline is on tokio's clock, so under paused time (the in-process tier) it is agent time.
 pub async fn eventually_within<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     loop {
         if let Some(v) = check().await {
             return v;

@@ -1,24 +1,42 @@
-//! Ownership of every spawned task: one `TaskTracker` that drain waits on, and one stop token
-//! whose cancellation is the agent's shutdown signal.
+//! Ownership of every spawned task: one `TaskTracker` that drain waits on, and the two signals
+//! of a shutdown.
 //!
-//! A task spawned with [`Tasks::spawn_essential`] is part of a healthy agent: if it ends while
-//! the agent is not shutting down, that is logged at error level and the agent shuts down with
-//! a failure, rather than running half alive.
+//! Shutdown comes in two steps. [`Tasks::serving`] is cancelled first: listeners close and
+//! blocking queries answer, while Raft and the tasks that serve in-flight requests keep going.
+//! [`Tasks::stop`] is cancelled next (cancelling it also cancels `serving`): every loop ends.
+//!
+//! A task spawned with [`Tasks::spawn_essential`] is part of a healthy agent: if it ends or
+//! panics before shutdown started, that is logged at error level and the agent shuts down with
+//! a failure ([`Tasks::failure`]), rather than running half alive.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The agent's tasks and its shutdown signal. Cheap to clone.
-#[derive(Clone, Default)]
+/// The agent's tasks and its shutdown signals. Cheap to clone.
+#[derive(Clone)]
 pub struct Tasks {
     tracker: TaskTracker,
     stop: CancellationToken,
+    serving: CancellationToken,
     /// The first essential task that ended unexpectedly.
     failed: Arc<Mutex<Option<String>>>,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        let stop = CancellationToken::new();
+        Tasks {
+            tracker: TaskTracker::new(),
+            serving: stop.child_token(),
+            stop,
+            failed: Arc::default(),
+        }
+    }
 }
 
 impl Tasks {
@@ -26,13 +44,18 @@ impl Tasks {
         Self::default()
     }
 
-    /// Cancelled when the agent starts shutting down (by request or because a task failed).
+    /// Cancelled when every loop must end (the second step of shutdown, or a failed task).
     pub fn stop(&self) -> &CancellationToken {
         &self.stop
     }
 
+    /// Cancelled when the agent stops serving clients (the first step of shutdown).
+    pub fn serving(&self) -> &CancellationToken {
+        &self.serving
+    }
+
     /// Spawns a task that ends by itself (a request, a batch); drain still waits for it.
-    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -40,25 +63,32 @@ impl Tasks {
         self.tracker.spawn(task)
     }
 
-    /// Spawns a task that must run until shutdown. If it returns earlier, the agent shuts down
-    /// and [`Tasks::failure`] names it.
-    pub fn spawn_essential<F>(&self, name: &'static str, task: F)
+    /// Spawns a task that must run until shutdown. If it returns or panics before shutdown
+    /// started, the agent shuts down and [`Tasks::failure`] names it. The handle resolves when
+    /// the task is over (either way).
+    pub fn spawn_essential<F>(&self, name: &'static str, task: F) -> JoinHandle<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let stop = self.stop.clone();
-        let failed = self.failed.clone();
+        let inner = self.tracker.spawn(task);
+        let tasks = self.clone();
+        // The watcher outlives a panic of the task (it sees it as a `JoinError`).
         self.tracker.spawn(async move {
-            task.await;
-            if !stop.is_cancelled() {
-                tracing::error!(task = name, "task ended unexpectedly; shutting down");
-                failed
-                    .lock()
-                    .expect("failed-task lock")
-                    .get_or_insert_with(|| name.to_string());
-                stop.cancel();
+            let ended = inner.await;
+            if tasks.serving.is_cancelled() {
+                return;
             }
-        });
+            match ended {
+                Ok(()) => tracing::error!(task = name, "task ended unexpectedly; shutting down"),
+                Err(e) => tracing::error!(task = name, error = %e, "task failed; shutting down"),
+            }
+            tasks
+                .failed
+                .lock()
+                .expect("failed-task lock")
+                .get_or_insert_with(|| name.to_string());
+            tasks.stop.cancel();
+        })
     }
 
     /// The essential task that ended unexpectedly, if one did.
@@ -66,7 +96,7 @@ impl Tasks {
         self.failed.lock().expect("failed-task lock").clone()
     }
 
-    /// Starts shutdown and waits up to `deadline` for every task; returns false if some were
+    /// Ends every loop and waits up to `deadline` for every task; returns false if some were
     /// still running (they are then abandoned with the runtime).
     pub async fn drain(&self, deadline: Duration) -> bool {
         self.stop.cancel();
@@ -86,26 +116,45 @@ impl Tasks {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn an_essential_task_that_ends_stops_the_agent_and_is_named() {
-        let tasks = Tasks::new();
-        tasks.spawn_essential("sleeper", {
-            let stop = tasks.stop().clone();
-            async move { stop.cancelled().await }
-        });
-        tasks.spawn_essential("quitter", async {});
+    async fn stops_the_agent_naming(tasks: &Tasks, name: &str) {
         tokio::time::timeout(Duration::from_secs(5), tasks.stop().cancelled())
             .await
             .expect("the agent is told to stop");
-        assert_eq!(tasks.failure().as_deref(), Some("quitter"));
+        assert!(tasks.serving().is_cancelled());
+        assert_eq!(tasks.failure().as_deref(), Some(name));
         assert!(tasks.drain(Duration::from_secs(5)).await);
+    }
+
+    fn sleeper(tasks: &Tasks) {
+        let stop = tasks.stop().clone();
+        tasks.spawn_essential("sleeper", async move { stop.cancelled().await });
+    }
+
+    #[tokio::test]
+    async fn an_essential_task_that_ends_stops_the_agent_and_is_named() {
+        let tasks = Tasks::new();
+        sleeper(&tasks);
+        tasks.spawn_essential("quitter", async {});
+        stops_the_agent_naming(&tasks, "quitter").await;
+    }
+
+    #[tokio::test]
+    async fn an_essential_task_that_panics_stops_the_agent_and_is_named() {
+        let tasks = Tasks::new();
+        sleeper(&tasks);
+        tasks.spawn_essential("panicker", async { panic!("boom") });
+        stops_the_agent_naming(&tasks, "panicker").await;
     }
 
     #[tokio::test]
     async fn tasks_that_end_at_shutdown_are_not_failures() {
         let tasks = Tasks::new();
-        let stop = tasks.stop().clone();
-        tasks.spawn_essential("loop", async move { stop.cancelled().await });
+        let serving = tasks.serving().clone();
+        let server = tasks.spawn_essential("server", async move { serving.cancelled().await });
+        sleeper(&tasks);
+        tasks.serving().cancel();
+        server.await.unwrap();
+        assert!(!tasks.stop().is_cancelled(), "serving ends first");
         assert!(tasks.drain(Duration::from_secs(5)).await);
         assert_eq!(tasks.failure(), None);
     }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use beacon::config::{self, Flags};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use support::eventually_within;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// A dev server running inside the test's runtime.
@@ -49,10 +49,14 @@ impl InProcess {
             stop: Some(stop),
             done,
         };
-        eventually_within(Duration::from_secs(30), "the agent is registered", || async {
-            let (_, nodes) = server.get("/v1/catalog/nodes").await;
-            (nodes.as_array().is_some_and(|n| !n.is_empty())).then_some(())
-        })
+        eventually_within(
+            Duration::from_secs(30),
+            "the agent is registered",
+            || async {
+                let (_, nodes) = server.get("/v1/catalog/nodes").await;
+                (nodes.as_array().is_some_and(|n| !n.is_empty())).then_some(())
+            },
+        )
         .await;
         server
     }

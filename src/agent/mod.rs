@@ -349,14 +349,26 @@ impl Agent {
         }
     }
 
+    /// Spawns a check runner that ends at shutdown wherever it is (a probe may be waiting on a
+    /// slow target for its whole timeout).
+    fn spawn_until_stop(
+        &self,
+        runner: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let stop = self.inner.tasks.stop().clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = runner => {}
+            }
+        })
+    }
+
     fn spawn_runner(&self, check_id: String, definition: CheckDefinition) -> Runner {
         let agent = self.clone();
         if let Some(ttl) = definition.ttl {
             let (tx, rx) = watch::channel(Instant::now() + ttl);
-            let task = self
-                .inner
-                .tasks
-                .spawn(async move { agent.run_ttl(check_id, rx).await });
+            let task = self.spawn_until_stop(agent.run_ttl(check_id, rx));
             Runner {
                 definition,
                 task,
@@ -364,10 +376,7 @@ impl Agent {
             }
         } else {
             let def = definition.clone();
-            let task = self
-                .inner
-                .tasks
-                .spawn(async move { agent.run_probe(check_id, def).await });
+            let task = self.spawn_until_stop(agent.run_probe(check_id, def));
             Runner {
                 definition,
                 task,

@@ -25,6 +25,14 @@ pub fn meta_matches(node: &Node, filters: &[(String, String)]) -> bool {
 #[serde(default)]
 struct CatalogService {
     service: String,
+    // Not fields of Consul's `NodeService`: taken here so they are ignored, as Consul ignores
+    // them, rather than decoded (and judged) as the agent API's.
+    #[allow(dead_code)]
+    name: Option<serde::de::IgnoredAny>,
+    #[allow(dead_code)]
+    check: Option<serde::de::IgnoredAny>,
+    #[allow(dead_code)]
+    checks: Option<serde::de::IgnoredAny>,
     #[serde(flatten)]
     fields: ServiceIn,
 }

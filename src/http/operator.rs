@@ -26,17 +26,22 @@ impl Backup {
     /// The catalog of a backup document. Documents of earlier Beacons, which were the bare
     /// catalog without a version, are still read.
     fn decode(body: &[u8]) -> Result<Rows, ApiError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("Invalid snapshot: {e}")))?;
-        let backup = if value.get("Version").is_some() {
-            serde_json::from_value::<Backup>(value)
-        } else {
-            serde_json::from_value::<Rows>(value).map(|catalog| Backup {
-                version: BACKUP_VERSION,
-                catalog,
-            })
+        /// Only the version, to choose the shape without building the document twice.
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            #[serde(rename = "Version")]
+            version: Option<serde::de::IgnoredAny>,
         }
-        .map_err(|e| ApiError::BadRequest(format!("Invalid snapshot: {e}")))?;
+        let invalid = |e: serde_json::Error| ApiError::BadRequest(format!("Invalid snapshot: {e}"));
+        let probe: Probe = serde_json::from_slice(body).map_err(invalid)?;
+        let backup = if probe.version.is_some() {
+            serde_json::from_slice::<Backup>(body).map_err(invalid)?
+        } else {
+            Backup {
+                version: BACKUP_VERSION,
+                catalog: serde_json::from_slice(body).map_err(invalid)?,
+            }
+        };
         if backup.version != BACKUP_VERSION {
             return Err(ApiError::BadRequest(format!(
                 "Invalid snapshot: format version {} (this Beacon reads {BACKUP_VERSION})",

@@ -142,10 +142,15 @@ async fn serve(
     let (parts, _) = request.into_parts();
     loop {
         if mode != Mode::Stale {
-            api.cluster
-                .read_barrier(mode == Mode::Consistent)
-                .await
-                .map_err(|_| ApiError::Internal("No cluster leader".into()))?;
+            tokio::select! {
+                fresh = api.cluster.read_barrier(mode == Mode::Consistent) => {
+                    fresh.map_err(|_| ApiError::Internal("No cluster leader".into()))?;
+                }
+                // A fresh read cannot be promised any more; say so rather than hold the drain.
+                _ = api.shutdown.cancelled() => {
+                    return Err(ApiError::Internal("agent is shutting down".into()));
+                }
+            }
         }
         // Subscribe before reading, so a write between the read and the wait is not missed.
         let notifies: Vec<_> = topics

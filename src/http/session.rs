@@ -123,10 +123,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, Api
             )));
         }
     }
-    // Best effort: the leader's scan starts the timer anyway if this does not arrive.
-    if let Err(e) = api.cluster.renew_session(&id).await {
-        tracing::debug!(session = %id, error = %e, "could not start the session timer");
-    }
+    // The leader's timers pick the new session up at their next scan (within 250 ms).
     Ok(json(
         api.view.load().indexes().sessions,
         &json!({"ID": id}),

@@ -30,6 +30,7 @@ use crate::tasks::Tasks;
 #[derive(Clone)]
 pub struct Duties {
     pub node: RaftNode,
+    /// Proposes on this server only (`RaftNode::leader_writer`): never forwarded.
     pub writer: Arc<dyn Writer>,
     pub autopilot: Autopilot,
     pub sessions: SessionTimers,
@@ -57,9 +58,10 @@ async fn supervise(duties: Duties, tasks: Tasks) {
                 tracing::info!("no longer leading: stopping leader duties");
             }
         }
+        // Renewals stop being taken at once; the duties stop at their next await.
+        duties.sessions.stop_leading();
         term.cancel();
         let ended = running.await;
-        duties.sessions.stop_leading();
         if let Err(e) = ended {
             tracing::error!(error = %e, "leader duties failed");
             return;
@@ -69,6 +71,15 @@ async fn supervise(duties: Duties, tasks: Tasks) {
 
 /// One term's duties; returns when `term` is cancelled.
 async fn run(duties: Duties, term: CancellationToken) {
+    // As Consul's `establishLeadership` waits on a barrier: the entries committed in earlier
+    // terms are applied here before the timers start, so every session created before the
+    // election has a timer and a renew of one is never answered "not found".
+    if until_cancelled(&term, caught_up(&duties.node))
+        .await
+        .is_none()
+    {
+        return;
+    }
     let since = Instant::now();
     duties.sessions.start_leading(since);
     let mut tick = tokio::time::interval(SCAN_EVERY);
@@ -89,6 +100,18 @@ async fn run(duties: Duties, term: CancellationToken) {
         if until_cancelled(&term, round).await.is_none() {
             return;
         }
+    }
+}
+
+/// Waits until this leader has applied everything committed before it was elected.
+async fn caught_up(node: &RaftNode) {
+    loop {
+        if let Ok(index) = node.read_index_local(true).await
+            && node.wait_applied(index, Duration::from_secs(1)).await
+        {
+            return;
+        }
+        tokio::time::sleep(SCAN_EVERY).await;
     }
 }
 

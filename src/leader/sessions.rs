@@ -5,7 +5,7 @@
 //! (Consul's `SessionTTLMultiplier`); an expired session is destroyed by a Raft command, so
 //! every replica invalidates it at the same log index. The catalog never reads a clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,11 +56,11 @@ impl SessionTimers {
         let Some(deadlines) = guard.as_mut() else {
             return Vec::new();
         };
-        let mut live = Vec::new();
+        let mut live = HashSet::new();
         let mut due = Vec::new();
         for session in state.sessions() {
             let Some(ttl) = session.ttl else { continue };
-            live.push(session.id.as_str());
+            live.insert(session.id.as_str());
             let deadline = *deadlines
                 .entry(session.id.clone())
                 .or_insert(now + ttl * TTL_MULTIPLIER);
@@ -68,7 +68,7 @@ impl SessionTimers {
                 due.push(session.id.clone());
             }
         }
-        deadlines.retain(|id, _| live.contains(&id.as_str()));
+        deadlines.retain(|id, _| live.contains(id.as_str()));
         due
     }
 

@@ -45,9 +45,10 @@ impl Batcher {
 
     pub async fn write(&self, request: Request) -> Result<(Outcome, u64), WriteError> {
         let (reply, answer) = oneshot::channel();
+        // Not proposed, so safe to retry elsewhere: a forwarding server waits for the next leader.
         self.queue
             .send((request, reply))
-            .map_err(|_| WriteError::Failed("raft is shutting down".into()))?;
+            .map_err(|_| WriteError::NoLeader)?;
         answer
             .await
             .unwrap_or_else(|_| Err(WriteError::Failed("raft is shutting down".into())))

@@ -344,6 +344,20 @@ impl RaftNode {
         }
     }
 
+    /// Resolves when the Raft core stopped: shut down, or stopped by a fatal error (a store
+    /// that cannot write stops it so it never acknowledges what it did not persist).
+    pub async fn wait_stopped(&self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().state == ServerState::Shutdown {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Waits until some server is leader.
     pub async fn wait_for_leader(&self, timeout: Duration) -> bool {
         self.raft
@@ -427,6 +441,12 @@ impl RaftNode {
         Arc::new(RaftWriter { node: self.clone() })
     }
 
+    /// A writer for the leader's own duties: it proposes only while this server leads and never
+    /// forwards, so a deposed leader's duties cannot commit through its successor.
+    pub fn leader_writer(&self) -> Arc<dyn Writer> {
+        Arc::new(LeaderWriter { node: self.clone() })
+    }
+
     /// Proposes a command on this server, which must be the leader; it shares a Raft entry with
     /// the writes proposed at the same time.
     pub async fn write_local(&self, request: Request) -> Result<(Outcome, u64), WriteError> {
@@ -495,6 +515,28 @@ impl Writer for RaftWriter {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Proposes on this server only; `NotLeader`/`NoLeader` when it does not lead.
+struct LeaderWriter {
+    node: RaftNode,
+}
+
+#[async_trait::async_trait]
+impl Writer for LeaderWriter {
+    async fn write(&self, command: Command) -> Result<Outcome, WriteError> {
+        let request = Request {
+            at_ms: now_ms(),
+            command,
+        };
+        let (outcome, index) = self.node.write_local(request).await?;
+        if !self.node.wait_applied(index, LEADER_HOLD).await {
+            return Err(WriteError::Failed(format!(
+                "committed at index {index} but not applied here in time"
+            )));
+        }
+        Ok(outcome)
     }
 }
 

@@ -165,5 +165,8 @@ async fn session_renew(
     State(rpc): State<Rpc>,
     Json(id): Json<String>,
 ) -> Json<Result<bool, ClusterError>> {
+    if !rpc.node.is_leader() {
+        return Json(Err(ClusterError::NotLeader));
+    }
     Json(rpc.sessions.renew(&id))
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, NodeIdentity};
@@ -63,7 +64,14 @@ pub async fn run_bound(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let tasks = Tasks::new();
-    let running = start(&config, bound, reload, &tasks).await?;
+    let running = match start(&config, bound, reload, &tasks).await {
+        Ok(running) => running,
+        Err(e) => {
+            // Whatever did start stops before the error is reported.
+            tasks.drain(DRAIN_DEADLINE).await;
+            return Err(e);
+        }
+    };
     let served = serve(&config, &running, &tasks, shutdown).await;
     drain(running, &tasks).await;
     served?;
@@ -137,6 +145,8 @@ struct Running {
     node: RaftNode,
     agent: Agent,
     dns: DnsServer,
+    /// The HTTP server task, drained before the rest.
+    http: JoinHandle<()>,
     rpc_addr: SocketAddr,
     /// Cancelled when this server has left its cluster.
     leave: CancellationToken,
@@ -150,6 +160,9 @@ async fn start(
     reload: Option<Reload>,
     tasks: &Tasks,
 ) -> anyhow::Result<Running> {
+    // Zone files and DNS settings are checked before the data dir is opened.
+    let view = View::default();
+    let handler = Arc::new(DnsHandler::new(view.clone(), zone_settings(config))?);
     let (data_dir, temp): (PathBuf, Option<tempfile::TempDir>) = match &config.data_dir {
         Some(dir) => (dir.clone(), None),
         None => {
@@ -164,14 +177,72 @@ async fn start(
     let node_id = store::node_id(&db)?;
     tracing::info!(data_dir = %data_dir.display(), node_id, "opened data dir");
 
-    let view = View::default();
     let me = ServerNode {
         rpc_addr: bound.rpc_addr.to_string(),
         name: config.node_name.clone(),
     };
     let node = RaftNode::start(node_id, me, db, view.clone(), &config.raft, tasks).await?;
+    let services = Services {
+        view,
+        handler,
+        rpc: bound.rpc,
+        http: bound.http,
+        dns: bound.dns,
+    };
+    match start_services(config, node.clone(), services, reload, tasks).await {
+        Ok((agent, dns, leave, http)) => Ok(Running {
+            node,
+            agent,
+            dns,
+            http,
+            rpc_addr: bound.rpc_addr,
+            leave,
+            _temp: temp,
+        }),
+        Err(e) => {
+            tasks.drain(DRAIN_DEADLINE).await;
+            node.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+/// What `start_services` serves on.
+struct Services {
+    view: View,
+    handler: Arc<DnsHandler>,
+    rpc: Option<TcpListener>,
+    http: TcpListener,
+    dns: dns::Listeners,
+}
+
+/// The rest of phase 2, once Raft runs: RPC, the leader supervisor, the agent, DNS, HTTP.
+async fn start_services(
+    config: &Config,
+    node: RaftNode,
+    services: Services,
+    reload: Option<Reload>,
+    tasks: &Tasks,
+) -> anyhow::Result<(Agent, DnsServer, CancellationToken, JoinHandle<()>)> {
+    let Services {
+        view,
+        handler,
+        rpc,
+        http: http_listener,
+        dns: dns_listeners,
+    } = services;
+    let rpc_addr: SocketAddr = node.me().rpc_addr.parse()?;
+    // Raft stopping on its own (a storage failure) must not leave a server answering stale data.
+    let core = node.clone();
+    let stop = tasks.stop().clone();
+    tasks.spawn_essential("raft-core", async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = core.wait_stopped() => {}
+        }
+    });
     let sessions = SessionTimers::new(view.clone());
-    if let Some(listener) = bound.rpc {
+    if let Some(listener) = rpc {
         let router = rpc::router(node.clone(), Arc::new(sessions.clone()));
         let stop = tasks.stop().clone();
         tasks.spawn_essential("rpc-server", async move {
@@ -187,7 +258,7 @@ async fn start(
     leader::start(
         leader::Duties {
             node: node.clone(),
-            writer: writer.clone(),
+            writer: node.leader_writer(),
             autopilot: config.autopilot.clone(),
             sessions: sessions.clone(),
         },
@@ -201,17 +272,15 @@ async fn start(
             .filter(|id| !id.is_empty())
             .unwrap_or_else(new_node_id),
         name: config.node_name.clone(),
-        address: advertise_ip(bound.rpc_addr.ip()).to_string(),
+        address: advertise_ip(rpc_addr.ip()).to_string(),
         datacenter: config.datacenter.clone(),
     };
     let agent = Agent::new(identity, writer.clone(), view.clone(), tasks.clone());
 
-    let handler = DnsHandler::new(view.clone(), zone_settings(config))?;
-    let handler = Arc::new(handler);
     let dns_metrics = Arc::new(DnsMetrics::default());
     let dns = dns::serve(
         handler.clone(),
-        bound.dns,
+        dns_listeners,
         dns_metrics.clone(),
         config.dns.max_queue_delay,
         tasks,
@@ -232,25 +301,17 @@ async fn start(
         }),
         datacenter: config.datacenter.clone(),
         leave: leave.clone(),
-        shutdown: tasks.stop().clone(),
+        shutdown: tasks.serving().clone(),
         dns_metrics,
     };
-    let http_listener = bound.http;
-    let stop = tasks.stop().clone();
-    tasks.spawn_essential("http-server", async move {
-        if let Err(e) = http::serve(http_listener, api, async move { stop.cancelled().await }).await
-        {
+    let serving = tasks.serving().clone();
+    let http = tasks.spawn_essential("http-server", async move {
+        let stop = async move { serving.cancelled().await };
+        if let Err(e) = http::serve(http_listener, api, stop).await {
             tracing::error!(error = %e, "http server failed");
         }
     });
-    Ok(Running {
-        node,
-        agent,
-        dns,
-        rpc_addr: bound.rpc_addr,
-        leave,
-        _temp: temp,
-    })
+    Ok((agent, dns, leave, http))
 }
 
 /// Phase 3: becomes ready (cluster formed, a leader known, this server registered), then waits
@@ -295,11 +356,18 @@ async fn serve(
     Ok(())
 }
 
-/// Phase 4: stop accepting, let every task finish (blocking queries answer at once), stop Raft.
+/// Phase 4: stop serving clients (blocking queries answer at once) while Raft still commits
+/// the writes in flight; then end every task; then stop Raft.
 async fn drain(running: Running, tasks: &Tasks) {
     tracing::info!("shutting down");
-    tasks.stop().cancel();
+    tasks.serving().cancel();
     running.dns.shutdown().await;
+    if tokio::time::timeout(DRAIN_DEADLINE, running.http)
+        .await
+        .is_err()
+    {
+        tracing::warn!("http requests still running after {DRAIN_DEADLINE:?}; stopping anyway");
+    }
     if !tasks.drain(DRAIN_DEADLINE).await {
         tracing::warn!(
             running = tasks.running(),

@@ -57,7 +57,13 @@ impl SnapshotData {
 
     /// Reads format 1, and the bare rows that snapshots held before formats were numbered.
     fn decode(data: &[u8]) -> Result<Rows, StoreError> {
-        if let Ok(versioned) = decode::<SnapshotData>("snapshot", data) {
+        /// Only whether a format is named, to choose the shape.
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            format: Option<serde::de::IgnoredAny>,
+        }
+        if decode::<Probe>("snapshot", data)?.format.is_some() {
+            let versioned = decode::<SnapshotData>("snapshot", data)?;
             if versioned.format != SNAPSHOT_FORMAT {
                 return Err(StoreError::Corrupt {
                     table: "snapshot",

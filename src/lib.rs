@@ -1,7 +1,7 @@
 //! Beacon: DNS-based service discovery with a Consul-compatible HTTP API, replicated with Raft.
 //!
 //! Layout. Dependencies point one way:
-//! `server → {http, dns, agent, leader} → {cluster, raft} → store → {view, catalog} → model`;
+//! `server → {http, dns, leader} → {agent, raft} → {cluster, store} → view → catalog → model`;
 //! `config`, `metrics` and `tasks` are leaves anyone may use. `http`, `dns` and `agent` never
 //! name `raft` or `store` items (nor openraft or redb): they read the view, write through
 //! `cluster::Writer` and ask `cluster::Cluster` the rest.

@@ -61,7 +61,7 @@ pub(super) fn udp_limit(edns: Option<&Edns>) -> u16 {
 }
 
 /// The header of an answer from one of our zones.
-pub(super) fn local_metadata(request: &Request, reply: &Reply, recursion: bool) -> Metadata {
+fn local_metadata(request: &Request, reply: &Reply, recursion: bool) -> Metadata {
     let mut metadata = Metadata::response_from_request(&request.metadata);
     metadata.authoritative = true;
     metadata.recursion_available = recursion;
@@ -69,6 +69,28 @@ pub(super) fn local_metadata(request: &Request, reply: &Reply, recursion: bool) 
     metadata
 }
 
+/// Sends the full path's answer from one of our zones (any transport; the response handler
+/// cuts it to the transport's limit).
+pub(super) async fn send_local<R: ResponseHandler>(
+    handle: &mut R,
+    builder: MessageResponseBuilder<'_>,
+    request: &Request,
+    mut reply: Reply,
+    recursion: bool,
+) -> ResponseInfo {
+    let metadata = local_metadata(request, &reply, recursion);
+    let soa = reply.soa.take();
+    let response = builder.build(
+        metadata,
+        reply.answers.iter(),
+        reply.authorities.iter(),
+        soa.iter(),
+        reply.additionals.iter(),
+    );
+    send(handle, response, request).await
+}
+
+/// Sends a built response; a failure to send is logged and reported as SERVFAIL.
 pub(super) async fn send<'a, R: ResponseHandler>(
     handle: &mut R,
     response: hickory_server::zone_handler::MessageResponse<

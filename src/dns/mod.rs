@@ -39,7 +39,7 @@ use crate::config::DnsConfig;
 use crate::metrics::DnsMetrics;
 use crate::tasks::Tasks;
 use crate::view::View;
-use encode::{error_info, local_metadata, response_edns, send};
+use encode::{error_info, response_edns, send};
 use forward::Forwarder;
 pub use udp::UdpServer;
 pub use zone::Reply;
@@ -304,7 +304,7 @@ impl RequestHandler for DnsHandler {
         } else {
             None
         };
-        let Some(mut reply) = local else {
+        let Some(reply) = local else {
             return match &handlers.forwarder {
                 Some(forwarder) => {
                     let query = Query::query(Name::from(qname.clone()), qtype);
@@ -317,16 +317,7 @@ impl RequestHandler for DnsHandler {
             };
         };
 
-        let metadata = local_metadata(request, &reply, recursion);
-        let soa = reply.soa.take();
-        let response = builder.build(
-            metadata,
-            reply.answers.iter(),
-            reply.authorities.iter(),
-            soa.iter(),
-            reply.additionals.iter(),
-        );
-        send(&mut response_handle, response, request).await
+        encode::send_local(&mut response_handle, builder, request, reply, recursion).await
     }
 }
 

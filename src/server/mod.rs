@@ -6,8 +6,11 @@
 //!    owned by one `Tasks` tracker;
 //! 3. **serve**: form or join the cluster, register this server, then wait for a shutdown
 //!    request, a graceful leave, or an essential task's unexpected end;
-//! 4. **drain**: stop listening, let blocking queries answer, wait for every task (with a
-//!    deadline), then stop Raft.
+//! 4. **drain**: stop serving clients (DNS closes, HTTP stops accepting, blocking queries
+//!    answer at once) while Raft still commits the writes in flight; then end every task and
+//!    wait for them (each step with a deadline); then stop Raft.
+//!
+//! A failure in start stops what had started before it is reported.
 //!
 //! `port` implements the cluster port (`crate::cluster`) over the Raft node.
 

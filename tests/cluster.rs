@@ -726,3 +726,49 @@ async fn a_session_renewed_only_through_a_follower_lives_and_expires_at_twice_it
     })
     .await;
 }
+
+fn signal(node: &Node, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &node.server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A leader paused (SIGSTOP) and replaced must not acknowledge a renew that its successor, who
+/// now owns the session timers, never sees.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renew_sent_to_a_paused_and_replaced_leader_reaches_the_new_leader() {
+    let _one = serial().await;
+    let c = Cluster::start("");
+    let old = leader_index(&c, &[0, 1, 2]).await;
+    let (st, created) = put(
+        &c.nodes[old].url("/v1/session/create"),
+        json!({"TTL": "10s"}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 200, "{created}");
+    let sid = serde_json::from_str::<serde_json::Value>(&created).unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    signal(&c.nodes[old], "-STOP");
+    let renew_url = c.nodes[old].url(&format!("/v1/session/renew/{sid}"));
+    let renew = tokio::spawn(async move { put(&renew_url, "").await });
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = leader_index(&c, &others).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    signal(&c.nodes[old], "-CONT");
+    let (st, renewed) = renew.await.unwrap();
+    let answered = std::time::Instant::now();
+    assert_eq!(st, 200, "{renewed}");
+
+    let info_url = c.nodes[new].url(&format!("/v1/session/info/{sid}"));
+    tokio::time::sleep(Duration::from_secs(19).saturating_sub(answered.elapsed())).await;
+    assert_ne!(
+        get_json(&info_url).await.1,
+        json!([]),
+        "the renew acknowledged by the old leader restarted the new leader's timer"
+    );
+}

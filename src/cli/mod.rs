@@ -18,7 +18,7 @@ pub fn base_url(flag: Option<&str>) -> String {
                 .ok()
                 .filter(|v| !v.is_empty())
         })
-        .unwrap_or_else(|| "127.0.0.1:8500".into());
+        .unwrap_or_else(|| format!("127.0.0.1:{}", beacon::config::DEFAULT_HTTP_PORT));
     let raw = raw.trim_end_matches('/');
     if raw.starts_with("http://") || raw.starts_with("https://") {
         raw.to_string()

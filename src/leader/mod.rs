@@ -46,6 +46,8 @@ async fn supervise(duties: Duties, tasks: Tasks) {
     let stop = tasks.stop().clone();
     loop {
         tokio::select! {
+            // Shutdown first: a leader shutting down does not start its duties again.
+            biased;
             _ = stop.cancelled() => return,
             _ = duties.node.wait_leadership(true) => {}
         }

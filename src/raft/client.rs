@@ -114,14 +114,15 @@ impl RpcClient {
                 addr,
                 "read-index",
                 Some(&linearizable),
-                Duration::from_secs(10),
+                Duration::from_secs(2),
             )
             .await
         {
             Ok(Ok(index)) => Ok(index),
             Ok(Err(e)) => Err(e),
-            Err(CallError::Unreachable(_)) => Err(WriteError::NoLeader),
-            Err(CallError::Failed(e)) => Err(WriteError::Failed(e)),
+            // Asking for a read index changes nothing, so any failure is worth a retry (on the
+            // next leader, if this one is gone or paused).
+            Err(CallError::Unreachable(_) | CallError::Failed(_)) => Err(WriteError::NoLeader),
         }
     }
 
@@ -136,11 +137,15 @@ impl RpcClient {
             .map_err(|e| e.into_cluster_error(addr))?
     }
 
-    /// Restarts a session's timer on the leader at `addr`.
+    /// Restarts a session's timer on the leader at `addr`. A renew is idempotent, so any
+    /// failure to get an answer (a leader paused mid-call, say) is `Unreachable`: retryable.
     pub async fn renew_session(&self, addr: &str, id: &str) -> Result<bool, ClusterError> {
-        self.call(addr, "session-renew", Some(&id), Duration::from_secs(5))
+        self.call(addr, "session-renew", Some(&id), Duration::from_secs(2))
             .await
-            .map_err(|e| e.into_cluster_error(addr))?
+            .map_err(|e| ClusterError::Unreachable {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?
     }
 
     /// Fetches the catalog from the leader (used by `GET /v1/snapshot` on followers).

@@ -165,8 +165,19 @@ async fn session_renew(
     State(rpc): State<Rpc>,
     Json(id): Json<String>,
 ) -> Json<Result<bool, ClusterError>> {
-    if !rpc.node.is_leader() {
-        return Json(Err(ClusterError::NotLeader));
+    Json(renew_as_leader(&rpc.node, rpc.sessions.as_ref(), &id).await)
+}
+
+/// Restarts a session's timer here, after confirming with a quorum that this server still
+/// leads: a leader that was paused and replaced must not acknowledge a renew its successor
+/// never sees. `NotLeader` otherwise (the caller retries on the leader).
+pub async fn renew_as_leader(
+    node: &RaftNode,
+    sessions: &dyn SessionRenewal,
+    id: &str,
+) -> Result<bool, ClusterError> {
+    if !node.is_leader() || node.read_index_local(true).await.is_err() {
+        return Err(ClusterError::NotLeader);
     }
-    Json(rpc.sessions.renew(&id))
+    sessions.renew(id)
 }

@@ -9,7 +9,7 @@ use crate::catalog::Rows;
 use crate::cluster::{Cluster, ClusterError, Member, ServerId, WriteError};
 use crate::leader::SessionTimers;
 use crate::model::Index;
-use crate::raft::rpc::SessionRenewal;
+use crate::raft::rpc::renew_as_leader;
 use crate::raft::{LEADER_HOLD, RaftNode, formation};
 
 /// A server's answer to the cluster port.
@@ -89,7 +89,7 @@ impl Cluster for ServerCluster {
         let deadline = tokio::time::Instant::now() + LEADER_HOLD;
         loop {
             let attempt = if self.node.is_leader() {
-                self.sessions.renew(id)
+                renew_as_leader(&self.node, &self.sessions, id).await
             } else if let Some(leader) = self.node.leader_addr() {
                 self.node.client().renew_session(&leader, id).await
             } else {

@@ -122,3 +122,34 @@ async fn kv_export_then_import_round_trips() {
         "export → import → export is the identity"
     );
 }
+
+#[tokio::test]
+async fn snapshot_save_reports_the_index_and_restore_refuses_another_version() {
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    let env = Some(("BEACON_HTTP_ADDR", addr.as_str()));
+    assert!(beacon(env, &["kv", "put", "k", "v"], None).status.success());
+    let index = http()
+        .get(s.url("/v1/snapshot"))
+        .send()
+        .await
+        .unwrap()
+        .headers()["X-Consul-Index"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.snap");
+    let o = beacon(env, &["snapshot", "save", file.to_str().unwrap()], None);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        stdout(&o).trim(),
+        format!("Saved and verified snapshot to index {index}")
+    );
+    let o = beacon(env, &["snapshot", "restore", file.to_str().unwrap()], None);
+    assert!(o.status.success(), "{o:?}");
+
+    let (st, text) = put(&s.url("/v1/snapshot"), r#"{"Version": 2, "Catalog": {}}"#).await;
+    assert_eq!(st, 400);
+    assert!(text.contains("format version 2"), "{text}");
+}

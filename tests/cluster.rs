@@ -673,6 +673,20 @@ async fn snapshot_save_and_restore_into_a_fresh_cluster_and_foreign_data_dirs_ar
     );
 }
 
+/// Creates a session with TTL 10s through `node`; returns its ID.
+async fn create_ttl_session(node: &Node) -> String {
+    let (st, created) = put(
+        &node.url("/v1/session/create"),
+        json!({"TTL": "10s", "LockDelay": "0s"}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 200, "{created}");
+    serde_json::from_str::<serde_json::Value>(&created).unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Consul keeps session TTL timers on the leader: a renew through any server must reach them,
 /// and an unrenewed session is invalidated at twice its TTL.
 #[tokio::test(flavor = "multi_thread")]
@@ -680,16 +694,7 @@ async fn a_session_renewed_only_through_a_follower_lives_and_expires_at_twice_it
     let _one = serial().await;
     let c = Cluster::start("");
     let f = &c.nodes[follower(&c).await];
-    let (st, created) = put(
-        &f.url("/v1/session/create"),
-        json!({"TTL": "10s", "LockDelay": "0s"}).to_string(),
-    )
-    .await;
-    assert_eq!(st, 200, "{created}");
-    let sid = serde_json::from_str::<serde_json::Value>(&created).unwrap()["ID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = create_ttl_session(f).await;
     let info = |node: &Node| {
         let url = node.url(&format!("/v1/session/info/{sid}"));
         async move { get_json(&url).await.1 }
@@ -742,16 +747,7 @@ async fn a_renew_sent_to_a_paused_and_replaced_leader_reaches_the_new_leader() {
     let _one = serial().await;
     let c = Cluster::start("");
     let old = leader_index(&c, &[0, 1, 2]).await;
-    let (st, created) = put(
-        &c.nodes[old].url("/v1/session/create"),
-        json!({"TTL": "10s"}).to_string(),
-    )
-    .await;
-    assert_eq!(st, 200, "{created}");
-    let sid = serde_json::from_str::<serde_json::Value>(&created).unwrap()["ID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = create_ttl_session(&c.nodes[old]).await;
 
     signal(&c.nodes[old], "-STOP");
     let renew_url = c.nodes[old].url(&format!("/v1/session/renew/{sid}"));

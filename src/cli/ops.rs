@@ -212,11 +212,10 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), String> {
         SnapshotCommand::Save { file } => {
             let body =
                 request(&args.addr, reqwest::Method::GET, "/v1/snapshot", Vec::new()).await?;
+            let index = snapshot_index(&body)
+                .ok_or("Error verifying snapshot: the agent did not send a Beacon backup")?;
             std::fs::write(&file, &body).map_err(|e| format!("Error writing {file}: {e}"))?;
-            println!(
-                "Saved and verified snapshot to index {}",
-                snapshot_index(&body)
-            );
+            println!("Saved and verified snapshot to index {index}");
             Ok(())
         }
         SnapshotCommand::Restore { file } => {
@@ -228,9 +227,11 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), String> {
     }
 }
 
-fn snapshot_index(body: &[u8]) -> u64 {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v["indexes"]["last"].as_u64())
-        .unwrap_or(0)
+/// The index a backup was taken at: `Catalog.indexes.last` (the unversioned backups of earlier
+/// Beacons: `indexes.last`). None when the body is not a backup.
+fn snapshot_index(body: &[u8]) -> Option<u64> {
+    let backup: Value = serde_json::from_slice(body).ok()?;
+    backup["Catalog"]["indexes"]["last"]
+        .as_u64()
+        .or_else(|| backup["indexes"]["last"].as_u64())
 }

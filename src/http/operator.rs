@@ -26,29 +26,25 @@ impl Backup {
     /// The catalog of a backup document. Documents of earlier Beacons, which were the bare
     /// catalog without a version, are still read.
     fn decode(body: &[u8]) -> Result<Rows, ApiError> {
-        /// Only the version, to choose the shape without building the document twice.
+        /// Only the version, to check it before reading the rest.
         #[derive(serde::Deserialize)]
         struct Probe {
             #[serde(rename = "Version")]
-            version: Option<serde::de::IgnoredAny>,
+            version: Option<u32>,
         }
         let invalid = |e: serde_json::Error| ApiError::BadRequest(format!("Invalid snapshot: {e}"));
-        let probe: Probe = serde_json::from_slice(body).map_err(invalid)?;
-        let backup = if probe.version.is_some() {
-            serde_json::from_slice::<Backup>(body).map_err(invalid)?
-        } else {
-            Backup {
-                version: BACKUP_VERSION,
-                catalog: serde_json::from_slice(body).map_err(invalid)?,
-            }
-        };
-        if backup.version != BACKUP_VERSION {
-            return Err(ApiError::BadRequest(format!(
-                "Invalid snapshot: format version {} (this Beacon reads {BACKUP_VERSION})",
-                backup.version
-            )));
+        match serde_json::from_slice::<Probe>(body)
+            .map_err(invalid)?
+            .version
+        {
+            None => serde_json::from_slice(body).map_err(invalid),
+            Some(BACKUP_VERSION) => serde_json::from_slice::<Backup>(body)
+                .map(|backup| backup.catalog)
+                .map_err(invalid),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "Invalid snapshot: format version {other} (this Beacon reads {BACKUP_VERSION})"
+            ))),
         }
-        Ok(backup.catalog)
     }
 }
 

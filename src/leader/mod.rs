@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::Command;
 use crate::cluster::Writer;
 use crate::config::Autopilot;
-use crate::raft::RaftNode;
+use crate::raft::{LEADER_HOLD, RaftNode};
 use crate::tasks::Tasks;
 
 /// What the leader's duties need.
@@ -64,6 +64,9 @@ async fn supervise(duties: Duties, tasks: Tasks) {
         duties.sessions.stop_leading();
         term.cancel();
         let ended = running.await;
+        // Again, now that the duties are over: they may have started the timers just before
+        // they saw the cancellation.
+        duties.sessions.stop_leading();
         if let Err(e) = ended {
             tracing::error!(error = %e, "leader duties failed");
             return;
@@ -84,24 +87,29 @@ async fn run(duties: Duties, term: CancellationToken) {
     }
     let since = Instant::now();
     duties.sessions.start_leading(since);
-    let mut tick = tokio::time::interval(SCAN_EVERY);
+    // Each duty on its own schedule, so one that waits (a membership change needing a quorum
+    // that is not there) never holds up another (session expiry).
+    let naming = every(SCAN_EVERY, || name_cluster(&duties));
+    let expiry = every(SCAN_EVERY, || expire_sessions(&duties));
+    let autopilot = every(SCAN_EVERY, || async {
+        if duties.autopilot.cleanup_dead_servers {
+            remove_dead_server(&duties.node, since, duties.autopilot.dead_server_threshold).await;
+        }
+    });
+    let _ = until_cancelled(&term, async { tokio::join!(naming, expiry, autopilot) }).await;
+}
+
+/// Runs `round` now and then every `period` after the previous round ended; never returns.
+async fn every<F, Fut>(period: Duration, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = term.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let round = async {
-            name_cluster(&duties).await;
-            expire_sessions(&duties).await;
-            if duties.autopilot.cleanup_dead_servers {
-                remove_dead_server(&duties.node, since, duties.autopilot.dead_server_threshold)
-                    .await;
-            }
-        };
-        if until_cancelled(&term, round).await.is_none() {
-            return;
-        }
+        tick.tick().await;
+        round().await;
     }
 }
 
@@ -177,7 +185,14 @@ async fn remove_dead_server(node: &RaftNode, leader_since: Instant, threshold: D
         return;
     }
     tracing::info!(server = %victim.name, addr = %victim.address, "autopilot: removing dead server");
-    if let Err(e) = node.remove_server(victim.id).await {
-        tracing::warn!(error = %e, "autopilot could not remove a dead server");
+    // A change waits for its commit; without a quorum for the new configuration it would wait
+    // forever, so give up and look again.
+    match tokio::time::timeout(LEADER_HOLD, node.remove_server(victim.id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "autopilot could not remove a dead server"),
+        Err(_) => tracing::warn!(
+            server = %victim.name,
+            "autopilot: removing a dead server did not commit in time; will retry"
+        ),
     }
 }

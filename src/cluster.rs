@@ -63,6 +63,16 @@ pub enum ClusterError {
     Failed(String),
 }
 
+impl ClusterError {
+    /// Whether the call may succeed if made again once leadership settles (nothing was done).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::NoLeader | ClusterError::NotLeader | ClusterError::Unreachable { .. }
+        )
+    }
+}
+
 /// One server of the Raft configuration, for `/v1/agent/members` and `/v1/operator/raft/*`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {

@@ -388,15 +388,14 @@ impl Agent {
     async fn run_ttl(self, check_id: String, mut deadline: watch::Receiver<Instant>) {
         loop {
             let at = *deadline.borrow_and_update();
+            // Shutdown ends this runner from outside (`spawn_until_stop`).
             tokio::select! {
-                _ = self.inner.tasks.stop().cancelled() => return,
                 changed = deadline.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep_until(at) => {
                     self.set_status(&check_id, CheckStatus::Critical, "TTL expired".into(), true).await;
                     // Wait for the next pass/warn/fail to move the deadline.
-                    tokio::select! {
-                        _ = self.inner.tasks.stop().cancelled() => return,
-                        changed = deadline.changed() => if changed.is_err() { return },
+                    if deadline.changed().await.is_err() {
+                        return;
                     }
                 }
             }
@@ -443,10 +442,8 @@ impl Agent {
                 }
             }
             first = false;
-            tokio::select! {
-                _ = self.inner.tasks.stop().cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
+            // Shutdown ends this runner from outside (`spawn_until_stop`).
+            tokio::time::sleep(interval).await;
         }
     }
 

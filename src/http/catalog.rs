@@ -27,12 +27,12 @@ struct CatalogService {
     service: String,
     // Not fields of Consul's `NodeService`: taken here so they are ignored, as Consul ignores
     // them, rather than decoded (and judged) as the agent API's.
-    #[allow(dead_code)]
-    name: Option<serde::de::IgnoredAny>,
-    #[allow(dead_code)]
-    check: Option<serde::de::IgnoredAny>,
-    #[allow(dead_code)]
-    checks: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "name")]
+    _name: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "check")]
+    _check: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "checks")]
+    _checks: Option<serde::de::IgnoredAny>,
     #[serde(flatten)]
     fields: ServiceIn,
 }
@@ -68,11 +68,9 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
             if s.service.is_empty() {
                 return Err(ApiError::BadRequest("Must provide service name".into()));
             }
-            // Catalog services carry no checks of their own (they come in `Checks`).
+            // The agent API's `Name`, `Check` and `Checks` were taken above: never set here.
             let svc = ServiceIn {
                 name: s.service,
-                check: None,
-                checks: Vec::new(),
                 ..s.fields
             };
             Some(svc.into_registration()?.0)

@@ -113,14 +113,10 @@ where
     }
 }
 
-/// Waits until this leader has applied everything committed before it was elected.
+/// Waits until this leader has applied everything committed before it was elected (a
+/// linearizable read barrier), trying again until it succeeds or the term ends.
 async fn caught_up(node: &RaftNode) {
-    loop {
-        if let Ok(index) = node.read_index_local(true).await
-            && node.wait_applied(index, Duration::from_secs(1)).await
-        {
-            return;
-        }
+    while node.read_barrier(true).await.is_err() {
         tokio::time::sleep(SCAN_EVERY).await;
     }
 }

@@ -327,35 +327,31 @@ impl RaftNode {
         &self.contacts
     }
 
-    /// Resolves once this server's leadership is `leading` (at once if it already is).
+    /// Resolves once this server's leadership is `leading` (at once if it already is). Once
+    /// Raft has stopped, nobody leads here: `false` resolves, `true` never does.
     pub async fn wait_leadership(&self, leading: bool) {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if (metrics.borrow_and_update().state == ServerState::Leader) == leading {
-                return;
-            }
-            if metrics.changed().await.is_err() {
-                // Raft stopped: nobody leads here any more.
-                if !leading {
-                    return;
-                }
-                std::future::pending::<()>().await;
-            }
+        let changed = self
+            .raft
+            .wait(None)
+            .metrics(
+                |m| (m.state == ServerState::Leader) == leading,
+                "leadership",
+            )
+            .await;
+        if changed.is_err() && leading {
+            std::future::pending::<()>().await;
         }
     }
 
     /// Resolves when the Raft core stopped: shut down, or stopped by a fatal error (a store
     /// that cannot write stops it so it never acknowledges what it did not persist).
     pub async fn wait_stopped(&self) {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if metrics.borrow_and_update().state == ServerState::Shutdown {
-                return;
-            }
-            if metrics.changed().await.is_err() {
-                return;
-            }
-        }
+        // `Err` is Raft's metrics going away: stopped as well.
+        let _ = self
+            .raft
+            .wait(None)
+            .metrics(|m| m.state == ServerState::Shutdown, "raft stopped")
+            .await;
     }
 
     /// Waits until some server is leader.
@@ -413,38 +409,45 @@ impl RaftNode {
 
     /// Runs a membership change on the leader, wherever this server is.
     pub async fn membership(&self, change: rpc::MembershipChange) -> Result<(), ClusterError> {
-        let deadline = tokio::time::Instant::now() + LEADER_HOLD;
-        loop {
+        let attempt = || async {
             if self.is_leader() {
-                return match &change {
+                match &change {
                     rpc::MembershipChange::Add { id, node } => {
                         self.add_server(*id, node.clone()).await
                     }
                     rpc::MembershipChange::Remove { id } => self.remove_server(*id).await,
-                };
-            }
-            if let Some(leader) = self.leader_addr() {
-                match self.client.membership(&leader, &change).await {
-                    Ok(()) => return Ok(()),
-                    Err(ClusterError::NotLeader | ClusterError::Unreachable { .. }) => {}
-                    Err(e) => return Err(e),
                 }
+            } else if let Some(leader) = self.leader_addr() {
+                self.client.membership(&leader, &change).await
+            } else {
+                Err(ClusterError::NoLeader)
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ClusterError::NoLeader);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
+        within_hold(
+            Duration::from_millis(100),
+            ClusterError::is_retryable,
+            ClusterError::NoLeader,
+            attempt,
+        )
+        .await
     }
 
+    /// Proposes on the leader, wherever this server is (forwarding over RPC), waiting up to
+    /// the hold for one.
     pub fn writer(&self) -> Arc<dyn Writer> {
-        Arc::new(RaftWriter { node: self.clone() })
+        Arc::new(RaftWriter {
+            node: self.clone(),
+            forward: true,
+        })
     }
 
     /// A writer for the leader's own duties: it proposes only while this server leads and never
     /// forwards, so a deposed leader's duties cannot commit through its successor.
     pub fn leader_writer(&self) -> Arc<dyn Writer> {
-        Arc::new(LeaderWriter { node: self.clone() })
+        Arc::new(RaftWriter {
+            node: self.clone(),
+            forward: false,
+        })
     }
 
     /// Proposes a command on this server, which must be the leader; it shares a Raft entry with
@@ -476,61 +479,68 @@ fn membership_error(
 /// Consul holds a write this long waiting for a leader (`rpc_hold_timeout`).
 pub const LEADER_HOLD: Duration = Duration::from_secs(7);
 
-/// Proposes commands on the leader: directly when this server leads, else forwarded over RPC;
-/// then waits until this server applied the entry, so the caller reads its own write.
+/// Calls `attempt` until its answer is not `retryable`, pausing `pause` between tries, for up
+/// to Consul's hold (`LEADER_HOLD`); then gives `gave_up`. For calls that are safe to repeat
+/// while leadership moves: nothing delivered, or idempotent.
+pub(crate) async fn within_hold<T, E, Fut>(
+    pause: Duration,
+    retryable: impl Fn(&E) -> bool,
+    gave_up: E,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + LEADER_HOLD;
+    loop {
+        match attempt().await {
+            Err(e) if retryable(&e) => {}
+            done => return done,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(gave_up);
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Proposes commands, then waits until this server applied the entry, so the caller reads its
+/// own write. With `forward`, on the leader wherever this server is (forwarded over RPC, and
+/// retried while there is no leader, up to the hold); without, only while this server leads.
 struct RaftWriter {
     node: RaftNode,
+    forward: bool,
 }
 
 #[async_trait::async_trait]
 impl Writer for RaftWriter {
     async fn write(&self, command: Command) -> Result<Outcome, WriteError> {
-        let deadline = tokio::time::Instant::now() + LEADER_HOLD;
         let request = Request {
             at_ms: now_ms(),
             command,
         };
-        loop {
-            let attempt = match self.node.write_local(request.clone()).await {
-                Err(WriteError::NotLeader(leader)) => {
-                    self.node.client.forward_write(&leader, &request).await
-                }
-                other => other,
-            };
-            match attempt {
-                Ok((outcome, index)) => {
-                    if !self.node.wait_applied(index, LEADER_HOLD).await {
-                        return Err(WriteError::Failed(format!(
-                            "committed at index {index} but not applied here in time"
-                        )));
+        let (outcome, index) = if self.forward {
+            let attempt = || async {
+                match self.node.write_local(request.clone()).await {
+                    Err(WriteError::NotLeader(leader)) => {
+                        self.node.client.forward_write(&leader, &request).await
                     }
-                    return Ok(outcome);
+                    other => other,
                 }
-                // Not delivered, or no leader yet: safe to try again until the hold runs out.
-                Err(WriteError::NoLeader | WriteError::NotLeader(_)) => {}
-                Err(e) => return Err(e),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(WriteError::NoLeader);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Proposes on this server only; `NotLeader`/`NoLeader` when it does not lead.
-struct LeaderWriter {
-    node: RaftNode,
-}
-
-#[async_trait::async_trait]
-impl Writer for LeaderWriter {
-    async fn write(&self, command: Command) -> Result<Outcome, WriteError> {
-        let request = Request {
-            at_ms: now_ms(),
-            command,
+            };
+            // Not delivered, or no leader yet: safe to try again until the hold runs out.
+            let retryable =
+                |e: &WriteError| matches!(e, WriteError::NoLeader | WriteError::NotLeader(_));
+            within_hold(
+                Duration::from_millis(50),
+                retryable,
+                WriteError::NoLeader,
+                attempt,
+            )
+            .await?
+        } else {
+            self.node.write_local(request).await?
         };
-        let (outcome, index) = self.node.write_local(request).await?;
         if !self.node.wait_applied(index, LEADER_HOLD).await {
             return Err(WriteError::Failed(format!(
                 "committed at index {index} but not applied here in time"

@@ -10,7 +10,7 @@ use crate::cluster::{Cluster, ClusterError, Member, ServerId, WriteError};
 use crate::leader::SessionTimers;
 use crate::model::Index;
 use crate::raft::rpc::renew_as_leader;
-use crate::raft::{LEADER_HOLD, RaftNode, formation};
+use crate::raft::{RaftNode, formation, within_hold};
 
 /// A server's answer to the cluster port.
 #[derive(Clone)]
@@ -86,27 +86,21 @@ impl Cluster for ServerCluster {
     /// On the leader, its own timers; elsewhere, forwarded to the leader. Retried while
     /// leadership moves, up to Consul's hold time.
     async fn renew_session(&self, id: &str) -> Result<bool, ClusterError> {
-        let deadline = tokio::time::Instant::now() + LEADER_HOLD;
-        loop {
-            let attempt = if self.node.is_leader() {
+        let attempt = || async {
+            if self.node.is_leader() {
                 renew_as_leader(&self.node, &self.sessions, id).await
             } else if let Some(leader) = self.node.leader_addr() {
                 self.node.client().renew_session(&leader, id).await
             } else {
                 Err(ClusterError::NoLeader)
-            };
-            match attempt {
-                Err(
-                    ClusterError::NotLeader
-                    | ClusterError::NoLeader
-                    | ClusterError::Unreachable { .. },
-                ) => {}
-                done => return done,
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ClusterError::NoLeader);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        within_hold(
+            Duration::from_millis(50),
+            ClusterError::is_retryable,
+            ClusterError::NoLeader,
+            attempt,
+        )
+        .await
     }
 }

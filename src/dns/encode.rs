@@ -2,13 +2,24 @@
 //! bytes (`udp_bytes`) and the full handler's response through hickory (`send`). Both build
 //! the header (`local_metadata`) and the OPT record (`response_edns`) the same way, so a cached
 //! answer and a freshly computed one are byte-for-byte the same message.
+//!
+//! Every answer is fitted to its transport's limit *before* hickory encodes it (`fit`): hickory
+//! 0.26 rolls back a record that overflows but leaves its bytes in the buffer, so a message it
+//! cuts itself has counts that do not match its bytes. Fitting keeps whole records only, keeps the
+//! glue of every SRV record it keeps (an SRV record is dropped rather than its target's address),
+//! and sets TC over UDP when an answer record was dropped (RFC 2181 section 9). Static-zone answers,
+//! which hickory's `Catalog` builds, are fitted by the `Fitted` response handler.
 
-use hickory_proto::op::ResponseCode;
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata};
-use hickory_proto::rr::Record;
-use hickory_proto::serialize::binary::BinEncoder;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, ResponseCode};
+use hickory_proto::rr::{LowerName, RData, Record};
+use hickory_proto::serialize::binary::{BinDecoder, BinEncoder};
+use hickory_server::net::NetError;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 
 use super::MAX_UDP_PAYLOAD;
 use super::zone::Reply;
@@ -17,7 +28,9 @@ use super::zone::Reply;
 /// limit; None if it cannot be encoded.
 pub(super) fn udp_bytes(request: &Request, mut reply: Reply, recursion: bool) -> Option<Vec<u8>> {
     let edns = response_edns(request);
-    let metadata = local_metadata(request, &reply, recursion);
+    let mut metadata = local_metadata(request, &reply, recursion);
+    let limit = udp_limit(edns.as_ref());
+    metadata.truncation = fit(&request.queries, edns.as_ref(), metadata, &mut reply, limit);
     let soa = reply.soa.take();
     let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
         metadata,
@@ -28,9 +41,130 @@ pub(super) fn udp_bytes(request: &Request, mut reply: Reply, recursion: bool) ->
     );
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(udp_limit(edns.as_ref()));
+    encoder.set_max_size(limit);
     response.destructive_emit(&mut encoder).ok()?;
     Some(bytes)
+}
+
+/// The largest message `request`'s transport carries: the client's UDP limit, else 65,535 bytes
+/// (the TCP length prefix, RFC 1035 section 4.2.2).
+pub(super) fn transport_limit(request: &Request, edns: Option<&Edns>) -> u16 {
+    match request.protocol() {
+        Protocol::Udp => udp_limit(edns),
+        _ => u16::MAX,
+    }
+}
+
+/// Cuts `reply` so that its message fits in `limit` bytes; returns whether TC must be set
+/// (an answer record was dropped and the transport is UDP-sized, i.e. `limit` < 65,535).
+///
+/// The answer records are a prefix of those given, each with the additional records that
+/// belong to it (the address of an SRV target, and so on); when not even the authority section
+/// fits, it goes too. Sizes are measured by encoding, since name compression makes them
+/// depend on what came before.
+pub(super) fn fit(
+    queries: &Queries,
+    edns: Option<&Edns>,
+    metadata: Metadata,
+    reply: &mut Reply,
+    limit: u16,
+) -> bool {
+    let fits = |answers: &[Record],
+                authorities: &[Record],
+                soa: Option<&Record>,
+                additionals: &[Record]| {
+        let response = MessageResponseBuilder::new(queries, edns).build(
+            metadata,
+            answers.iter(),
+            authorities.iter(),
+            soa,
+            additionals.iter(),
+        );
+        let mut bytes = Vec::with_capacity(usize::from(limit).min(4096));
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(limit);
+        let expected =
+            answers.len() + authorities.len() + usize::from(soa.is_some()) + additionals.len();
+        match response.destructive_emit(&mut encoder) {
+            Ok(header) => {
+                let counts = header.counts();
+                let written = usize::from(counts.answers)
+                    + usize::from(counts.authorities)
+                    + usize::from(counts.additionals)
+                    - usize::from(edns.is_some());
+                !header.truncation && written == expected
+            }
+            Err(_) => false,
+        }
+    };
+    if fits(
+        &reply.answers,
+        &reply.authorities,
+        reply.soa.as_ref(),
+        &reply.additionals,
+    ) {
+        return false;
+    }
+    let glue_of = |answers: &[Record]| -> Vec<Record> {
+        let names: HashSet<LowerName> = answers
+            .iter()
+            .flat_map(|r| [Some(LowerName::from(&r.name)), target(&r.data)])
+            .flatten()
+            .collect();
+        reply
+            .additionals
+            .iter()
+            .filter(|r| names.contains(&LowerName::from(&r.name)))
+            .cloned()
+            .collect()
+    };
+    // Largest prefix of the answers that fits with its glue and the authority section: the
+    // size grows with the prefix, so a binary search finds it.
+    let (mut lo, mut hi) = (0, reply.answers.len());
+    let authorities_fit = fits(&[], &reply.authorities, reply.soa.as_ref(), &[]);
+    if authorities_fit {
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            let answers = &reply.answers[..mid];
+            if fits(
+                answers,
+                &reply.authorities,
+                reply.soa.as_ref(),
+                &glue_of(answers),
+            ) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+    } else {
+        reply.authorities.clear();
+        reply.soa = None;
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            let answers = &reply.answers[..mid];
+            if fits(answers, &[], None, &glue_of(answers)) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+    }
+    let dropped = lo < reply.answers.len();
+    reply.answers.truncate(lo);
+    reply.additionals = glue_of(&reply.answers);
+    dropped && limit < u16::MAX
+}
+
+/// The name an answer record points at, whose addresses belong in the additional section.
+fn target(data: &RData) -> Option<LowerName> {
+    match data {
+        RData::SRV(srv) => Some(LowerName::from(&srv.target)),
+        RData::CNAME(c) => Some(LowerName::from(&c.0)),
+        RData::MX(mx) => Some(LowerName::from(&mx.exchange)),
+        RData::NS(ns) => Some(LowerName::from(&ns.0)),
+        _ => None,
+    }
 }
 
 pub(super) fn error_info(request: &Request, rcode: ResponseCode) -> ResponseInfo {
@@ -78,7 +212,10 @@ pub(super) async fn send_local<R: ResponseHandler>(
     mut reply: Reply,
     recursion: bool,
 ) -> ResponseInfo {
-    let metadata = local_metadata(request, &reply, recursion);
+    let mut metadata = local_metadata(request, &reply, recursion);
+    let edns = response_edns(request);
+    let limit = transport_limit(request, edns.as_ref());
+    metadata.truncation = fit(&request.queries, edns.as_ref(), metadata, &mut reply, limit);
     let soa = reply.soa.take();
     let response = builder.build(
         metadata,
@@ -109,5 +246,75 @@ pub(super) async fn send<'a, R: ResponseHandler>(
             tracing::debug!(error = %e, "dns: failed to send response");
             error_info(request, ResponseCode::ServFail)
         }
+    }
+}
+
+/// A response handler that fits what another handler (hickory's `Catalog` for static zones)
+/// sends to the transport's limit before `inner` encodes it: the response is encoded whole,
+/// decoded back and rebuilt from whole records (`fit`). Only the static-zone path pays for this.
+#[derive(Clone)]
+pub(super) struct Fitted<R> {
+    inner: R,
+    queries: Arc<Queries>,
+    edns: Option<Edns>,
+    limit: u16,
+}
+
+impl<R> Fitted<R> {
+    /// None if the request's questions cannot be read back (they were read once already).
+    pub(super) fn new(inner: R, request: &Request) -> Option<Self> {
+        let edns = response_edns(request);
+        let bytes = request.queries.as_bytes();
+        let queries = Queries::read(&mut BinDecoder::new(bytes), request.queries.len()).ok()?;
+        Some(Fitted {
+            inner,
+            queries: Arc::new(queries),
+            limit: transport_limit(request, edns.as_ref()),
+            edns,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl<R: ResponseHandler> ResponseHandler for Fitted<R> {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(u16::MAX);
+        response.destructive_emit(&mut encoder)?;
+        let message = Message::from_vec(&bytes).map_err(hickory_proto::ProtoError::from)?;
+        let mut metadata = message.metadata;
+        let mut reply = Reply {
+            rcode: metadata.response_code,
+            answers: message.answers,
+            authorities: message.authorities,
+            additionals: message.additionals,
+            ..Reply::default()
+        };
+        metadata.truncation |= fit(
+            &self.queries,
+            self.edns.as_ref(),
+            metadata,
+            &mut reply,
+            self.limit,
+        );
+        let response = MessageResponseBuilder::new(&self.queries, self.edns.as_ref()).build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
+        self.inner.send_response(response).await
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{MessageType, Metadata, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{LowerName, Name, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, RecordType};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -297,10 +297,15 @@ impl RequestHandler for DnsHandler {
                 (None, false) => Some(primary.nxdomain_reply(&state)),
             }
         } else if in_static {
-            return handlers
-                .statics
-                .handle_request::<R, T>(request, response_handle)
-                .await;
+            return match encode::Fitted::new(response_handle, request) {
+                Some(fitted) => {
+                    handlers
+                        .statics
+                        .handle_request::<_, T>(request, fitted)
+                        .await
+                }
+                None => error_info(request, ResponseCode::FormErr),
+            };
         } else {
             None
         };
@@ -334,17 +339,22 @@ async fn forwarded<R: ResponseHandler>(
     match forwarder.resolve(&query).await {
         Some(upstream) => {
             metadata.response_code = upstream.metadata.response_code;
-            let records: [&Vec<Record>; 3] = [
-                &upstream.answers,
-                &upstream.authorities,
-                &upstream.additionals,
-            ];
+            let mut reply = Reply {
+                answers: upstream.answers,
+                authorities: upstream.authorities,
+                additionals: upstream.additionals,
+                ..Reply::default()
+            };
+            let edns = response_edns(request);
+            let limit = encode::transport_limit(request, edns.as_ref());
+            metadata.truncation =
+                encode::fit(&request.queries, edns.as_ref(), metadata, &mut reply, limit);
             let response = builder.build(
                 metadata,
-                records[0].iter(),
-                records[1].iter(),
+                reply.answers.iter(),
+                reply.authorities.iter(),
                 std::iter::empty(),
-                records[2].iter(),
+                reply.additionals.iter(),
             );
             send(handle, response, request).await
         }

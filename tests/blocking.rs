@@ -122,3 +122,201 @@ async fn read_mode_parameters() {
     let (_, _, _, consistent) = get_with_index(&s.url("/v1/catalog/services?consistent")).await;
     assert_eq!(consistent["X-Consul-Effective-Consistency"], "consistent");
 }
+
+/// Starts a watcher of `path` at its current index; returns the index and the waiting task.
+async fn watch(
+    s: &Server,
+    path: &str,
+) -> (
+    u64,
+    tokio::task::JoinHandle<(u16, u64, serde_json::Value, reqwest::header::HeaderMap)>,
+) {
+    let (_, index, _, _) = get_with_index(&s.url(path)).await;
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let url = s.url(&format!("{path}{sep}index={index}&wait=10m"));
+    (
+        index,
+        tokio::spawn(async move { get_with_index(&url).await }),
+    )
+}
+
+/// The watcher returns long before its 10-minute wait, with a higher index than it sent.
+async fn woken(
+    what: &str,
+    (index, waiter): (
+        u64,
+        tokio::task::JoinHandle<(u16, u64, serde_json::Value, reqwest::header::HeaderMap)>,
+    ),
+) -> serde_json::Value {
+    let (_, new_index, body, _) = tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the watcher was not woken"))
+        .unwrap();
+    assert!(
+        new_index > index,
+        "{what}: index went from {index} to {new_index}"
+    );
+    body
+}
+
+async fn kv_put(s: &Server, key: &str) {
+    let (st, text) = put(&s.url(&format!("/v1/kv/{key}")), "v").await;
+    assert_eq!(st, 200, "{text}");
+}
+
+async fn delete(s: &Server, path: &str) {
+    let r = http().delete(s.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "DELETE {path}");
+}
+
+#[tokio::test]
+async fn kv_deletes_wake_prefix_watchers_and_the_index_never_goes_back() {
+    let s = Server::start(&[]);
+    for key in ["cfg/web/a", "cfg/web/b", "cfg/web/c", "cfg/db/x"] {
+        kv_put(&s, key).await;
+    }
+    // The newest key is deleted: without tombstones the prefix index would drop to b's.
+    let recurse = watch(&s, "/v1/kv/cfg/web/?recurse").await;
+    let keys = watch(&s, "/v1/kv/cfg/web/?keys").await;
+    delete(&s, "/v1/kv/cfg/web/c").await;
+    let body = woken("recurse after delete", recurse).await;
+    let left: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["cfg/web/a", "cfg/web/b"]);
+    assert_eq!(
+        woken("keys after delete", keys).await,
+        json!(["cfg/web/a", "cfg/web/b"])
+    );
+
+    // A recursive delete of the whole prefix: 404, with a higher index.
+    let recurse = watch(&s, "/v1/kv/cfg/web/?recurse").await;
+    delete(&s, "/v1/kv/cfg/web/?recurse").await;
+    woken("recurse after recursive delete", recurse).await;
+    let (status, after, _, _) = get_with_index(&s.url("/v1/kv/cfg/web/?recurse")).await;
+    assert_eq!(status, 404);
+
+    // A session with behavior=delete deletes the keys it holds when it is destroyed.
+    let (st, text) = put(&s.url("/v1/session/create"), r#"{"Behavior":"delete"}"#).await;
+    assert_eq!(st, 200, "{text}");
+    let session: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let session = session["ID"].as_str().unwrap().to_string();
+    let (st, text) = put(&s.url(&format!("/v1/kv/locks/l?acquire={session}")), "me").await;
+    assert_eq!((st, text.as_str()), (200, "true"));
+    kv_put(&s, "locks/other").await;
+    let prefix = watch(&s, "/v1/kv/locks/?recurse").await;
+    let (st, _) = put(&s.url(&format!("/v1/session/destroy/{session}")), "").await;
+    assert_eq!(st, 200);
+    let body = woken("session invalidation deleting its key", prefix).await;
+    assert_eq!(body.as_array().unwrap().len(), 1, "{body}");
+
+    // The index of the deleted prefix never drops below the delete, even after writes elsewhere.
+    kv_put(&s, "cfg/db/y").await;
+    let (_, later, _, _) = get_with_index(&s.url("/v1/kv/cfg/web/?recurse")).await;
+    assert!(later >= after, "{later} < {after}");
+}
+
+#[tokio::test]
+async fn catalog_deregistrations_wake_every_endpoint_that_covered_them() {
+    let s = Server::start(&[]);
+    let register_on = |node: &str, service: &str| {
+        json!({
+            "Node": node, "Address": "10.1.1.1",
+            "Service": {"Service": service, "ID": service, "Port": 80},
+            "Checks": [
+                {"CheckID": format!("{service}-check"), "Name": "c", "Status": "passing", "ServiceID": service},
+                {"CheckID": "node-alive", "Name": "n", "Status": "passing"},
+            ],
+        })
+    };
+    for (node, service) in [("n1", "solo"), ("n2", "keep")] {
+        let (st, text) = put(
+            &s.url("/v1/catalog/register"),
+            register_on(node, service).to_string(),
+        )
+        .await;
+        assert_eq!(st, 200, "{text}");
+    }
+    // The last instance of `solo` goes.
+    let watchers = [
+        "/v1/catalog/service/solo",
+        "/v1/health/service/solo",
+        "/v1/health/checks/solo",
+        "/v1/catalog/services",
+        "/v1/health/state/passing",
+    ];
+    let mut waiting = Vec::new();
+    for path in watchers {
+        waiting.push((path, watch(&s, path).await));
+    }
+    let (st, text) = put(
+        &s.url("/v1/catalog/deregister"),
+        json!({"Node": "n1", "ServiceID": "solo"}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
+    for (path, w) in waiting {
+        woken(path, w).await;
+    }
+    // Then the node itself.
+    let watchers = [
+        "/v1/catalog/nodes",
+        "/v1/catalog/node/n1",
+        "/v1/catalog/node-services/n1",
+        "/v1/health/node/n1",
+    ];
+    let mut waiting = Vec::new();
+    for path in watchers {
+        waiting.push((path, watch(&s, path).await));
+    }
+    let (st, text) = put(
+        &s.url("/v1/catalog/deregister"),
+        json!({"Node": "n1"}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
+    for (path, w) in waiting {
+        woken(path, w).await;
+    }
+}
+
+#[tokio::test]
+async fn kv_indexes_stay_monotonic_across_restart_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), &[]);
+    for key in ["app/a", "app/b"] {
+        kv_put(&s, key).await;
+    }
+    let backup = http().get(s.url("/v1/snapshot")).send().await.unwrap();
+    assert_eq!(backup.status(), 200);
+    let backup = backup.bytes().await.unwrap();
+    let (_, before, _, _) = get_with_index(&s.url("/v1/kv/app/?recurse")).await;
+    delete(&s, "/v1/kv/app/b").await;
+    let (_, deleted, _, _) = get_with_index(&s.url("/v1/kv/app/?recurse")).await;
+    assert!(deleted > before, "the delete raised the prefix index");
+    s.terminate();
+
+    // The tombstone is persisted: after a restart the prefix still answers with the delete.
+    let s = Server::start_in(dir.path(), &[]);
+    let (_, restarted, body, _) = get_with_index(&s.url("/v1/kv/app/?recurse")).await;
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    assert!(
+        restarted >= deleted,
+        "{restarted} < {deleted} after restart"
+    );
+
+    // A restore brings back older entries; every KV endpoint answers with the restore's index,
+    // above anything the watchers saw (here: a key written and deleted after the backup).
+    kv_put(&s, "app/c").await;
+    delete(&s, "/v1/kv/app/c").await;
+    let watcher = watch(&s, "/v1/kv/app/?recurse").await;
+    let single = watch(&s, "/v1/kv/app/a").await;
+    let (st, text) = put(&s.url("/v1/snapshot"), backup).await;
+    assert_eq!(st, 200, "{text}");
+    let body = woken("prefix after restore", watcher).await;
+    assert_eq!(body.as_array().unwrap().len(), 2);
+    woken("single key after restore", single).await;
+}

@@ -179,3 +179,44 @@ async fn services_critical_past_deregister_after_are_reaped() {
     );
     s.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn kv_tombstones_are_reaped_after_their_ttl_without_the_index_dropping() {
+    let s = InProcess::start().await;
+    let index = |path: &'static str| {
+        let client = s.client.clone();
+        let url = s.url(path);
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            r.headers()["X-Consul-Index"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    let (st, _) = s.put("/v1/kv/gone/x", json!("v")).await;
+    assert_eq!(st, 200);
+    let r = s
+        .client
+        .delete(s.url("/v1/kv/gone/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deleted = index("/v1/kv/gone/?recurse").await;
+    let (st, _) = s.put("/v1/kv/other/y", json!("v")).await;
+    assert_eq!(st, 200);
+    // While the tombstone is kept, the empty prefix answers with the index of its delete.
+    assert_eq!(index("/v1/kv/gone/?recurse").await, deleted);
+    // After the TTL the leader reaps it: the prefix then answers with the KV table's index,
+    // which is never lower.
+    tokio::time::sleep(beacon::leader::TOMBSTONE_TTL).await;
+    eventually_within(
+        Duration::from_secs(120),
+        "the tombstone is reaped",
+        || async { (index("/v1/kv/gone/?recurse").await > deleted).then_some(()) },
+    )
+    .await;
+    s.stop().await;
+}

@@ -59,6 +59,10 @@ pub enum Command {
     SessionDestroy { id: String },
     /// KV operations applied all or nothing.
     Txn(Vec<TxnOp>),
+    /// Forgets the KV tombstones of deletions at or before `up_to`; KV reads keep answering
+    /// with at least the newest reaped index (Consul's `Tombstone` reap request, proposed by
+    /// the leader once the tombstones are older than their TTL).
+    KvReap { up_to: Index },
     /// Names the cluster once, right after it forms; later attempts change nothing.
     InitCluster { id: String },
     /// Replaces the whole catalog with a saved snapshot (`PUT /v1/snapshot`).

@@ -28,6 +28,40 @@ impl State {
         self.sessions.values()
     }
 
+    /// The `X-Consul-Index` of a KV read of `prefix` (a whole key for a single-key read that
+    /// found nothing): the highest ModifyIndex under it, tombstones included, never below
+    /// `Indexes::kv_floor`; the KV table's index when nothing was ever there (Consul's
+    /// `kvsListTxn`).
+    pub fn kv_prefix_index(&self, prefix: &str) -> Index {
+        let live = self.kv_prefix(prefix).map(|e| e.modify_index).max();
+        let dead = self
+            .kv_tombstones
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, i)| *i)
+            .max();
+        match live.max(dead) {
+            Some(index) if index > 0 => index.max(self.indexes.kv_floor),
+            _ => self.indexes.kv,
+        }
+    }
+
+    /// The `X-Consul-Index` of a read of one existing entry: its ModifyIndex, never below
+    /// `Indexes::kv_floor`.
+    pub fn kv_entry_index(&self, entry: &KvEntry) -> Index {
+        entry.modify_index.max(self.indexes.kv_floor)
+    }
+
+    /// Whether a tombstone of a deletion at or before `up_to` is kept.
+    pub fn kv_has_tombstones_up_to(&self, up_to: Index) -> bool {
+        self.kv_tombstones.values().any(|i| *i <= up_to)
+    }
+
+    /// The index at which `key` was deleted, while its tombstone is kept.
+    pub fn kv_tombstone(&self, key: &str) -> Option<Index> {
+        self.kv_tombstones.get(key).copied()
+    }
+
     /// Wall-clock ms until which `key` cannot be acquired, if a lock-delay is recorded.
     pub fn lock_delay(&self, key: &str) -> Option<u64> {
         self.lock_delays.get(key).copied()
@@ -37,6 +71,9 @@ impl State {
 
     fn put_kv(&mut self, index: Index, entry: KvEntry, changes: &mut Vec<Change>) {
         changes.push(Change::Kv(entry.key.clone()));
+        if self.kv_tombstones.remove(&entry.key).is_some() {
+            changes.push(Change::Tombstone(entry.key.clone()));
+        }
         self.kv.insert(entry.key.clone(), entry);
         self.indexes.kv = index;
     }
@@ -44,6 +81,8 @@ impl State {
     fn remove_kv(&mut self, index: Index, key: &str, changes: &mut Vec<Change>) -> bool {
         if self.kv.remove(key).is_some() {
             changes.push(Change::Kv(key.to_string()));
+            changes.push(Change::Tombstone(key.to_string()));
+            self.kv_tombstones.insert(key.to_string(), index);
             self.indexes.kv = index;
             true
         } else {
@@ -300,6 +339,20 @@ impl State {
     }
 
     /// Applies `ops` all or nothing: on any failure the state is left exactly as it was.
+    pub(super) fn kv_reap(&mut self, up_to: Index, changes: &mut Vec<Change>) {
+        let reaped: Vec<(String, Index)> = self
+            .kv_tombstones
+            .iter()
+            .filter(|(_, i)| **i <= up_to)
+            .map(|(k, i)| (k.clone(), *i))
+            .collect();
+        for (key, index) in reaped {
+            self.kv_tombstones.remove(&key);
+            self.indexes.kv_floor = self.indexes.kv_floor.max(index);
+            changes.push(Change::Tombstone(key));
+        }
+    }
+
     pub(super) fn txn(
         &mut self,
         index: Index,

@@ -36,6 +36,10 @@ pub struct Indexes {
     pub checks: Index,
     pub kv: Index,
     pub sessions: Index,
+    /// The least index a KV read answers with: the Raft index of the last snapshot restore,
+    /// or of the newest tombstone reaped since. Keeps KV indexes monotonic once tombstones go.
+    #[serde(default)]
+    pub kv_floor: Index,
 }
 
 /// A row the last `apply` touched, so the store persists only what changed.
@@ -49,6 +53,8 @@ pub enum Change {
     Kv(String),
     Session(String),
     LockDelay(String),
+    /// A key's tombstone was written or removed.
+    Tombstone(String),
     ClusterId,
     /// Everything was replaced (a snapshot restore): rewrite every row.
     Everything,
@@ -90,6 +96,10 @@ pub struct State {
     /// Key → wall-clock ms until which it cannot be acquired (set when a session holding it
     /// is invalidated). Part of the state so every replica decides acquires alike.
     lock_delays: OrdMap<String, u64>,
+    /// Deleted key → index of its deletion (Consul's KV graveyard): a prefix read answers with
+    /// the highest index under the prefix, removed keys included, so a delete wakes its watchers
+    /// and the index never goes back. Reaped by the leader after `kv::TOMBSTONE_TTL`.
+    kv_tombstones: OrdMap<String, Index>,
     /// Set once when the cluster forms; a data dir of another cluster is refused by it.
     cluster_id: String,
     indexes: Indexes,
@@ -108,6 +118,8 @@ pub struct Rows {
     pub sessions: Vec<Session>,
     #[serde(default)]
     pub lock_delays: Vec<(String, u64)>,
+    #[serde(default)]
+    pub kv_tombstones: Vec<(String, Index)>,
     #[serde(default)]
     pub cluster_id: String,
     pub indexes: Indexes,
@@ -154,6 +166,7 @@ impl State {
             .map(|s| (s.id.clone(), s))
             .collect();
         state.lock_delays = rows.lock_delays.into_iter().collect();
+        state.kv_tombstones = rows.kv_tombstones.into_iter().collect();
         state.cluster_id = rows.cluster_id;
         state
     }
@@ -176,6 +189,11 @@ impl State {
             sessions: self.sessions.values().cloned().collect(),
             lock_delays: self
                 .lock_delays
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            kv_tombstones: self
+                .kv_tombstones
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
@@ -369,6 +387,10 @@ impl State {
                 Ok(Applied::Done)
             }
             Command::Txn(ops) => self.txn(index, at_ms, ops, changes).map(Applied::Txn),
+            Command::KvReap { up_to } => {
+                self.kv_reap(*up_to, changes);
+                Ok(Applied::Done)
+            }
             Command::InitCluster { id } => {
                 if self.cluster_id.is_empty() {
                     self.cluster_id = id.clone();
@@ -405,6 +427,7 @@ impl State {
             checks: index,
             kv: index,
             sessions: index,
+            kv_floor: index,
         };
         let names: Vec<String> = restored.service_indexes.keys().cloned().collect();
         for name in names {

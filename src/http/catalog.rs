@@ -222,6 +222,21 @@ pub async fn node(State(api): State<Api>, Path(name): Path<String>, params: Para
     json(index, &body, &params)
 }
 
+/// `GET /v1/catalog/node-services/:node`: the node and its services as a list (Consul 1.7+);
+/// an unknown node answers `{"Node": null, "Services": []}`.
+pub async fn node_services(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    params: Params,
+) -> Response {
+    let state = api.view.load();
+    let index = state.indexes().services.max(state.indexes().nodes);
+    let node = state.node(&name).map(dto::node_json);
+    let services: Vec<Value> = state.node_services(&name).map(dto::service_json).collect();
+    let body = serde_json::json!({"Node": node, "Services": services});
+    json(index, &body, &params)
+}
+
 pub async fn datacenters(State(api): State<Api>, params: Params) -> Response {
     json(
         api.view.load().indexes().last,

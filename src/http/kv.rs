@@ -84,9 +84,8 @@ pub async fn get(
     if params.has("keys") {
         let separator = params.get("separator").unwrap_or("");
         let mut keys: Vec<String> = Vec::new();
-        let mut index = 0;
+        let index = state.kv_prefix_index(&key);
         for e in state.kv_prefix(&key) {
-            index = index.max(e.modify_index);
             let rest = &e.key[key.len()..];
             let listed = match (separator.is_empty(), rest.find(separator)) {
                 (false, Some(pos)) => e.key[..key.len() + pos + separator.len()].to_string(),
@@ -97,20 +96,16 @@ pub async fn get(
             }
         }
         if keys.is_empty() {
-            return Ok(not_found(table_index));
+            return Ok(not_found(index));
         }
         return Ok(json(index, &json!(keys), &params));
     }
     if params.has("recurse") {
         let entries: Vec<&KvEntry> = state.kv_prefix(&key).collect();
+        let index = state.kv_prefix_index(&key);
         if entries.is_empty() {
-            return Ok(not_found(table_index));
+            return Ok(not_found(index));
         }
-        let index = entries
-            .iter()
-            .map(|e| e.modify_index)
-            .max()
-            .unwrap_or(table_index);
         let body: Vec<Value> = entries.into_iter().map(entry_json).collect();
         return Ok(json(index, &Value::Array(body), &params));
     }
@@ -125,11 +120,11 @@ pub async fn get(
         )
             .into_response();
         r.headers_mut()
-            .insert("X-Consul-Index", entry.modify_index.max(1).into());
+            .insert("X-Consul-Index", state.kv_entry_index(entry).max(1).into());
         return Ok(r);
     }
     Ok(json(
-        entry.modify_index,
+        state.kv_entry_index(entry),
         &json!([entry_json(entry)]),
         &params,
     ))

@@ -85,6 +85,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/catalog/nodes", get(catalog::nodes))
         .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog::node_services),
+        )
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/health/checks/{name}", get(health::checks))

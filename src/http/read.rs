@@ -57,7 +57,7 @@ fn topics(path: &str) -> Option<Vec<Topic>> {
     {
         return Some(vec![Topic::Service(name.to_ascii_lowercase())]);
     }
-    if path.starts_with("/v1/catalog/node/") {
+    if path.starts_with("/v1/catalog/node/") || path.starts_with("/v1/catalog/node-services/") {
         return Some(vec![Topic::Nodes, Topic::Services]);
     }
     if path.starts_with("/v1/health/state/") || path.starts_with("/v1/health/node/") {

@@ -13,6 +13,7 @@ mod sessions;
 
 pub use sessions::{SCAN_EVERY, SessionTimers, TTL_MULTIPLIER};
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,14 @@ use crate::cluster::Writer;
 use crate::config::Autopilot;
 use crate::raft::{LEADER_HOLD, RaftNode};
 use crate::tasks::Tasks;
+
+/// How long a deleted key's tombstone is kept before the leader reaps it (Consul's
+/// `TombstoneTTL`): a blocking KV read sees the delete through it until then, and its index
+/// never drops below a reaped one afterwards (`Indexes::kv_floor`).
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// How often the leader looks for tombstones to reap (Consul's `TombstoneTTLGranularity`).
+const TOMBSTONE_GRANULARITY: Duration = Duration::from_secs(30);
 
 /// What the leader's duties need.
 #[derive(Clone)]
@@ -96,7 +105,11 @@ async fn run(duties: Duties, term: CancellationToken) {
             remove_dead_server(&duties.node, since, duties.autopilot.dead_server_threshold).await;
         }
     });
-    let _ = until_cancelled(&term, async { tokio::join!(naming, expiry, autopilot) }).await;
+    let graveyard = reap_tombstones(&duties);
+    let _ = until_cancelled(&term, async {
+        tokio::join!(naming, expiry, autopilot, graveyard)
+    })
+    .await;
 }
 
 /// Runs `round` now and then every `period` after the previous round ended; never returns.
@@ -149,6 +162,37 @@ async fn expire_sessions(duties: &Duties) {
         {
             Ok(_) => duties.sessions.forget(&id),
             Err(e) => tracing::warn!(session = %id, error = %e, "could not expire session"),
+        }
+    }
+}
+
+/// Reaps the KV tombstones older than `TOMBSTONE_TTL`, as Consul's leader does: it samples the
+/// applied index every `TOMBSTONE_GRANULARITY` and, once a sample is older than the TTL,
+/// proposes to forget every tombstone at or below it. A new leader starts sampling afresh, so
+/// a tombstone is never reaped early. Never returns.
+async fn reap_tombstones(duties: &Duties) {
+    let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
+    let mut tick = tokio::time::interval(TOMBSTONE_GRANULARITY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let state = duties.node.view().load();
+        samples.push_back((now, state.indexes().last));
+        let mut up_to = None;
+        while let Some(&(at, index)) = samples.front() {
+            if now.duration_since(at) < TOMBSTONE_TTL {
+                break;
+            }
+            up_to = Some(index);
+            samples.pop_front();
+        }
+        let Some(up_to) = up_to else { continue };
+        if !state.kv_has_tombstones_up_to(up_to) {
+            continue;
+        }
+        if let Err(e) = duties.writer.write(Command::KvReap { up_to }).await {
+            tracing::warn!(error = %e, up_to, "could not reap KV tombstones; will retry");
         }
     }
 }

@@ -17,6 +17,8 @@ pub const SERVICE_INDEXES: TableDefinition<&str, u64> = TableDefinition::new("se
 pub const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 pub const LOCK_DELAYS: TableDefinition<&str, u64> = TableDefinition::new("lock_delays");
+/// Deleted key → the index of its deletion (the KV graveyard).
+pub const KV_TOMBSTONES: TableDefinition<&str, u64> = TableDefinition::new("kv_tombstones");
 
 pub mod meta {
     pub const VOTE: &str = "vote";
@@ -41,5 +43,6 @@ pub fn create_all(tx: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     tx.open_table(KV)?;
     tx.open_table(SESSIONS)?;
     tx.open_table(LOCK_DELAYS)?;
+    tx.open_table(KV_TOMBSTONES)?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransacti
 
 use super::log::{decode, encode, read_meta};
 use super::schema::{
-    CHECKS, KV, LOCK_DELAYS, META, NODES, SERVICE_INDEXES, SERVICES, SESSIONS, meta,
+    CHECKS, KV, KV_TOMBSTONES, LOCK_DELAYS, META, NODES, SERVICE_INDEXES, SERVICES, SESSIONS, meta,
 };
 use super::{StoreError, blocking, raft_err};
 use crate::catalog::{Change, Indexes, Rows, State};
@@ -88,6 +88,7 @@ enum RowWrite {
     Kv(String, Option<Vec<u8>>),
     Session(String, Option<Vec<u8>>),
     LockDelay(String, Option<u64>),
+    Tombstone(String, Option<u64>),
     ClusterId(Vec<u8>),
     /// Clear every row table before the writes that follow.
     ClearAll,
@@ -142,6 +143,10 @@ impl StateMachineStore {
                 let (k, v) = item?;
                 rows.lock_delays.push((k.value().to_string(), v.value()));
             }
+            for item in tx.open_table(KV_TOMBSTONES)?.iter()? {
+                let (k, v) = item?;
+                rows.kv_tombstones.push((k.value().to_string(), v.value()));
+            }
         }
         let state = State::from_rows(rows);
         view.publish(state.clone());
@@ -195,6 +200,10 @@ impl StateMachineStore {
                         let v = self.state.lock_delay(&k);
                         RowWrite::LockDelay(k, v)
                     }
+                    Change::Tombstone(k) => {
+                        let v = self.state.kv_tombstone(&k);
+                        RowWrite::Tombstone(k, v)
+                    }
                     Change::ClusterId => RowWrite::ClusterId(encode(&self.state.cluster_id())?),
                     Change::Everything => RowWrite::ClearAll,
                 })
@@ -219,6 +228,7 @@ fn write_rows(tx: &WriteTransaction, writes: &[RowWrite]) -> Result<(), StoreErr
     let mut kv = tx.open_table(KV)?;
     let mut sessions = tx.open_table(SESSIONS)?;
     let mut lock_delays = tx.open_table(LOCK_DELAYS)?;
+    let mut tombstones = tx.open_table(KV_TOMBSTONES)?;
     let mut meta_table = tx.open_table(META)?;
     for w in writes {
         match w {
@@ -230,6 +240,7 @@ fn write_rows(tx: &WriteTransaction, writes: &[RowWrite]) -> Result<(), StoreErr
                 kv.retain(|_, _| false)?;
                 sessions.retain(|_, _| false)?;
                 lock_delays.retain(|_, _| false)?;
+                tombstones.retain(|_, _| false)?;
             }
             RowWrite::ClusterId(v) => {
                 meta_table.insert(meta::CLUSTER_ID, v.as_slice())?;
@@ -251,6 +262,12 @@ fn write_rows(tx: &WriteTransaction, writes: &[RowWrite]) -> Result<(), StoreErr
             }
             RowWrite::LockDelay(k, None) => {
                 lock_delays.remove(k.as_str())?;
+            }
+            RowWrite::Tombstone(k, Some(v)) => {
+                tombstones.insert(k.as_str(), *v)?;
+            }
+            RowWrite::Tombstone(k, None) => {
+                tombstones.remove(k.as_str())?;
             }
             RowWrite::Node(k, Some(v)) => {
                 nodes.insert(k.as_str(), v.as_slice())?;
@@ -316,6 +333,9 @@ fn all_rows(rows: &Rows) -> Result<Vec<RowWrite>, StoreError> {
     }
     for (key, until) in &rows.lock_delays {
         writes.push(RowWrite::LockDelay(key.clone(), Some(*until)));
+    }
+    for (key, index) in &rows.kv_tombstones {
+        writes.push(RowWrite::Tombstone(key.clone(), Some(*index)));
     }
     writes.push(RowWrite::ClusterId(encode(&rows.cluster_id)?));
     Ok(writes)

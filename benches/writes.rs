@@ -8,12 +8,17 @@
 //! - Beacon: `PUT /v1/catalog/register` of one service instance (a JSON body of about 130 bytes)
 //!   to the leader over HTTP/1.1 (one connection per worker). Each worker cycles through 100
 //!   service IDs on its own node, changing the port each time.
-//! - etcd: `Put` of the same bytes under `/services/<node>/<id>`, to the leader, over etcd's gRPC
-//!   API (`etcd-client`, one HTTP/2 channel).
+//! - etcd: a put of the same bytes under `/services/<node>/<id>` to the leader, through etcd's
+//!   gRPC gateway (JSON over HTTP/1.1 on the client port: `POST /v3/kv/put` with base64 key and
+//!   value, etcd v3.4+), on the same kind of keep-alive `reqwest` client (one connection per
+//!   worker). The gateway hands it to etcd's own gRPC `Put`, so it is acknowledged, as before,
+//!   once committed by a quorum and applied on the leader; the gateway's JSON and its internal
+//!   gRPC hop cost etcd some CPU that a native gRPC client would not. No protobuf code (and no
+//!   `protoc`) is needed to build this bench.
 //!
-//! Run: `cargo bench --bench writes` (release build; needs `etcd` on the PATH and `protoc` to
-//! build etcd-client: `apt-get install etcd-server protobuf-compiler`). `WRITES_LEVELS=64` picks
-//! the concurrencies; `WRITES_ONLY=beacon` leaves etcd out (for profiling).
+//! Run: `cargo bench --bench writes` (release build; needs `etcd` on the PATH:
+//! `apt-get install etcd-server`). `WRITES_LEVELS=64` picks the concurrencies;
+//! `WRITES_ONLY=beacon` leaves etcd out (for profiling).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +26,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 
 mod common;
 
@@ -86,21 +94,28 @@ fn start_etcd(dir: &Path) -> Etcd {
     }
 }
 
-/// A kv client connected to etcd's leader only (as Beacon's writes go to its leader).
-async fn etcd_leader(etcd: &Etcd) -> etcd_client::KvClient {
+/// The client URL of etcd's leader (as Beacon's writes go to its leader), asked of each member
+/// through the gateway's `POST /v3/maintenance/status`. The gateway writes 64-bit integers as
+/// JSON strings and leaves out zero fields (`leader` while there is none).
+async fn etcd_leader(client: &reqwest::Client, etcd: &Etcd) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for endpoint in &etcd.clients {
-            let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], None).await
+            let Ok(response) = client
+                .post(format!("{endpoint}/v3/maintenance/status"))
+                .body("{}")
+                .send()
+                .await
             else {
                 continue;
             };
-            if let Ok(status) = client.status().await
-                && let Some(header) = status.header()
-                && status.leader() != 0
-                && status.leader() == header.member_id()
-            {
-                return client.kv_client();
+            let Ok(status) = response.json::<serde_json::Value>().await else {
+                continue;
+            };
+            let leader = &status["leader"];
+            let member = &status["header"]["member_id"];
+            if leader.is_string() && leader == member {
+                return endpoint.clone();
             }
         }
         assert!(Instant::now() < deadline, "no etcd leader within 30 s");
@@ -111,14 +126,15 @@ async fn etcd_leader(etcd: &Etcd) -> etcd_client::KvClient {
 #[derive(Clone)]
 enum Target {
     Beacon(reqwest::Client, SocketAddr),
-    Etcd(Box<etcd_client::KvClient>),
+    /// The shared client and `<leader client URL>/v3/kv/put`.
+    Etcd(reqwest::Client, Arc<str>),
 }
 
 impl Target {
     fn name(&self) -> &'static str {
         match self {
             Target::Beacon(..) => "beacon",
-            Target::Etcd(_) => "etcd",
+            Target::Etcd(..) => "etcd",
         }
     }
 
@@ -141,10 +157,20 @@ impl Target {
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success()),
-            Target::Etcd(kv) => kv
-                .put(format!("/services/{node}/{id}"), body, None)
-                .await
-                .is_ok(),
+            Target::Etcd(client, put) => {
+                // Base64 has no characters that JSON would escape.
+                let request = format!(
+                    r#"{{"key":"{}","value":"{}"}}"#,
+                    BASE64.encode(format!("/services/{node}/{id}")),
+                    BASE64.encode(body)
+                );
+                match client.post(&**put).body(request).send().await {
+                    // The body (the response header with the new revision) is read to the end
+                    // so the connection goes back to the pool.
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
         }
     }
 }
@@ -247,9 +273,10 @@ fn main() {
             .build()
             .unwrap();
         let leader = servers[common::leader(&client, &servers).await].http;
-        let mut targets = vec![Target::Beacon(client, leader)];
+        let mut targets = vec![Target::Beacon(client.clone(), leader)];
         if let Some(etcd) = &etcd {
-            targets.push(Target::Etcd(Box::new(etcd_leader(etcd).await)));
+            let put = format!("{}/v3/kv/put", etcd_leader(&client, etcd).await);
+            targets.push(Target::Etcd(client, put.into()));
         }
         println!(
             "3-member clusters on loopback, one service registration per write (~130 B), \

@@ -328,7 +328,7 @@ async fn bad_input_is_refused_and_stores_nothing() {
         r#"{"Name":"c","TTL":"5s","ServiceID":"ghost"}"#,
     )
     .await;
-    assert_eq!(st, 400);
+    assert_eq!(st, 404, "a check for an unknown service: Consul's 404");
     let (st, _) = put(&s.url("/v1/catalog/register"), r#"{"Address":"1.2.3.4"}"#).await;
     assert_eq!(st, 400);
     let (st, _) = put(
@@ -369,4 +369,133 @@ async fn bad_input_is_refused_and_stores_nothing() {
         1,
         "no node 'x' was created"
     );
+}
+
+#[tokio::test]
+async fn request_bodies_are_decoded_as_consul_decodes_them() {
+    let s = Server::start(&[]);
+    // Unknown fields, at any depth and on every endpoint with a body: 400 naming the field as
+    // written, and nothing stored.
+    let refused = [
+        (
+            "/v1/agent/service/register",
+            r#"{"ID":"1","Name":"svc","Port":8080,"ServiceWeights":{"Passing":1,"Warning":5}}"#,
+            "ServiceWeights",
+        ),
+        (
+            "/v1/agent/service/register",
+            r#"{"Name":"svc","Check":{"TTL":"5s","Intervall":"1s"}}"#,
+            "Intervall",
+        ),
+        (
+            "/v1/agent/service/register",
+            r#"{"Name":"svc","Weights":{"Passing":1,"Critical":1}}"#,
+            "Critical",
+        ),
+        (
+            "/v1/agent/check/register",
+            r#"{"Name":"c","TTL":"5s","Servce":"x"}"#,
+            "Servce",
+        ),
+        (
+            "/v1/catalog/register",
+            r#"{"Node":"n","Address":"1.1.1.1","Service":{"Service":"svc","Name":"svc"}}"#,
+            "Name",
+        ),
+        (
+            "/v1/catalog/register",
+            r#"{"Node":"n","Address":"1.1.1.1","Nodemeta2":{}}"#,
+            "Nodemeta2",
+        ),
+        (
+            "/v1/catalog/deregister",
+            r#"{"Node":"n","ServiceName":"svc"}"#,
+            "ServiceName",
+        ),
+        (
+            "/v1/session/create",
+            r#"{"Name":"s","TTL":"10s","Behaviour":"delete"}"#,
+            "Behaviour",
+        ),
+        (
+            "/v1/txn",
+            r#"[{"KV":{"Verb":"set","Key":"k","Value":"dg==","Sesion":"x"}}]"#,
+            "Sesion",
+        ),
+    ];
+    for (path, body, field) in refused {
+        let (st, text) = put(&s.url(path), body).await;
+        assert_eq!(st, 400, "{path} {body}: {text}");
+        assert!(
+            text.contains(&format!("json: unknown field \"{field}\"")),
+            "{path} {body}: {text}"
+        );
+    }
+    let (_, services) = get_json(&s.url("/v1/agent/services")).await;
+    assert_eq!(services, json!({}), "nothing stored on a 400");
+    let (_, nodes) = get_json(&s.url("/v1/catalog/nodes")).await;
+    assert_eq!(
+        nodes.as_array().unwrap().len(),
+        1,
+        "only the agent's node: {nodes}"
+    );
+    let (st, _) = get_json(&s.url("/v1/kv/k")).await;
+    assert_eq!(st, 404);
+
+    // Names match case-insensitively, Consul's snake_case aliases are accepted, the body is
+    // JSON whatever the Content-Type, and an empty `Check` is no check.
+    let r = http()
+        .put(s.url("/v1/agent/service/register"))
+        .header("Content-Type", "text/plain")
+        .body(
+            r#"{"name":"api","PORT":81,"enable_tag_override":true,"tagged_addresses":{"lan":{"address":"10.0.0.1","port":81}},"Check":{},"Weights":{"passing":3,"warning":1},"Connect":null,"Proxy":{}}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (_, services) = get_json(&s.url("/v1/agent/services")).await;
+    let api = &services["api"];
+    assert_eq!(api["Port"], 81);
+    assert_eq!(api["EnableTagOverride"], true);
+    assert_eq!(api["TaggedAddresses"]["lan"]["Address"], "10.0.0.1");
+    assert_eq!(api["Weights"]["Passing"], 3);
+    let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
+    assert_eq!(checks, json!({}), "the empty Check registered nothing");
+    let (st, text) = put(
+        &s.url("/v1/agent/check/register"),
+        r#"{"name":"t","ttl":"5s","service_id":"api","deregister_critical_service_after":"90s"}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
+
+    // Weights.Passing below 1 is refused; a write for another datacenter has no path.
+    let (st, text) = put(
+        &s.url("/v1/agent/service/register"),
+        r#"{"Name":"w","Weights":{"Passing":0,"Warning":1}}"#,
+    )
+    .await;
+    assert_eq!(st, 400, "{text}");
+    assert!(text.contains("Passing"), "{text}");
+    for (path, body) in [
+        (
+            "/v1/catalog/register",
+            r#"{"Datacenter":"dc2","Node":"far","Address":"1.1.1.1"}"#,
+        ),
+        (
+            "/v1/catalog/deregister",
+            r#"{"Datacenter":"dc2","Node":"far"}"#,
+        ),
+    ] {
+        let (st, text) = put(&s.url(path), body).await;
+        assert_eq!((st, text.trim()), (500, "No path to datacenter"), "{path}");
+    }
+    let (st, text) = put(
+        &s.url("/v1/catalog/register"),
+        r#"{"Datacenter":"DC1","Node":"near","Address":"1.1.1.1"}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "its own datacenter, in any case: {text}");
+    let (_, nodes) = get_json(&s.url("/v1/catalog/nodes")).await;
+    assert!(!nodes.to_string().contains("\"far\""), "{nodes}");
 }

@@ -19,6 +19,10 @@ use crate::view::View;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// The check ID of a node's own health, which Consul's gossip layer maintains (here: the
+/// agent itself, while it runs). It belongs to the catalog, not to `/v1/agent/checks`.
+pub const SERF_HEALTH: &str = "serfHealth";
+
 /// Consul's floor for `DeregisterCriticalServiceAfter`.
 pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 /// How often the reaper looks for services critical for too long (Consul: 30 s).
@@ -139,7 +143,7 @@ impl Agent {
                 ..ServiceSpec::default()
             }),
             checks: vec![CheckSpec {
-                check_id: "serfHealth".into(),
+                check_id: SERF_HEALTH.into(),
                 name: "Serf Health Status".into(),
                 status: Some(CheckStatus::Passing),
                 output: "Agent alive and reachable".into(),

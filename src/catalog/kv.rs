@@ -216,7 +216,8 @@ impl State {
         session: &str,
         changes: &mut Vec<Change>,
     ) -> Result<bool, ApplyError> {
-        self.require_session(session)?;
+        // As Consul's `kvsUnlockTxn`: a session that does not hold the key (or does not exist)
+        // releases nothing, and that is an answer (`false`), not an error.
         match self.kv.get(key) {
             Some(e) if e.session == session => {
                 let mut entry = self.updated(index, key, value, flags);

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::dto::{self, CheckIn, ServiceIn};
-use super::{Api, ApiError, Params, json};
+use super::filter::schemas;
+use super::{Api, ApiError, Params, json, keep};
+use crate::agent::SERF_HEALTH;
 use crate::catalog::aggregate;
 use crate::cluster::Member;
 use crate::model::CheckStatus;
@@ -64,15 +66,17 @@ pub async fn node_maintenance(
     Ok(ok())
 }
 
-pub async fn services(State(api): State<Api>, params: Params) -> Response {
+pub async fn services(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    let filter = params.filter(&schemas::NODE_SERVICE)?;
     let state = api.view.load();
     let node = &api.agent.node().name;
     let map: Map<String, Value> = state
         .node_services(node)
         .filter(|s| s.id != "consul")
         .map(|s| (s.id.clone(), dto::agent_service_json(s, &api.datacenter)))
+        .filter(|(_, v)| keep(&filter, v))
         .collect();
-    json(state.indexes().services, &Value::Object(map), &params)
+    Ok(json(state.indexes().services, &Value::Object(map), &params))
 }
 
 pub async fn service(
@@ -91,17 +95,22 @@ pub async fn service(
     ))
 }
 
-pub async fn checks(State(api): State<Api>, params: Params) -> Response {
+/// `GET /v1/agent/checks`: the checks registered with this agent; the node's `serfHealth`
+/// belongs to the catalog, not to the agent, as in Consul.
+pub async fn checks(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    let filter = params.filter(&schemas::CHECK)?;
     let state = api.view.load();
     let node = &api.agent.node().name;
     let map: Map<String, Value> = state
         .node_checks(node)
+        .filter(|c| c.check_id != SERF_HEALTH)
         .map(|c| {
             let service = state.service(node, &c.service_id);
             (c.check_id.clone(), dto::check_json(c, service))
         })
+        .filter(|(_, v)| keep(&filter, v))
         .collect();
-    json(state.indexes().checks, &Value::Object(map), &params)
+    Ok(json(state.indexes().checks, &Value::Object(map), &params))
 }
 
 pub async fn register_check(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
@@ -114,6 +123,18 @@ pub async fn register_check(State(api): State<Api>, body: Bytes) -> Result<Respo
         .find(|s| !s.is_empty())
         .cloned()
         .unwrap_or_default();
+    if !check.service_id.is_empty()
+        && api
+            .view
+            .load()
+            .service(&api.agent.node().name, &check.service_id)
+            .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "ServiceID {:?} does not exist",
+            check.service_id
+        )));
+    }
     let registration = check.to_agent_check(id, check.name.clone(), check.service_id.clone())?;
     api.agent.register_check(registration).await?;
     Ok(ok())
@@ -163,7 +184,7 @@ pub async fn check_fail(
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct CheckUpdate {
     status: String,
     output: String,
@@ -227,6 +248,12 @@ pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
         .find(|m| m.id == api.cluster.id())
         .map(|m| member_json(&api, &m))
         .unwrap_or(Value::Null);
+    let meta = api
+        .view
+        .load()
+        .node(&node.name)
+        .map(|n| n.meta.clone())
+        .unwrap_or_default();
     let body = json!({
         "Config": {
             "Datacenter": api.datacenter,
@@ -236,8 +263,25 @@ pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
             "Revision": "",
             "Version": env!("CARGO_PKG_VERSION"),
         },
+        "DebugConfig": {
+            "Datacenter": api.datacenter,
+            "NodeName": node.name,
+            "NodeID": node.id,
+            "ServerMode": true,
+            "Version": env!("CARGO_PKG_VERSION"),
+        },
         "Member": me,
-        "Stats": {"raft": api.cluster.stats()},
+        "Meta": meta,
+        "Stats": {
+            "raft": api.cluster.stats(),
+            "consul": {
+                "server": "true",
+                "leader": if api.cluster.is_leader() { "true" } else { "false" },
+                "leader_addr": api.cluster.leader().unwrap_or_default(),
+                "known_datacenters": "1",
+            },
+            "agent": {"checks": "", "services": ""},
+        },
     });
     json(api.view.load().indexes().last, &body, &params)
 }
@@ -262,14 +306,29 @@ fn member_json(api: &Api, m: &Member) -> Value {
     })
 }
 
-pub async fn members(State(api): State<Api>, params: Params) -> Response {
+/// `GET /v1/agent/members`: the servers (Beacon's only members). With `?wan`, the WAN pool,
+/// where Consul names a server `<node>.<datacenter>`.
+pub async fn members(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    let filter = params.filter(&schemas::MEMBER)?;
+    let wan = params.bool("wan")?.unwrap_or(false);
     let all: Vec<Value> = api
         .cluster
         .members()
         .iter()
-        .map(|m| member_json(&api, m))
+        .map(|m| {
+            let mut v = member_json(&api, m);
+            if wan {
+                v["Name"] = json!(format!("{}.{}", m.name, api.datacenter));
+            }
+            v
+        })
+        .filter(|v| keep(&filter, v))
         .collect();
-    json(api.view.load().indexes().last, &Value::Array(all), &params)
+    Ok(json(
+        api.view.load().indexes().last,
+        &Value::Array(all),
+        &params,
+    ))
 }
 
 /// `PUT /v1/agent/leave`: leave the voter set gracefully, then shut down.
@@ -290,4 +349,45 @@ pub async fn join(
 ) -> Result<Response, ApiError> {
     api.cluster.join(&address).await?;
     Ok(ok())
+}
+
+/// `PUT /v1/agent/force-leave/:node`: removes a server from the Raft configuration (with or
+/// without `?prune`, since Beacon keeps no list of left members to prune). A name that is no
+/// member is Consul's 500 "No node found with name".
+pub async fn force_leave(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(member) = api
+        .cluster
+        .members()
+        .into_iter()
+        .find(|m| m.name.eq_ignore_ascii_case(&name))
+    else {
+        return Err(ApiError::Internal(format!(
+            "agent: No node found with name '{name}'"
+        )));
+    };
+    api.cluster
+        .remove_server(member.id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(ok())
+}
+
+/// `PUT /v1/agent/reload`: re-reads the configuration as SIGHUP does.
+pub async fn reload(State(api): State<Api>) -> Result<Response, ApiError> {
+    let Some(reload) = &api.reload else {
+        return Err(ApiError::Internal(
+            "Failed to reload configs: this agent was started without a configuration to re-read"
+                .into(),
+        ));
+    };
+    reload().map_err(|e| ApiError::Internal(format!("Failed to reload configs: {e}")))?;
+    Ok(ok())
+}
+
+/// `/v1/agent/token/*`: Consul's answer while ACLs are disabled.
+pub async fn token() -> ApiError {
+    ApiError::Unauthorized("ACL support disabled".into())
 }

@@ -6,8 +6,9 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::dto::{self, CheckIn, ServiceIn};
-use super::{Api, ApiError, Params, json, json_true};
+use super::dto::{self, CheckIn, Ignored, ServiceIn, TaggedAddressIn, WeightsIn};
+use super::filter::schemas;
+use super::{Api, ApiError, Params, json, json_true, keep};
 use crate::catalog::{Command, Registration};
 use crate::model::Node;
 use crate::model::{CheckSpec, NodeSpec};
@@ -20,25 +21,62 @@ pub fn meta_matches(node: &Node, filters: &[(String, String)]) -> bool {
         .all(|(k, v)| node.meta.get(k).is_some_and(|x| x == v))
 }
 
-/// The `Service` of a catalog registration: an agent service whose name is under `Service`.
+/// The `Service` of a catalog registration (Consul's `NodeService`): the service's name is
+/// under `Service`, and it has no checks of its own (they are the registration's).
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct CatalogService {
     service: String,
-    // Not fields of Consul's `NodeService`: taken here so they are ignored, as Consul ignores
-    // them, rather than decoded (and judged) as the agent API's.
-    #[serde(rename = "name")]
-    _name: Option<serde::de::IgnoredAny>,
-    #[serde(rename = "check")]
-    _check: Option<serde::de::IgnoredAny>,
-    #[serde(rename = "checks")]
-    _checks: Option<serde::de::IgnoredAny>,
-    #[serde(flatten)]
-    fields: ServiceIn,
+    id: String,
+    tags: Vec<String>,
+    address: String,
+    port: u16,
+    meta: BTreeMap<String, String>,
+    #[serde(rename = "taggedaddresses")]
+    tagged_addresses: BTreeMap<String, TaggedAddressIn>,
+    weights: Option<WeightsIn>,
+    #[serde(rename = "enabletagoverride")]
+    enable_tag_override: bool,
+    kind: String,
+    #[serde(rename = "socketpath")]
+    _socket_path: Ignored,
+    #[serde(rename = "proxy")]
+    _proxy: Ignored,
+    #[serde(rename = "connect")]
+    _connect: Ignored,
+    #[serde(rename = "locality")]
+    _locality: Ignored,
+    #[serde(rename = "peername")]
+    _peer_name: Ignored,
+    #[serde(rename = "locallyregisteredassidecar")]
+    _sidecar: Ignored,
+    #[serde(rename = "createindex")]
+    _create_index: Ignored,
+    #[serde(rename = "modifyindex")]
+    _modify_index: Ignored,
 }
 
+impl CatalogService {
+    fn into_agent_form(self) -> ServiceIn {
+        ServiceIn {
+            name: self.service,
+            id: self.id,
+            tags: self.tags,
+            address: self.address,
+            port: self.port,
+            meta: self.meta,
+            tagged_addresses: self.tagged_addresses,
+            weights: self.weights,
+            enable_tag_override: self.enable_tag_override,
+            kind: self.kind,
+            ..ServiceIn::default()
+        }
+    }
+}
+
+/// Consul's `structs.RegisterRequest`.
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct RegisterIn {
     id: String,
     node: String,
@@ -53,10 +91,17 @@ struct RegisterIn {
     checks: Vec<CheckIn>,
     #[serde(rename = "skipnodeupdate")]
     skip_node_update: bool,
+    #[serde(rename = "token")]
+    _token: Ignored,
+    #[serde(rename = "locality")]
+    _locality: Ignored,
+    #[serde(rename = "peername")]
+    _peer_name: Ignored,
 }
 
 pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     let reg: RegisterIn = dto::decode(&body)?;
+    same_datacenter(&api, &reg.datacenter)?;
     if reg.node.is_empty() {
         return Err(ApiError::BadRequest("Must provide node".into()));
     }
@@ -68,12 +113,7 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
             if s.service.is_empty() {
                 return Err(ApiError::BadRequest("Must provide service name".into()));
             }
-            // The agent API's `Name`, `Check` and `Checks` were taken above: never set here.
-            let svc = ServiceIn {
-                name: s.service,
-                ..s.fields
-            };
-            Some(svc.into_registration()?.0)
+            Some(s.into_agent_form().into_registration()?.0)
         }
         None => None,
     };
@@ -134,9 +174,15 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
     Ok(json_true())
 }
 
+/// Consul's `structs.DeregisterRequest`.
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct DeregisterIn {
+    datacenter: String,
+    #[serde(rename = "token")]
+    _token: Ignored,
+    #[serde(rename = "peername")]
+    _peer_name: Ignored,
     node: String,
     #[serde(rename = "serviceid")]
     service_id: String,
@@ -146,6 +192,7 @@ struct DeregisterIn {
 
 pub async fn deregister(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     let d: DeregisterIn = dto::decode(&body)?;
+    same_datacenter(&api, &d.datacenter)?;
     if d.node.is_empty() {
         return Err(ApiError::BadRequest("Must provide node".into()));
     }
@@ -160,10 +207,31 @@ pub async fn deregister(State(api): State<Api>, body: Bytes) -> Result<Response,
     Ok(json_true())
 }
 
+/// `GET /v1/catalog/services`: service name → the union of its instances' tags. A `?filter=`
+/// applies to each instance as a catalog ServiceNode row, as Consul's does.
 pub async fn services(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
     let state = api.view.load();
     let filters = params.node_meta()?;
-    let out = state.service_names(|node| meta_matches(node, &filters));
+    let filter = params.filter(&schemas::SERVICE_NODE)?;
+    let out = match &filter {
+        None => state.service_names(|node| meta_matches(node, &filters)),
+        Some(filter) => {
+            let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (node, service) in state.all_services() {
+                if meta_matches(node, &filters)
+                    && filter.matches(&dto::catalog_service_json(node, service))
+                {
+                    let tags = out.entry(service.name.clone()).or_default();
+                    for tag in &service.tags {
+                        if !tags.contains(tag) {
+                            tags.push(tag.clone());
+                        }
+                    }
+                }
+            }
+            out
+        }
+    };
     Ok(json(
         state.indexes().services,
         &serde_json::to_value(out).unwrap_or_default(),
@@ -178,6 +246,7 @@ pub async fn service(
 ) -> Result<Response, ApiError> {
     let state = api.view.load();
     let filters = params.node_meta()?;
+    let filter = params.filter(&schemas::SERVICE_NODE)?;
     let tags = params.all("tag");
     let entries: Vec<Value> = state
         .instances(&name)
@@ -188,6 +257,7 @@ pub async fn service(
                 .all(|t| i.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
         })
         .map(|i| dto::catalog_service_json(i.node, i.service))
+        .filter(|v| keep(&filter, v))
         .collect();
     Ok(json(
         state.service_index(&name),
@@ -199,27 +269,35 @@ pub async fn service(
 pub async fn nodes(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
     let state = api.view.load();
     let filters = params.node_meta()?;
+    let filter = params.filter(&schemas::NODE)?;
     let nodes: Vec<Value> = state
         .nodes()
         .filter(|n| meta_matches(n, &filters))
         .map(dto::node_json)
+        .filter(|v| keep(&filter, v))
         .collect();
     Ok(json(state.indexes().nodes, &Value::Array(nodes), &params))
 }
 
-pub async fn node(State(api): State<Api>, Path(name): Path<String>, params: Params) -> Response {
+pub async fn node(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let filter = params.filter(&schemas::NODE_SERVICE)?;
     let state = api.view.load();
     let index = state.indexes().services.max(state.indexes().nodes);
     // Consul answers 200 with `null` for an unknown node.
     let Some(node) = state.node(&name) else {
-        return json(index, &Value::Null, &params);
+        return Ok(json(index, &Value::Null, &params));
     };
     let services: Map<String, Value> = state
         .node_services(&name)
         .map(|s| (s.id.clone(), dto::service_json(s)))
+        .filter(|(_, v)| keep(&filter, v))
         .collect();
     let body = serde_json::json!({"Node": dto::node_json(node), "Services": services});
-    json(index, &body, &params)
+    Ok(json(index, &body, &params))
 }
 
 /// `GET /v1/catalog/node-services/:node`: the node and its services as a list (Consul 1.7+);
@@ -228,13 +306,18 @@ pub async fn node_services(
     State(api): State<Api>,
     Path(name): Path<String>,
     params: Params,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let filter = params.filter(&schemas::NODE_SERVICE)?;
     let state = api.view.load();
     let index = state.indexes().services.max(state.indexes().nodes);
     let node = state.node(&name).map(dto::node_json);
-    let services: Vec<Value> = state.node_services(&name).map(dto::service_json).collect();
+    let services: Vec<Value> = state
+        .node_services(&name)
+        .map(dto::service_json)
+        .filter(|v| keep(&filter, v))
+        .collect();
     let body = serde_json::json!({"Node": node, "Services": services});
-    json(index, &body, &params)
+    Ok(json(index, &body, &params))
 }
 
 pub async fn datacenters(State(api): State<Api>, params: Params) -> Response {
@@ -243,4 +326,27 @@ pub async fn datacenters(State(api): State<Api>, params: Params) -> Response {
         &serde_json::json!([api.datacenter]),
         &params,
     )
+}
+
+/// `GET /v1/catalog/connect/:service`, `/v1/health/connect/:service` and
+/// `/v1/health/ingress/:service`: Beacon has no service mesh, so no instance is mesh-capable and
+/// the list is empty (Consul's answer for a service without Connect-capable instances). A
+/// `?filter=` is still checked.
+pub async fn connect(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    params.filter(&schemas::SERVICE_NODE)?;
+    Ok(json(
+        api.view.load().indexes().services,
+        &Value::Array(Vec::new()),
+        &params,
+    ))
+}
+
+/// A write naming another datacenter: Consul forwards it over the WAN; Beacon has one
+/// datacenter, and answers as Consul does for one it cannot reach.
+fn same_datacenter(api: &Api, datacenter: &str) -> Result<(), ApiError> {
+    if datacenter.is_empty() || datacenter.eq_ignore_ascii_case(&api.datacenter) {
+        Ok(())
+    } else {
+        Err(ApiError::Internal("No path to datacenter".into()))
+    }
 }

@@ -1,10 +1,12 @@
 //! The JSON shapes of the API: request bodies in, catalog objects out.
 //!
-//! Bodies are decoded as Go's `encoding/json` does for Consul: field names match
-//! case-insensitively (Consul also accepts snake_case for many), unknown fields are ignored,
-//! `null` means "not given", durations are Go strings ("10s") or integer nanoseconds, and the
-//! Content-Type is not looked at. Wrong types are still errors. Keys inside user maps (`Meta`,
-//! `NodeMeta`, `Header`, `TaggedAddresses`) keep their case.
+//! Bodies are decoded as Consul decodes them (`lib.DecodeJSON`: Go's `encoding/json` with
+//! unknown fields disallowed): field names match case-insensitively, the snake_case aliases
+//! Consul's structs declare are accepted (`enable_tag_override`, `args`, …), an unknown field
+//! is a 400 naming it, `null` means "not given", durations are Go strings ("10s") or integer
+//! nanoseconds, and the Content-Type is not looked at. Fields Consul accepts that Beacon has no
+//! use for (`Proxy`, `Connect`, `Token`, …) are accepted and ignored ([`Ignored`]). Keys inside
+//! user maps (`Meta`, `NodeMeta`, `Header`, `TaggedAddresses`) keep their case.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -65,9 +67,13 @@ pub fn decode_list<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, ApiError>
         .collect()
 }
 
-fn decode_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+/// A field Consul's request struct has and Beacon does not use: accepted (so it is not an
+/// unknown field) and ignored.
+pub type Ignored = Option<de::IgnoredAny>;
+
+fn decode_value<T: DeserializeOwned>(original: Value) -> Result<T, ApiError> {
     let fail = |e: String| ApiError::BadRequest(format!("Request decode failed: {e}"));
-    let value = normalize(value);
+    let value = normalize(original.clone());
     // A catalog registration's `Service` is an object (inside it, `Service` is the name).
     if let Some(service) = value.get("service")
         && !service.is_object()
@@ -81,7 +87,41 @@ fn decode_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     if let Some(service) = value.get("service") {
         check_objects(service).map_err(fail)?;
     }
-    serde_json::from_value(value).map_err(|e| fail(e.to_string()))
+    serde_json::from_value(value).map_err(|e| fail(consul_message(&e.to_string(), &original)))
+}
+
+/// serde's "unknown field `servicewieghts`, expected one of …" (about a normalized name) as
+/// Go's `json: unknown field "ServiceWieghts"`, with the name as the client wrote it.
+fn consul_message(serde: &str, original: &Value) -> String {
+    let Some(rest) = serde.strip_prefix("unknown field `") else {
+        return serde.to_string();
+    };
+    let normalized = rest.split('`').next().unwrap_or_default();
+    let written = find_key(original, normalized).unwrap_or_else(|| normalized.to_string());
+    format!("json: unknown field {written:?}")
+}
+
+fn find_key(value: &Value, normalized: &str) -> Option<String> {
+    match value {
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if normalize_key(k) == normalized {
+                Some(k.clone())
+            } else {
+                find_key(v, normalized)
+            }
+        }),
+        Value::Array(items) => items.iter().find_map(|v| find_key(v, normalized)),
+        _ => None,
+    }
+}
+
+/// A field name as the structs below spell it: lower case, without underscores, so that
+/// `EnableTagOverride`, `enableTagOverride` and `enable_tag_override` are one name.
+fn normalize_key(key: &str) -> String {
+    key.chars()
+        .filter(|c| *c != '_')
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 /// Fields whose values are objects. serde would also accept an array for a struct, which Go
@@ -129,11 +169,7 @@ fn normalize(value: Value) -> Value {
             map.into_iter()
                 .filter(|(_, v)| !v.is_null())
                 .map(|(k, v)| {
-                    let key: String = k
-                        .chars()
-                        .filter(|c| *c != '_')
-                        .collect::<String>()
-                        .to_ascii_lowercase();
+                    let key = normalize_key(&k);
                     let v = if MAP_FIELDS.contains(&key.as_str()) {
                         normalize_user_map(v)
                     } else {
@@ -186,22 +222,22 @@ impl<'de> Deserialize<'de> for GoDuration {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct WeightsIn {
     pub passing: Option<u32>,
     pub warning: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TaggedAddressIn {
     pub address: String,
     pub port: u16,
 }
 
-/// `AgentServiceRegistration`.
+/// `AgentServiceRegistration` (Consul's `structs.ServiceDefinition`).
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServiceIn {
     pub id: String,
     pub name: String,
@@ -217,11 +253,26 @@ pub struct ServiceIn {
     pub kind: String,
     pub check: Option<CheckIn>,
     pub checks: Vec<CheckIn>,
+    #[serde(rename = "socketpath")]
+    pub _socket_path: Ignored,
+    #[serde(rename = "token")]
+    pub _token: Ignored,
+    #[serde(rename = "proxy")]
+    pub _proxy: Ignored,
+    #[serde(rename = "connect")]
+    pub _connect: Ignored,
+    #[serde(rename = "locality")]
+    pub _locality: Ignored,
+    #[serde(rename = "namespace")]
+    pub _namespace: Ignored,
+    #[serde(rename = "partition")]
+    pub _partition: Ignored,
 }
 
-/// `AgentServiceCheck` / `AgentCheckRegistration` / `CheckType`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+/// `AgentServiceCheck` / `AgentCheckRegistration` / `CheckType` (Consul's `CheckType` and
+/// `CheckDefinition`; in a catalog registration `HealthCheck` with its `Definition`).
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CheckIn {
     pub id: String,
     #[serde(rename = "checkid")]
@@ -266,6 +317,49 @@ pub struct CheckIn {
     pub os_service: Option<Value>,
     /// Catalog registrations carry the probe settings under `Definition`.
     pub definition: Option<Box<CheckIn>>,
+    // Accepted as Consul accepts them; Beacon does not use them.
+    #[serde(rename = "token")]
+    pub _token: Ignored,
+    #[serde(rename = "node")]
+    pub _node: Ignored,
+    #[serde(rename = "servicename")]
+    pub _service_name: Ignored,
+    #[serde(rename = "servicetags")]
+    pub _service_tags: Ignored,
+    #[serde(rename = "type")]
+    pub _type: Ignored,
+    #[serde(rename = "exposedport")]
+    pub _exposed_port: Ignored,
+    #[serde(rename = "tlsservername")]
+    pub _tls_server_name: Ignored,
+    #[serde(rename = "disableredirects")]
+    pub _disable_redirects: Ignored,
+    #[serde(rename = "tcpusetls")]
+    pub _tcp_use_tls: Ignored,
+    #[serde(rename = "h2pingusetls")]
+    pub _h2_ping_use_tls: Ignored,
+    #[serde(rename = "grpcusetls")]
+    pub _grpc_use_tls: Ignored,
+    #[serde(rename = "shell")]
+    pub _shell: Ignored,
+    #[serde(rename = "failuresbeforewarning")]
+    pub _failures_before_warning: Ignored,
+    #[serde(rename = "outputmaxsize")]
+    pub _output_max_size: Ignored,
+    #[serde(rename = "proxyhttp")]
+    pub _proxy_http: Ignored,
+    #[serde(rename = "proxygrpc")]
+    pub _proxy_grpc: Ignored,
+    #[serde(rename = "peername")]
+    pub _peer_name: Ignored,
+    #[serde(rename = "namespace")]
+    pub _namespace: Ignored,
+    #[serde(rename = "partition")]
+    pub _partition: Ignored,
+    #[serde(rename = "createindex")]
+    pub _create_index: Ignored,
+    #[serde(rename = "modifyindex")]
+    pub _modify_index: Ignored,
 }
 
 pub fn parse_status(raw: &str) -> Result<CheckStatus, ApiError> {
@@ -387,7 +481,20 @@ impl ServiceIn {
         } else {
             self.id.clone()
         };
-        let mut inline: Vec<&CheckIn> = self.check.iter().collect();
+        if let Some(w) = &self.weights
+            && w.passing.is_some_and(|p| p < 1)
+        {
+            return Err(ApiError::BadRequest(
+                "Invalid Weights: Passing must be greater than 0".into(),
+            ));
+        }
+        // As Consul's `ServiceDefinition.CheckTypes`: an empty `Check` is no check at all (an
+        // empty entry of `Checks` is still judged).
+        let mut inline: Vec<&CheckIn> = self
+            .check
+            .iter()
+            .filter(|c| **c != CheckIn::default())
+            .collect();
         inline.extend(self.checks.iter());
         let many = inline.len() > 1;
         let mut checks = Vec::new();
@@ -507,20 +614,27 @@ pub fn service_json(s: &Service) -> Value {
 }
 
 /// A service as the agent endpoints show it.
+/// A service as `/v1/agent/services` shows it; an empty `Kind` and `TaggedAddresses` are
+/// left out, as Consul's `api.AgentService` (`omitempty`) does.
 pub fn agent_service_json(s: &Service, datacenter: &str) -> Value {
-    json!({
+    let mut v = json!({
         "ID": s.id,
         "Service": s.name,
         "Tags": s.tags,
         "Meta": s.meta,
         "Port": s.port,
         "Address": s.address,
-        "TaggedAddresses": tagged_addresses_json(s),
         "Weights": {"Passing": s.weights.passing, "Warning": s.weights.warning},
         "EnableTagOverride": s.enable_tag_override,
-        "Kind": s.kind,
         "Datacenter": datacenter,
-    })
+    });
+    if !s.kind.is_empty() {
+        v["Kind"] = json!(s.kind);
+    }
+    if !s.tagged_addresses.is_empty() {
+        v["TaggedAddresses"] = tagged_addresses_json(s);
+    }
+    v
 }
 
 /// A flat `/v1/catalog/service/:name` entry.

@@ -5,7 +5,8 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::catalog::meta_matches;
-use super::{Api, ApiError, Params, dto, json};
+use super::filter::schemas;
+use super::{Api, ApiError, Params, dto, json, keep};
 use crate::model::CheckStatus;
 
 /// Every instance with its node and checks; `?passing` keeps only instances whose checks all
@@ -18,6 +19,7 @@ pub async fn service(
     let state = api.view.load();
     let passing = params.bool("passing")?.unwrap_or(false);
     let filters = params.node_meta()?;
+    let filter = params.filter(&schemas::CHECK_SERVICE_NODE)?;
     let tags = params.all("tag");
     let entries: Vec<Value> = state
         .instances(&name)
@@ -38,6 +40,7 @@ pub async fn service(
                 }).collect::<Vec<_>>(),
             })
         })
+        .filter(|v| keep(&filter, v))
         .collect();
     Ok(json(
         state.service_index(&name),
@@ -54,6 +57,7 @@ pub async fn checks(
 ) -> Result<Response, ApiError> {
     let state = api.view.load();
     let filters = params.node_meta()?;
+    let filter = params.filter(&schemas::CHECK)?;
     let out: Vec<Value> = state
         .instances(&name)
         .into_iter()
@@ -65,6 +69,7 @@ pub async fn checks(
                 .map(|c| dto::check_json(c, Some(i.service)))
                 .collect::<Vec<_>>()
         })
+        .filter(|v| keep(&filter, v))
         .collect();
     Ok(json(
         state.service_index(&name),
@@ -78,7 +83,7 @@ pub async fn state(
     Path(wanted): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let filter: Option<CheckStatus> = match wanted.as_str() {
+    let wanted_status: Option<CheckStatus> = match wanted.as_str() {
         "any" => None,
         other => Some(
             other
@@ -88,24 +93,32 @@ pub async fn state(
     };
     let state = api.view.load();
     let filters = params.node_meta()?;
+    let filter = params.filter(&schemas::CHECK)?;
     let out: Vec<Value> = state
         .all_checks()
-        .filter(|c| filter.is_none_or(|s| c.status == s))
+        .filter(|c| wanted_status.is_none_or(|s| c.status == s))
         .filter(|c| {
             state
                 .node(&c.node)
                 .is_some_and(|n| meta_matches(n, &filters))
         })
         .map(|c| dto::check_json(c, state.service(&c.node, &c.service_id)))
+        .filter(|v| keep(&filter, v))
         .collect();
     Ok(json(state.indexes().checks, &Value::Array(out), &params))
 }
 
-pub async fn node(State(api): State<Api>, Path(node): Path<String>, params: Params) -> Response {
+pub async fn node(
+    State(api): State<Api>,
+    Path(node): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let filter = params.filter(&schemas::CHECK)?;
     let state = api.view.load();
     let out: Vec<Value> = state
         .node_checks(&node)
         .map(|c| dto::check_json(c, state.service(&node, &c.service_id)))
+        .filter(|v| keep(&filter, v))
         .collect();
-    json(state.indexes().checks, &Value::Array(out), &params)
+    Ok(json(state.indexes().checks, &Value::Array(out), &params))
 }

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::dto::Ignored;
 use super::{Api, ApiError, Params, dto, json};
 use crate::catalog::{Applied, ApplyError, Command, TxnOp};
 use crate::model::{Index, KvEntry};
@@ -220,8 +221,9 @@ pub async fn delete(
 
 // === transactions ===
 
+/// Consul's `api.KVTxnOp`.
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct TxnKv {
     verb: String,
     key: String,
@@ -229,12 +231,26 @@ struct TxnKv {
     flags: u64,
     index: u64,
     session: String,
+    #[serde(rename = "namespace")]
+    _namespace: Ignored,
+    #[serde(rename = "partition")]
+    _partition: Ignored,
 }
 
+/// One operation of `PUT /v1/txn` (Consul's `api.TxnOp`): only KV is supported; the other
+/// kinds are known (and refused by name) rather than unknown fields.
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct TxnItem {
     kv: Option<TxnKv>,
+    #[serde(rename = "node")]
+    _node: Ignored,
+    #[serde(rename = "service")]
+    _service: Ignored,
+    #[serde(rename = "check")]
+    _check: Ignored,
+    #[serde(rename = "session")]
+    _session: Ignored,
 }
 
 fn txn_op(n: usize, item: TxnItem) -> Result<TxnOp, String> {

@@ -5,6 +5,7 @@ mod agent;
 mod catalog;
 mod dto;
 mod error;
+mod filter;
 mod health;
 mod kv;
 mod metrics;
@@ -46,26 +47,32 @@ pub struct Api {
     /// Cancelled when the agent starts shutting down: blocking queries answer at once.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub dns_metrics: Arc<DnsMetrics>,
+    /// Re-reads the configuration and applies what can change at run time (SIGHUP and
+    /// `PUT /v1/agent/reload`); None when the agent was started without one to re-read.
+    pub reload: Option<Reloader>,
 }
+
+/// See `Api::reload`; the error is the reason, for the log and the HTTP answer.
+pub type Reloader = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/agent/service/register", put(agent::register_service))
         .route(
-            "/v1/agent/service/deregister/{id}",
+            "/v1/agent/service/deregister/{*id}",
             put(agent::deregister_service),
         )
         .route(
-            "/v1/agent/service/maintenance/{id}",
+            "/v1/agent/service/maintenance/{*id}",
             put(agent::service_maintenance),
         )
         .route("/v1/agent/maintenance", put(agent::node_maintenance))
-        .route("/v1/agent/service/{id}", get(agent::service))
+        .route("/v1/agent/service/{*id}", get(agent::service))
         .route("/v1/agent/services", get(agent::services))
         .route("/v1/agent/checks", get(agent::checks))
         .route("/v1/agent/check/register", put(agent::register_check))
         .route(
-            "/v1/agent/check/deregister/{id}",
+            "/v1/agent/check/deregister/{*id}",
             put(agent::deregister_check),
         )
         .route("/v1/agent/check/pass/{*id}", put(agent::check_pass))
@@ -73,7 +80,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/agent/check/fail/{*id}", put(agent::check_fail))
         .route("/v1/agent/check/update/{*id}", put(agent::check_update))
         .route(
-            "/v1/agent/health/service/name/{name}",
+            "/v1/agent/health/service/name/{*name}",
             get(agent::health_by_name),
         )
         .route("/v1/agent/self", get(agent::self_info))
@@ -82,18 +89,22 @@ pub fn router(api: Api) -> Router {
         .route("/v1/catalog/register", put(catalog::register))
         .route("/v1/catalog/deregister", put(catalog::deregister))
         .route("/v1/catalog/services", get(catalog::services))
-        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/service/{*name}", get(catalog::service))
         .route("/v1/catalog/nodes", get(catalog::nodes))
-        .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route("/v1/catalog/node/{*node}", get(catalog::node))
         .route(
-            "/v1/catalog/node-services/{node}",
+            "/v1/catalog/node-services/{*node}",
             get(catalog::node_services),
         )
+        // Service mesh (Connect) is not in Beacon: no instance is mesh-capable.
+        .route("/v1/catalog/connect/{*service}", get(catalog::connect))
+        .route("/v1/health/connect/{*service}", get(catalog::connect))
+        .route("/v1/health/ingress/{*service}", get(catalog::connect))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
-        .route("/v1/health/service/{name}", get(health::service))
-        .route("/v1/health/checks/{name}", get(health::checks))
-        .route("/v1/health/state/{state}", get(health::state))
-        .route("/v1/health/node/{node}", get(health::node))
+        .route("/v1/health/service/{*name}", get(health::service))
+        .route("/v1/health/checks/{*name}", get(health::checks))
+        .route("/v1/health/state/{*state}", get(health::state))
+        .route("/v1/health/node/{*node}", get(health::node))
         .route(
             "/v1/kv/",
             get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
@@ -104,13 +115,20 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/txn", put(kv::txn))
         .route("/v1/session/create", put(session::create))
-        .route("/v1/session/destroy/{id}", put(session::destroy))
-        .route("/v1/session/renew/{id}", put(session::renew))
-        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/destroy/{*id}", put(session::destroy))
+        .route("/v1/session/renew/{*id}", put(session::renew))
+        .route("/v1/session/info/{*id}", get(session::info))
         .route("/v1/session/list", get(session::list))
-        .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/session/node/{*node}", get(session::node))
         .route("/v1/agent/leave", put(agent::leave))
-        .route("/v1/agent/join/{address}", put(agent::join))
+        .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
+        .route("/v1/agent/reload", put(agent::reload))
+        .route("/v1/agent/token/{*kind}", put(agent::token))
+        .route(
+            "/v1/operator/raft/transfer-leader",
+            axum::routing::post(operator::transfer_leader),
+        )
+        .route("/v1/agent/join/{*address}", put(agent::join))
         .route(
             "/v1/operator/raft/configuration",
             get(operator::raft_configuration),
@@ -202,6 +220,17 @@ impl Params {
             .collect()
     }
 
+    /// The `?filter=` expression for items of `schema`, if given (an empty one matches all);
+    /// a malformed expression or unknown selector is a 400 with go-bexpr's message.
+    pub fn filter(&self, schema: &filter::Schema) -> Result<Option<filter::Filter>, ApiError> {
+        match self.get("filter") {
+            None | Some("") => Ok(None),
+            Some(expr) => filter::Filter::parse(expr, schema)
+                .map(Some)
+                .map_err(|e| ApiError::BadRequest(e.to_string())),
+        }
+    }
+
     /// `?node-meta=key:value` filters (repeatable; all must match).
     pub fn node_meta(&self) -> Result<Vec<(String, String)>, ApiError> {
         self.all("node-meta")
@@ -281,4 +310,9 @@ pub async fn serve(
     axum::serve(listener, router(api).into_make_service())
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Whether `item` passes the request's `?filter=` (no filter: every item does).
+pub(crate) fn keep(filter: &Option<filter::Filter>, item: &Value) -> bool {
+    filter.as_ref().is_none_or(|f| f.matches(item))
 }

@@ -130,3 +130,17 @@ pub async fn restore(State(api): State<Api>, body: Bytes) -> Result<Response, Ap
     api.writer.write(Command::Restore(Box::new(rows))).await??;
     Ok(StatusCode::OK.into_response())
 }
+
+/// `POST /v1/operator/raft/transfer-leader`: openraft 0.9 cannot hand leadership over, so this
+/// is a 500 saying so; on a single server it is Consul's own error.
+pub async fn transfer_leader(State(api): State<Api>) -> ApiError {
+    if api.cluster.peers().len() <= 1 {
+        ApiError::Internal("cannot find peer to transfer leadership to".into())
+    } else {
+        ApiError::Internal(
+            "leadership transfer is not supported: Beacon's Raft library (openraft 0.9) cannot \
+             hand leadership to another server"
+                .into(),
+        )
+    }
+}

@@ -76,6 +76,24 @@ fn topics(path: &str) -> Option<Vec<Topic>> {
     None
 }
 
+/// A read for `?peer=<name>`: Beacon has no cluster peering, so every peer name is one that
+/// does not exist, and the answer is Consul's for such a peer: nothing (never local data).
+fn peer_answer(api: &Api, request: &Request) -> Option<Response> {
+    let params = Params::parse(request.uri().query());
+    let peer = params.get("peer").filter(|p| !p.is_empty())?;
+    let path = request.uri().path();
+    if !(path.starts_with("/v1/catalog/") || path.starts_with("/v1/health/")) {
+        return None;
+    }
+    tracing::debug!(peer, path, "read for a cluster peer: Beacon has none");
+    let empty = if path == "/v1/catalog/services" {
+        serde_json::json!({})
+    } else {
+        serde_json::json!([])
+    };
+    Some(super::json(api.view.load().indexes().last, &empty, &params))
+}
+
 fn percent_decode(s: &str) -> String {
     form_urlencoded::parse(format!("k={s}").as_bytes())
         .next()
@@ -98,6 +116,9 @@ pub async fn read_modes(State(api): State<Api>, request: Request, next: Next) ->
     let Some(topics) = topics(request.uri().path()) else {
         return next.run(request).await;
     };
+    if let Some(empty) = peer_answer(&api, &request) {
+        return empty;
+    }
     match serve(api, request, next, topics).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

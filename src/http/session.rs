@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::dto::{self, GoDuration};
+use super::dto::{self, GoDuration, Ignored};
 use super::{Api, ApiError, Params, json, json_true};
 use crate::catalog::{ApplyError, Command, SESSION_TTL_MAX, SESSION_TTL_MIN};
 use crate::model::{Session, SessionBehavior, format_duration};
@@ -19,13 +19,21 @@ const LOCK_DELAY_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 struct ServiceCheckIn {
+    #[serde(rename = "namespace")]
+    _namespace: Ignored,
     id: String,
 }
 
+/// Consul's `structs.Session` as `PUT /v1/session/create` takes it.
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct CreateIn {
+    #[serde(rename = "namespace")]
+    _namespace: Ignored,
+    #[serde(rename = "partition")]
+    _partition: Ignored,
     name: String,
     node: String,
     #[serde(rename = "lockdelay")]

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, NodeIdentity};
 use crate::config::{Config, Mode};
 use crate::dns::{self, DnsHandler, DnsServer, ZoneSettings};
-use crate::http::{self, Api};
+use crate::http::{self, Api, Reloader};
 use crate::leader::{self, SessionTimers};
 use crate::metrics::DnsMetrics;
 use crate::raft::{RaftNode, formation, rpc};
@@ -289,8 +289,19 @@ async fn start_services(
         tasks,
     )
     .context("starting dns")?;
-    if let Some(reload) = reload {
-        tasks.spawn(reload_on_sighup(handler, reload, tasks.stop().clone()));
+    let reloader: Option<Reloader> = reload.map(|reload| {
+        let handler = handler.clone();
+        Arc::new(move || {
+            let config = reload().map_err(|e| e.to_string())?;
+            handler
+                .reload(zone_settings(&config))
+                .map_err(|e| e.to_string())?;
+            tracing::info!("reloaded DNS configuration and zone files");
+            Ok(())
+        }) as Reloader
+    });
+    if let Some(reloader) = reloader.clone() {
+        tasks.spawn(reload_on_sighup(reloader, tasks.stop().clone()));
     }
 
     let leave = CancellationToken::new();
@@ -306,6 +317,7 @@ async fn start_services(
         leave: leave.clone(),
         shutdown: tasks.serving().clone(),
         dns_metrics,
+        reload: reloader,
     };
     let serving = tasks.serving().clone();
     let http = tasks.spawn_essential("http-server", async move {
@@ -389,7 +401,7 @@ fn zone_settings(config: &Config) -> ZoneSettings {
     }
 }
 
-async fn reload_on_sighup(handler: Arc<DnsHandler>, reload: Reload, stop: CancellationToken) {
+async fn reload_on_sighup(reload: Reloader, stop: CancellationToken) {
     #[cfg(unix)]
     {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -402,23 +414,14 @@ async fn reload_on_sighup(handler: Arc<DnsHandler>, reload: Reload, stop: Cancel
                 _ = stop.cancelled() => return,
                 got = hup.recv() => if got.is_none() { return },
             }
-            let result = match reload() {
-                Ok(config) => handler
-                    .reload(zone_settings(&config))
-                    .map_err(anyhow::Error::from),
-                Err(e) => Err(anyhow::Error::from(e)),
-            };
-            match result {
-                Ok(()) => tracing::info!("reloaded DNS configuration and zone files"),
-                Err(e) => {
-                    tracing::error!(error = %e, "reload failed; keeping the previous DNS configuration")
-                }
+            if let Err(e) = reload() {
+                tracing::error!(error = %e, "reload failed; keeping the previous DNS configuration");
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (handler, reload);
+        let _ = reload;
         stop.cancelled().await;
     }
 }

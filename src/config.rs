@@ -532,6 +532,21 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
         .bootstrap_expect
         .or(file.bootstrap_expect)
         .unwrap_or(0);
+    if mode == Mode::Dev && bootstrap_expect > 0 {
+        // As Consul: "Bootstrap cannot be provided while in dev mode".
+        return Err(ConfigError::new(
+            "bootstrap_expect",
+            "cannot be given with --dev (a dev agent is a one-node cluster that elects itself)",
+        ));
+    }
+    // A dev agent advertises (as leader, and as the `consul` service's port) only an RPC
+    // address it listens on: the one given, else an ephemeral loopback port it binds, so
+    // several dev agents run side by side.
+    let (rpc_addr, rpc_listen) = match (mode, rpc_given, file.ports.server) {
+        (Mode::Dev, false, None) => (SocketAddr::new(rpc_addr.ip(), 0), true),
+        (Mode::Dev, _, _) => (rpc_addr, true),
+        _ => (rpc_addr, rpc_given),
+    };
     let mut join = flags.join.clone();
     if join.is_empty() {
         join = file.retry_join.or(file.start_join).unwrap_or_default();
@@ -644,7 +659,7 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
         http_addr,
         dns_addr,
         rpc_addr,
-        rpc_listen: rpc_given,
+        rpc_listen,
         log_level,
         dns: DnsConfig {
             service_ttl: ServiceTtl::from_map(ttl_map),
@@ -756,8 +771,9 @@ mod tests {
         let c = resolve(&flags(), None).unwrap();
         assert_eq!(c.http_addr, "127.0.0.1:8500".parse().unwrap());
         assert_eq!(c.dns_addr, "127.0.0.1:8600".parse().unwrap());
-        assert_eq!(c.rpc_addr, "127.0.0.1:8300".parse().unwrap());
-        assert!(!c.rpc_listen);
+        // A dev agent binds its own RPC port rather than advertise one nobody listens on.
+        assert_eq!(c.rpc_addr, "127.0.0.1:0".parse().unwrap());
+        assert!(c.rpc_listen);
         assert_eq!(c.datacenter, "dc1");
         assert_eq!(c.domain, "consul.");
         assert_eq!(c.dns.udp_answer_limit, None);

@@ -2,7 +2,7 @@
 //!
 //! Layout. Dependencies point one way:
 //! `server → {http, dns, leader} → {agent, raft} → {cluster, store} → view → catalog → model`;
-//! `config`, `metrics` and `tasks` are leaves anyone may use. `http`, `dns` and `agent` never
+//! `config`, `logs`, `metrics`, `report` and `tasks` are leaves anyone may use. `http`, `dns` and `agent` never
 //! name `raft` or `store` items (nor openraft or redb): they read the view, write through
 //! `cluster::Writer` and ask `cluster::Cluster` the rest.
 //! - `main.rs`, `cli/` (the binary): clap, exit codes, logging; `cli::{kv, ops}` are the client
@@ -30,6 +30,9 @@
 //! - [`catalog`]: the pure, deterministic state machine (`command`, `kv`): no tokio, clock or I/O.
 //! - [`model`]: domain types once: node, service and check specs, stored records, durations.
 //! - [`metrics`]: counters written by one module and read by `/v1/agent/metrics`.
+//! - [`logs`]: the agent's log as a stream for `/v1/agent/monitor`.
+//! - [`report`]: one-line error reports (an error and its causes, each once) for logs and
+//!   check output.
 //! - [`tasks`]: one tracker that owns every spawned task; essential tasks stop the agent if they end.
 
 pub mod agent;
@@ -39,9 +42,11 @@ pub mod config;
 pub mod dns;
 pub mod http;
 pub mod leader;
+pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod raft;
+pub mod report;
 pub mod server;
 pub mod store;
 pub mod tasks;

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use beacon::config::{self, Flags};
 
@@ -96,14 +98,24 @@ fn agent(flags: Flags) -> ExitCode {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{level},openraft=warn,hickory_server=warn,beacon={level}",
+            // openraft warns on every failed heartbeat (8 lines a second for one down peer);
+            // Beacon's network reports an unreachable server itself, rate-limited, by name.
+            "{level},openraft=error,hickory_server=warn,beacon={level}",
             level = config.log_level.to_ascii_lowercase()
         ))
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(beacon::logs::MonitorWriter)
+                .with_ansi(false),
+        )
         .init();
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -117,8 +129,8 @@ fn agent(flags: Flags) -> ExitCode {
     match runtime.block_on(beacon::server::run(config, Some(reload), shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // Once, on stderr (where the log goes too), each cause once.
+            eprintln!("error: {}", beacon::report::causes(e.chain()));
             ExitCode::FAILURE
         }
     }

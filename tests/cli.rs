@@ -153,3 +153,98 @@ async fn snapshot_save_reports_the_index_and_restore_refuses_another_version() {
     assert_eq!(st, 400);
     assert!(text.contains("format version 2"), "{text}");
 }
+
+#[tokio::test]
+async fn kv_cli_escapes_keys_and_handles_values_like_consul() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use std::collections::BTreeMap;
+
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    let env = Some(("BEACON_HTTP_ADDR", addr.as_str()));
+    // Every key is stored under exactly its own name (a leading `/` stripped, as Consul).
+    let keys = [
+        ("cfg?env=prod", "cfg?env=prod", "v-query"),
+        ("cfg#a", "cfg#a", "v-fragment"),
+        ("cfg", "cfg", "v-plain"),
+        ("x%20y", "x%20y", "v-percent"),
+        ("a/../b", "a/../b", "v-dotdot"),
+        ("a/./c", "a/./c", "v-dot"),
+        (" spaced key", " spaced key", "v-space"),
+        ("/lead", "lead", "v-lead"),
+    ];
+    for (arg, _, value) in keys {
+        let o = beacon(env, &["kv", "put", arg, value], None);
+        assert!(o.status.success(), "put {arg:?}: {o:?}");
+    }
+    // No DATA stores an empty value (stdin is not read); `--` lets DATA start with `-`.
+    let o = beacon(env, &["kv", "put", "empty"], Some(b"from stdin"));
+    assert!(o.status.success(), "{o:?}");
+    let o = beacon(env, &["kv", "put", "dash", "--", "-value"], None);
+    assert!(o.status.success(), "{o:?}");
+
+    let listing = |url: String| async move {
+        let (st, body) = get_json(&url).await;
+        assert_eq!(st, 200, "{body}");
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let v = e["Value"]
+                    .as_str()
+                    .map(|v| String::from_utf8(STANDARD.decode(v).unwrap()).unwrap())
+                    .unwrap_or_default();
+                (e["Key"].as_str().unwrap().to_string(), v)
+            })
+            .collect::<BTreeMap<String, String>>()
+    };
+    let mut want: BTreeMap<String, String> = keys
+        .iter()
+        .map(|(_, stored, v)| (stored.to_string(), v.to_string()))
+        .collect();
+    want.insert("empty".into(), String::new());
+    want.insert("dash".into(), "-value".into());
+    assert_eq!(listing(s.url("/v1/kv/?recurse")).await, want);
+    let r = http().get(s.url("/v1/kv/cfg?raw")).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"v-plain");
+
+    // `get` and `get -recurse` find each key under its own name.
+    for (arg, stored, value) in keys {
+        let o = beacon(env, &["kv", "get", arg], None);
+        assert_eq!(stdout(&o), format!("{value}\n"), "get {arg:?}: {o:?}");
+        let o = beacon(env, &["kv", "get", "-recurse", stored], None);
+        assert!(
+            stdout(&o).contains(&format!("{stored}:{value}\n")),
+            "get -recurse {stored:?}: {o:?}"
+        );
+    }
+    let o = beacon(env, &["kv", "get", "-recurse", "a/../"], None);
+    assert_eq!(stdout(&o), "a/../b:v-dotdot\n", "{o:?}");
+    let o = beacon(env, &["kv", "get", "-keys", "cfg?"], None);
+    assert_eq!(stdout(&o), "cfg?env=prod\n", "{o:?}");
+
+    // `delete` removes only the key it names; export sees the rest under their names.
+    for arg in ["cfg?env=prod", "cfg#a", "a/../b", "/lead"] {
+        let o = beacon(env, &["kv", "delete", arg], None);
+        assert!(o.status.success(), "delete {arg:?}: {o:?}");
+    }
+    let o = beacon(env, &["kv", "delete", "-recurse", "a/./"], None);
+    assert!(o.status.success(), "{o:?}");
+    for k in ["cfg?env=prod", "cfg#a", "a/../b", "a/./c", "lead"] {
+        want.remove(k);
+    }
+    assert_eq!(listing(s.url("/v1/kv/?recurse")).await, want);
+    let o = beacon(env, &["kv", "export", "x%"], None);
+    let exported: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(exported[0]["key"], "x%20y", "{o:?}");
+    assert_eq!(exported.as_array().unwrap().len(), 1);
+
+    // Binary values come out of `get` as the raw bytes (then Consul's newline).
+    let bytes = [0x00u8, 0xff, 0xfe, 0x80];
+    let (st, _) = put(&s.url("/v1/kv/bin"), bytes.to_vec()).await;
+    assert_eq!(st, 200);
+    let o = beacon(env, &["kv", "get", "bin"], None);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(o.stdout, [&bytes[..], b"\n"].concat());
+}

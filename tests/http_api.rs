@@ -499,3 +499,54 @@ async fn request_bodies_are_decoded_as_consul_decodes_them() {
     let (_, nodes) = get_json(&s.url("/v1/catalog/nodes")).await;
     assert!(!nodes.to_string().contains("\"far\""), "{nodes}");
 }
+
+#[tokio::test]
+async fn agent_monitor_streams_operator_events_from_the_log() {
+    let s = Server::start(&[]);
+    let (st, text) = put(&s.url("/v1/agent/monitor?loglevel=loud"), "").await;
+    assert_eq!(st, 405, "monitor is a GET: {text}");
+    let r = http()
+        .get(s.url("/v1/agent/monitor?loglevel=loud"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("Unknown log level"));
+
+    let mut stream = reqwest::Client::new()
+        .get(s.url("/v1/agent/monitor?loglevel=info"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // A registration, a check turning passing and a reload are each logged at info.
+    register(
+        &s,
+        json!({"Name": "web", "ID": "web-1", "Port": 80, "Check": {"TTL": "30s"}}),
+    )
+    .await;
+    pass(&s, "service:web-1").await;
+    let (st, text) = put(&s.url("/v1/agent/reload"), "").await;
+    assert_eq!(st, 200, "{text}");
+    let wanted = [
+        "registered service",
+        "check status critical -> passing",
+        "reloaded DNS configuration",
+    ];
+    let mut seen = String::new();
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if wanted.iter().all(|w| seen.contains(w)) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "monitor output lacks one of {wanted:?}:\n{seen}"
+    );
+    assert!(seen.contains("web-1"), "{seen}");
+}

@@ -68,6 +68,8 @@ struct Inner {
     /// For checks with `TLSSkipVerify`.
     http_insecure: reqwest::Client,
     tasks: Tasks,
+    /// Service names already warned about as not servable by DNS (bounded).
+    undiscoverable: Mutex<std::collections::HashSet<String>>,
 }
 
 struct Runner {
@@ -99,6 +101,7 @@ impl Agent {
                 writer,
                 view,
                 runners: Mutex::new(HashMap::new()),
+                undiscoverable: Mutex::new(Default::default()),
                 critical_since: Mutex::new(HashMap::new()),
                 http,
                 http_insecure,
@@ -168,6 +171,8 @@ impl Agent {
         checks: Vec<CheckSpec>,
         replace_existing_checks: bool,
     ) -> Result<(), AgentError> {
+        self.warn_if_undiscoverable(&service.name);
+        let (id, name) = (service.id.clone(), service.name.clone());
         let registration = Registration {
             node: self.node_registration(),
             service: Some(service),
@@ -177,8 +182,31 @@ impl Agent {
         };
         self.write(Command::Register(Box::new(registration)))
             .await?;
+        tracing::info!(service = %name, id = %id, "registered service");
         self.reconcile();
         Ok(())
+    }
+
+    /// Logs once per name a warning that DNS cannot serve `service` (a label longer than 63
+    /// bytes, or characters outside letters, digits and `-`, RFC 1123): it is registered all
+    /// the same, as Consul does.
+    pub fn warn_if_undiscoverable(&self, service: &str) {
+        let valid = !service.is_empty()
+            && service.len() <= 63
+            && service
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if valid {
+            return;
+        }
+        let mut warned = self.inner.undiscoverable.lock().expect("warned names lock");
+        if warned.len() < 10_000 && warned.insert(service.to_string()) {
+            tracing::warn!(
+                service,
+                "service name will not be discoverable via DNS: it must be at most 63 \
+                 characters of letters, digits and dashes (RFC 1123)"
+            );
+        }
     }
 
     pub async fn deregister_service(&self, service_id: &str) -> Result<(), AgentError> {
@@ -207,13 +235,19 @@ impl Agent {
             check_id: check_id.map(str::to_string),
         })
         .await?;
+        match (service_id, check_id) {
+            (Some(service), _) => tracing::info!(id = %service, "deregistered service"),
+            (None, Some(check)) => tracing::info!(check = %check, "deregistered check"),
+            (None, None) => {}
+        }
         self.reconcile();
         Ok(())
     }
 
     pub async fn register_check(&self, check: CheckSpec) -> Result<(), AgentError> {
         if !check.service_id.is_empty() && !self.owns_service(&check.service_id) {
-            return Err(AgentError::BadRequest(format!(
+            // Consul: 404 for a check of a service this agent does not have.
+            return Err(AgentError::NotFound(format!(
                 "ServiceID {:?} does not exist",
                 check.service_id
             )));
@@ -224,8 +258,10 @@ impl Agent {
             checks: vec![check],
             ..Registration::default()
         };
+        let id = registration.checks[0].check_id.clone();
         self.write(Command::Register(Box::new(registration)))
             .await?;
+        tracing::info!(check = %id, "registered check");
         self.reconcile();
         Ok(())
     }
@@ -265,6 +301,8 @@ impl Agent {
         };
         let output = output.unwrap_or_default();
         if check.status != status || check.output != output {
+            let transition =
+                (check.status != status).then(|| Transition::new(check, status, &output));
             self.write(Command::UpdateCheck {
                 node: self.inner.node.name.clone(),
                 check_id: check_id.to_string(),
@@ -272,6 +310,9 @@ impl Agent {
                 output: Some(output),
             })
             .await?;
+            if let Some(t) = transition {
+                t.log();
+            }
         }
         if let Some(runner) = self
             .inner
@@ -476,6 +517,8 @@ impl Agent {
         if current.status == status && !output_stale {
             return;
         }
+        let transition =
+            (current.status != status).then(|| Transition::new(current, status, &output));
         let result = self
             .write(Command::UpdateCheck {
                 node: self.inner.node.name.clone(),
@@ -485,7 +528,12 @@ impl Agent {
             })
             .await;
         match result {
-            Ok(()) | Err(AgentError::Rejected(ApplyError::UnknownCheck(_))) => {}
+            Ok(()) => {
+                if let Some(t) = transition {
+                    t.log();
+                }
+            }
+            Err(AgentError::Rejected(ApplyError::UnknownCheck(_))) => {}
             Err(e) => tracing::warn!(check = check_id, error = %e, "could not record check status"),
         }
     }
@@ -545,5 +593,44 @@ fn maintenance_check(check_id: &str, name: &str, service_id: &str, reason: &str)
         notes,
         service_id: service_id.into(),
         ..CheckSpec::default()
+    }
+}
+
+/// A check's status change, for the operator's log.
+struct Transition {
+    check_id: String,
+    service_id: String,
+    from: CheckStatus,
+    to: CheckStatus,
+    output: String,
+}
+
+impl Transition {
+    /// How much of the output the log line carries.
+    const EXCERPT: usize = 160;
+
+    fn new(check: &crate::model::Check, to: CheckStatus, output: &str) -> Self {
+        let mut end = output.len().min(Self::EXCERPT);
+        while !output.is_char_boundary(end) {
+            end -= 1;
+        }
+        Transition {
+            check_id: check.check_id.clone(),
+            service_id: check.service_id.clone(),
+            from: check.status,
+            to,
+            output: output[..end].trim().to_string(),
+        }
+    }
+
+    fn log(self) {
+        tracing::info!(
+            check = %self.check_id,
+            service = %self.service_id,
+            output = %self.output,
+            "check status {} -> {}",
+            self.from,
+            self.to
+        );
     }
 }

@@ -63,7 +63,7 @@ async fn http(
         }
         Err(e) => (
             CheckStatus::Critical,
-            format!("HTTP {method} {}: {e}", def.http),
+            format!("HTTP {method} {}: {}", def.http, crate::report::chain(&e)),
         ),
     }
 }

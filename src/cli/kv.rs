@@ -1,10 +1,11 @@
 //! `beacon kv get|put|delete|export|import`, with `consul kv`'s flags and output.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Subcommand};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -34,7 +35,7 @@ enum KvCommand {
         #[arg(default_value = "")]
         key: String,
     },
-    /// Write a key. DATA is literal, @file, or - for stdin.
+    /// Write a key. DATA is literal, @file, or - for stdin; without DATA the value is empty.
     Put {
         #[arg(long, default_value_t = 0)]
         flags: u64,
@@ -51,6 +52,8 @@ enum KvCommand {
         #[arg(long)]
         session: Option<String>,
         key: String,
+        /// A DATA starting with `-` is literal (as in Consul); `--` ends the flags.
+        #[arg(allow_hyphen_values = true)]
         data: Option<String>,
     },
     /// Delete a key (or, with -recurse, every key under a prefix).
@@ -86,19 +89,70 @@ struct ExportedKey {
 
 type CliResult = Result<(), String>;
 
-fn read_data(data: Option<&str>) -> Result<Vec<u8>, String> {
+/// A key as `consul kv` takes it: keys never start with `/`, so a leading one is dropped.
+fn cli_key(key: String) -> String {
+    match key.strip_prefix('/') {
+        Some(rest) => rest.to_string(),
+        None => key,
+    }
+}
+
+/// Bytes kept as they are in a key's path segments: RFC 3986's unreserved characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The URL path for a key: each `/`-separated segment percent-encoded, so that `?`, `#`, `%`
+/// and spaces are part of the key. The `url` crate (under reqwest) drops `.` and `..`
+/// segments even when spelt `%2E`/`%2E%2E`, so such a segment is joined to its neighbours
+/// with `%2F`, which the server's `{*key}` route decodes back to `/`.
+fn key_path(key: &str) -> Result<String, String> {
+    let is_dot = |s: &str| s == "." || s == "..";
+    if is_dot(key) {
+        return Err(format!(
+            "Error! The key {key:?} cannot be addressed over Consul's HTTP API"
+        ));
+    }
+    let segments: Vec<&str> = key.split('/').collect();
+    let mut path = String::new();
+    for (i, segment) in segments.iter().enumerate() {
+        if i > 0 {
+            let joined = is_dot(segments[i - 1]) || is_dot(segment);
+            path.push_str(if joined { "%2F" } else { "/" });
+        }
+        if is_dot(segment) {
+            path.push_str(&"%2E".repeat(segment.len()));
+        } else {
+            path.extend(utf8_percent_encode(segment, SEGMENT));
+        }
+    }
+    Ok(path)
+}
+
+/// Writes bytes to stdout as they are (values need not be UTF-8).
+fn write_stdout(bytes: &[u8]) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("Error! Writing to stdout: {e}"))
+}
+
+/// DATA: `-` for stdin, `@file` for a file's contents, else the literal text.
+fn read_data(data: &str) -> Result<Vec<u8>, String> {
     match data {
-        None | Some("-") => {
+        "-" => {
             let mut buf = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut buf)
                 .map_err(|e| format!("reading stdin: {e}"))?;
             Ok(buf)
         }
-        Some(d) if d.starts_with('@') => {
+        d if d.starts_with('@') => {
             std::fs::read(&d[1..]).map_err(|e| format!("reading {}: {e}", &d[1..]))
         }
-        Some(d) => Ok(d.as_bytes().to_vec()),
+        d => Ok(d.as_bytes().to_vec()),
     }
 }
 
@@ -115,7 +169,7 @@ impl Client {
         query: &[(&str, String)],
         body: Vec<u8>,
     ) -> Result<(u16, Vec<u8>), String> {
-        let mut url = format!("{}/v1/kv/{}", self.base, path);
+        let mut url = format!("{}/v1/kv/{}", self.base, key_path(path)?);
         if !query.is_empty() {
             let qs: Vec<String> = query
                 .iter()
@@ -172,12 +226,16 @@ fn value_of(entry: &Value) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn print_value(bytes: &[u8], base64: bool) {
-    if base64 {
-        println!("{}", STANDARD.encode(bytes));
+/// A value and a newline, as `consul kv get` prints it: the raw bytes, or with -base64 their
+/// base64.
+fn value_line(bytes: &[u8], base64: bool) -> Vec<u8> {
+    let mut line = if base64 {
+        STANDARD.encode(bytes).into_bytes()
     } else {
-        println!("{}", String::from_utf8_lossy(bytes));
-    }
+        bytes.to_vec()
+    };
+    line.push(b'\n');
+    line
 }
 
 pub async fn run(args: KvArgs) -> CliResult {
@@ -194,6 +252,7 @@ pub async fn run(args: KvArgs) -> CliResult {
             base64,
             key,
         } => {
+            let key = cli_key(key);
             if keys {
                 let (status, body) = client
                     .send(
@@ -213,16 +272,14 @@ pub async fn run(args: KvArgs) -> CliResult {
                 return Ok(());
             }
             if recurse {
+                let mut out = Vec::new();
                 for entry in client.entries(&key).await? {
                     let k = entry["Key"].as_str().unwrap_or_default();
-                    let v = value_of(&entry);
-                    if base64 {
-                        println!("{k}:{}", STANDARD.encode(&v));
-                    } else {
-                        println!("{k}:{}", String::from_utf8_lossy(&v));
-                    }
+                    out.extend_from_slice(k.as_bytes());
+                    out.push(b':');
+                    out.extend(value_line(&value_of(&entry), base64));
                 }
-                return Ok(());
+                return write_stdout(&out);
             }
             let (status, body) = client
                 .send(reqwest::Method::GET, &key, &[], Vec::new())
@@ -258,8 +315,7 @@ pub async fn run(args: KvArgs) -> CliResult {
                 }
                 print!("{:<16}", "Value");
             }
-            print_value(&value_of(entry), base64);
-            Ok(())
+            write_stdout(&value_line(&value_of(entry), base64))
         }
         KvCommand::Put {
             flags,
@@ -272,7 +328,12 @@ pub async fn run(args: KvArgs) -> CliResult {
             key,
             data,
         } => {
-            let mut value = read_data(data.as_deref())?;
+            let key = cli_key(key);
+            // As `consul kv put KEY`: no DATA is an empty value (stdin only with `-`).
+            let mut value = match data {
+                None => Vec::new(),
+                Some(data) => read_data(&data)?,
+            };
             if base64 {
                 let text = String::from_utf8_lossy(&value).trim().to_string();
                 value = STANDARD
@@ -311,6 +372,7 @@ pub async fn run(args: KvArgs) -> CliResult {
             modify_index,
             key,
         } => {
+            let key = cli_key(key);
             let mut query = Vec::new();
             if recurse {
                 query.push(("recurse", String::new()));
@@ -336,6 +398,7 @@ pub async fn run(args: KvArgs) -> CliResult {
             }
         }
         KvCommand::Export { prefix } => {
+            let prefix = cli_key(prefix);
             let exported: Vec<ExportedKey> = client
                 .entries(&prefix)
                 .await?
@@ -353,7 +416,7 @@ pub async fn run(args: KvArgs) -> CliResult {
             Ok(())
         }
         KvCommand::Import { prefix, data } => {
-            let raw = read_data(data.as_deref())?;
+            let raw = read_data(data.as_deref().unwrap_or("-"))?;
             let keys: Vec<ExportedKey> = serde_json::from_slice(&raw)
                 .map_err(|e| format!("Error! Cannot parse import data: {e}"))?;
             for k in keys {

@@ -29,12 +29,16 @@ pub fn base_url(flag: Option<&str>) -> String {
 
 /// Consul's CLI spells long flags with one dash (`-recurse`, `-flags=1`); clap wants two.
 pub fn normalize_flags(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut after_separator = false;
     args.into_iter()
         .map(|a| {
-            let single_dash_long = a.starts_with('-')
+            // After `--` every argument is data (`beacon kv put k -- -value`), as it was typed.
+            let single_dash_long = !after_separator
+                && a.starts_with('-')
                 && !a.starts_with("--")
                 && a.len() > 2
                 && a.as_bytes()[1].is_ascii_alphabetic();
+            after_separator |= a == "--";
             if single_dash_long { format!("-{a}") } else { a }
         })
         .collect()
@@ -47,11 +51,23 @@ mod tests {
     #[test]
     fn flags_and_addresses() {
         let args = normalize_flags(
-            ["-recurse", "--base64", "-", "-flags=3", "-x", "key"].map(String::from),
+            [
+                "-recurse", "--base64", "-", "-flags=3", "-x", "key", "--", "-value",
+            ]
+            .map(String::from),
         );
         assert_eq!(
             args,
-            ["--recurse", "--base64", "-", "--flags=3", "-x", "key"]
+            [
+                "--recurse",
+                "--base64",
+                "-",
+                "--flags=3",
+                "-x",
+                "key",
+                "--",
+                "-value"
+            ]
         );
         assert_eq!(base_url(Some("127.0.0.1:1")), "http://127.0.0.1:1");
         assert_eq!(base_url(Some("http://h:2/")), "http://h:2");

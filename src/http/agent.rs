@@ -123,18 +123,6 @@ pub async fn register_check(State(api): State<Api>, body: Bytes) -> Result<Respo
         .find(|s| !s.is_empty())
         .cloned()
         .unwrap_or_default();
-    if !check.service_id.is_empty()
-        && api
-            .view
-            .load()
-            .service(&api.agent.node().name, &check.service_id)
-            .is_none()
-    {
-        return Err(ApiError::NotFound(format!(
-            "ServiceID {:?} does not exist",
-            check.service_id
-        )));
-    }
     let registration = check.to_agent_check(id, check.name.clone(), check.service_id.clone())?;
     api.agent.register_check(registration).await?;
     Ok(ok())
@@ -390,4 +378,60 @@ pub async fn reload(State(api): State<Api>) -> Result<Response, ApiError> {
 /// `/v1/agent/token/*`: Consul's answer while ACLs are disabled.
 pub async fn token() -> ApiError {
     ApiError::Unauthorized("ACL support disabled".into())
+}
+
+/// `GET /v1/agent/monitor?loglevel=`: streams the agent's log lines at that level and above
+/// (Consul's levels: trace, debug, info (default), warn, err/error) until the client goes or
+/// the agent stops. Only lines that pass the agent's own log level exist to be streamed.
+pub async fn monitor(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
+    use tokio::io::AsyncWriteExt;
+    use tracing::Level;
+    let wanted = match params
+        .get("loglevel")
+        .unwrap_or("info")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "" | "info" => Level::INFO,
+        "trace" => Level::TRACE,
+        "debug" => Level::DEBUG,
+        "warn" => Level::WARN,
+        "err" | "error" => Level::ERROR,
+        other => return Err(ApiError::BadRequest(format!("Unknown log level: {other}"))),
+    };
+    let mut lines = crate::logs::subscribe();
+    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+    let shutdown = api.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let line = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                line = lines.recv() => line,
+            };
+            match line {
+                // A lower `Level` is more severe: ERROR < WARN < INFO < DEBUG < TRACE.
+                Ok((level, text)) if level <= wanted => {
+                    let sent = async {
+                        tx.write_all(text.as_bytes()).await?;
+                        tx.write_all(b"\n").await?;
+                        tx.flush().await
+                    };
+                    if sent.await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(rx));
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }

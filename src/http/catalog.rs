@@ -113,6 +113,7 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
             if s.service.is_empty() {
                 return Err(ApiError::BadRequest("Must provide service name".into()));
             }
+            api.agent.warn_if_undiscoverable(&s.service);
             Some(s.into_agent_form().into_registration()?.0)
         }
         None => None,

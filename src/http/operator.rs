@@ -127,7 +127,14 @@ pub async fn restore(State(api): State<Api>, body: Bytes) -> Result<Response, Ap
         return Ok((StatusCode::PAYLOAD_TOO_LARGE, "snapshot too large\n").into_response());
     }
     let rows = Backup::decode(&body)?;
+    let (nodes, keys) = (rows.nodes.len(), rows.kv.len());
     api.writer.write(Command::Restore(Box::new(rows))).await??;
+    tracing::info!(
+        nodes,
+        keys,
+        index = api.view.load().indexes().last,
+        "restored the catalog from a snapshot"
+    );
     Ok(StatusCode::OK.into_response())
 }
 

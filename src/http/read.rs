@@ -94,11 +94,11 @@ fn peer_answer(api: &Api, request: &Request) -> Option<Response> {
     Some(super::json(api.view.load().indexes().last, &empty, &params))
 }
 
+/// A path's percent-decoding (RFC 3986: `+` is a plus, unlike in a query string).
 fn percent_decode(s: &str) -> String {
-    form_urlencoded::parse(format!("k={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn response_index(r: &Response) -> u64 {

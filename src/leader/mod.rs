@@ -60,13 +60,20 @@ async fn supervise(duties: Duties, tasks: Tasks) {
             _ = stop.cancelled() => return,
             _ = duties.node.wait_leadership(true) => {}
         }
-        tracing::info!("leading: starting leader duties");
+        tracing::info!(
+            term = duties.node.current_term(),
+            "leadership gained: starting leader duties"
+        );
         let term = stop.child_token();
         let running = tasks.spawn(run(duties.clone(), term.clone()));
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = duties.node.wait_leadership(false) => {
-                tracing::info!("no longer leading: stopping leader duties");
+                tracing::info!(
+                    term = duties.node.current_term(),
+                    leader = %duties.node.leader_addr().unwrap_or_else(|| "none".into()),
+                    "leadership lost: stopping leader duties"
+                );
             }
         }
         // Renewals stop being taken at once; the duties stop at their next await.

@@ -42,11 +42,23 @@ pub async fn form(
 ) -> Result<(), FormationError> {
     let me = cluster.me().clone();
     let mut logged_wait = false;
+    // When each join address last had its failure logged: once at first, then every 30 s.
+    let mut warned: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     loop {
         let ours = cluster.view().load().cluster_id().to_string();
         let mut peers: Vec<(String, ServerInfo)> = Vec::new();
         for addr in join.iter().filter(|a| **a != me.rpc_addr) {
-            if let Ok(info) = cluster.client().info(addr).await {
+            let probed = cluster.client().info(addr).await;
+            if let Err(e) = &probed {
+                let due = warned
+                    .get(addr)
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(30));
+                if due {
+                    warned.insert(addr.clone(), tokio::time::Instant::now());
+                    tracing::warn!(server = %addr, error = %e, "cannot reach a server to join; retrying");
+                }
+            }
+            if let Ok(info) = probed {
                 if !ours.is_empty() && !info.cluster_id.is_empty() && info.cluster_id != ours {
                     return Err(FormationError::OtherCluster {
                         ours,
@@ -76,7 +88,7 @@ pub async fn form(
                     wait_initialized(cluster, shutdown).await?;
                     return Ok(());
                 }
-                Err(e) => tracing::debug!(target = %target, error = %e, "join failed, retrying"),
+                Err(e) => tracing::warn!(target = %target, error = %e, "join failed, retrying"),
             }
         } else if bootstrap_expect > 0 {
             let mut known = BTreeMap::from([(cluster.id(), me.clone())]);

@@ -104,6 +104,7 @@ impl RaftNode {
             http: http.clone(),
             view: view.clone(),
             contacts: contacts.clone(),
+            outages: network::Outages::default(),
         };
         let raft = Raft::new(id, config, network, log, sm)
             .await
@@ -302,6 +303,11 @@ impl RaftNode {
             .log_id()
             .map(|l| l.index)
             .unwrap_or(0)
+    }
+
+    /// The Raft term this server is in.
+    pub fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
     }
 
     /// Raft counters, as Consul's `/v1/agent/self` `Stats.raft` reports them.

@@ -42,11 +42,51 @@ impl Contacts {
     }
 }
 
+/// How often an unreachable peer is reported in the log while it stays unreachable.
+const UNREACHABLE_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Peers that stopped answering: when it started and when it was last reported, so the log
+/// says so once per `UNREACHABLE_REPORT_EVERY` (openraft's own per-heartbeat warnings are
+/// filtered out of the default log) and once more when the peer answers again.
+#[derive(Clone, Default)]
+pub struct Outages(Arc<Mutex<HashMap<NodeId, (Instant, Instant)>>>);
+
+impl Outages {
+    fn failed(&self, peer: &Peer, error: &(dyn std::error::Error + 'static)) {
+        let now = Instant::now();
+        let mut outages = self.0.lock().expect("outages lock");
+        let (since, reported) = outages.entry(peer.target).or_insert((now, now));
+        if *reported == now || now.duration_since(*reported) >= UNREACHABLE_REPORT_EVERY {
+            *reported = now;
+            tracing::warn!(
+                server = %peer.name,
+                addr = %peer.addr,
+                down_for = ?now.duration_since(*since),
+                error = %crate::report::chain(error),
+                "server unreachable"
+            );
+        }
+    }
+
+    fn answered(&self, peer: &Peer) {
+        let mut outages = self.0.lock().expect("outages lock");
+        if let Some((since, _)) = outages.remove(&peer.target) {
+            tracing::info!(
+                server = %peer.name,
+                addr = %peer.addr,
+                down_for = ?since.elapsed(),
+                "server reachable again"
+            );
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Network {
     pub http: reqwest::Client,
     pub view: View,
     pub contacts: Contacts,
+    pub outages: Outages,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +95,7 @@ struct Message(String);
 
 pub struct Peer {
     target: NodeId,
+    name: String,
     addr: String,
     net: Network,
 }
@@ -65,6 +106,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &ServerNode) -> Peer {
         Peer {
             target,
+            name: node.name.clone(),
             addr: node.rpc_addr.clone(),
             net: self.clone(),
         }
@@ -97,9 +139,13 @@ impl Peer {
         let response = match sent {
             Ok(r) => r,
             Err(e) if e.is_connect() || e.is_timeout() => {
+                self.net.outages.failed(self, &e);
                 return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
-            Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
+            Err(e) => {
+                self.net.outages.failed(self, &e);
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
         };
         if response.status() == reqwest::StatusCode::CONFLICT {
             let why = response.text().await.unwrap_or_default();
@@ -114,6 +160,7 @@ impl Peer {
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.net.contacts.record(self.target);
+        self.net.outages.answered(self);
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

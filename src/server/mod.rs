@@ -354,7 +354,11 @@ async fn serve(
             .start(running.rpc_addr.port())
             .await
             .context("registering this server in the catalog")?;
-        tracing::info!(leader = ?node.leader_addr(), "beacon agent ready");
+        tracing::info!(
+            leader = %node.leader_addr().unwrap_or_else(|| "none yet".into()),
+            rpc = %running.rpc_addr,
+            "beacon agent ready"
+        );
         anyhow::Ok(())
     };
     tokio::pin!(shutdown);

@@ -201,6 +201,10 @@ async fn http_check_against_a_closed_port_stays_critical_and_out_of_dns() {
     })
     .await;
     assert!(output.contains(&closed.to_string()), "{output}");
+    assert!(
+        output.to_ascii_lowercase().contains("connection refused"),
+        "the output says why, not only that the request failed: {output}"
+    );
     let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
     assert_eq!(checks["service:down"]["Status"], "critical");
     let reply = ask(s.dns, "down.service.consul.", RecordType::A).await;

@@ -24,10 +24,17 @@ async fn status_and_self() {
     let s = Server::start(&[]);
     let (st, leader) = get_json(&s.url("/v1/status/leader")).await;
     assert_eq!(st, 200);
-    assert_eq!(leader, "127.0.0.1:8300");
+    assert!(
+        leader.as_str().unwrap().starts_with("127.0.0.1:"),
+        "{leader}"
+    );
     let (_, peers) = get_json(&s.url("/v1/status/peers")).await;
-    assert_eq!(peers, json!(["127.0.0.1:8300"]));
+    assert_eq!(peers, json!([leader]));
     let (_, me) = get_json(&s.url("/v1/agent/self")).await;
+    assert_eq!(me["Stats"]["consul"]["leader_addr"], leader);
+    for section in ["Config", "DebugConfig", "Member", "Meta", "Stats"] {
+        assert!(me.get(section).is_some(), "agent/self has {section}: {me}");
+    }
     assert_eq!(me["Config"]["Datacenter"], "dc1");
     assert_eq!(me["Config"]["NodeName"], "test-node");
     let (_, members) = get_json(&s.url("/v1/agent/members")).await;
@@ -549,4 +556,94 @@ async fn agent_monitor_streams_operator_events_from_the_log() {
         "monitor output lacks one of {wanted:?}:\n{seen}"
     );
     assert!(seen.contains("web-1"), "{seen}");
+}
+
+#[tokio::test]
+async fn ids_and_names_in_paths_are_taken_whole() {
+    let s = Server::start(&[]);
+    register(
+        &s,
+        json!({"Name": "team/web", "ID": "team/web/2", "Port": 80, "Check": {"TTL": "30s"}}),
+    )
+    .await;
+    let (st, service) = get_json(&s.url("/v1/agent/service/team/web/2")).await;
+    assert_eq!((st, &service["ID"]), (200, &json!("team/web/2")));
+    let (st, _) = put(&s.url("/v1/agent/check/pass/service:team/web/2"), "").await;
+    assert_eq!(st, 200);
+    for path in [
+        "/v1/catalog/service/team/web",
+        "/v1/health/service/team/web?passing",
+        "/v1/health/checks/team/web",
+    ] {
+        let (st, body) = get_json(&s.url(path)).await;
+        assert_eq!(st, 200, "{path}");
+        assert_eq!(body.as_array().unwrap().len(), 1, "{path}: {body}");
+    }
+    let (st, text) = put(&s.url("/v1/agent/service/deregister/team/web/2"), "").await;
+    assert_eq!(st, 200, "{text}");
+    let (_, services) = get_json(&s.url("/v1/agent/services")).await;
+    assert_eq!(services, json!({}));
+}
+
+#[tokio::test]
+async fn filter_expressions_select_items_and_bad_ones_are_refused() {
+    let s = Server::start(&[]);
+    for (id, tags, env) in [("a", ["blue", "v1"], "prod"), ("b", ["green", "v2"], "dev")] {
+        register(
+            &s,
+            json!({"Name": "web", "ID": id, "Port": 80, "Tags": tags, "Meta": {"env": env}}),
+        )
+        .await;
+    }
+    let ids = |body: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e.get("ServiceID")
+                    .or(e.pointer("/Service/ID"))
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let q = |expr: &str| form_urlencoded::byte_serialize(expr.as_bytes()).collect::<String>();
+    let (_, body) = get_json(&s.url(&format!(
+        "/v1/catalog/service/web?filter={}",
+        q(r#"ServiceMeta.env == "prod""#)
+    )))
+    .await;
+    assert_eq!(ids(&body), ["a"]);
+    let (_, body) = get_json(&s.url(&format!(
+        "/v1/health/service/web?filter={}",
+        q(r#""v2" in Service.Tags and not (Service.Meta.env == prod)"#)
+    )))
+    .await;
+    assert_eq!(ids(&body), ["b"]);
+    let (_, body) = get_json(&s.url(&format!(
+        "/v1/agent/services?filter={}",
+        q("Tags contains blue or Meta.env matches \"^de\"")
+    )))
+    .await;
+    let mut keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "b"]);
+    for bad in ["ServiceMeta.env ==", "Nope == 1", "(ServiceName == web"] {
+        let r = http()
+            .get(s.url(&format!("/v1/catalog/service/web?filter={}", q(bad))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("Failed to create boolean expression evaluator"),
+            "{bad}: {text}"
+        );
+    }
 }

@@ -233,3 +233,80 @@ async fn a_blocking_query_answers_when_shutdown_starts() {
     let (status, _s) = status.await.unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+/// Each `: `-separated part of an error line appears once.
+fn causes_once(line: &str) {
+    let parts: Vec<&str> = line.split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(p), "{p:?} repeated in {line:?}");
+    }
+}
+
+#[test]
+fn a_fatal_error_is_printed_once_with_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let (code, err) = run_to_exit(&[
+        "agent",
+        "--dev",
+        "--data-dir",
+        file.to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--dns-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_ne!(code, 0);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("not-a-dir")).collect();
+    assert_eq!(lines.len(), 1, "the error is printed once: {err}");
+    causes_once(lines[0]);
+}
+
+#[test]
+fn dev_refuses_bootstrap_expect() {
+    let (code, err) = run_to_exit(&["agent", "--dev", "--bootstrap-expect", "3"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("bootstrap_expect"), "{err}");
+}
+
+#[tokio::test]
+async fn dev_agents_advertise_an_rpc_address_they_listen_on_and_run_side_by_side() {
+    let mut first = Server::start(&[]);
+    let second = Server::start(&[]);
+    for s in [&first, &second] {
+        let (_, leader) = get_json(&s.url("/v1/status/leader")).await;
+        let leader: std::net::SocketAddr = leader.as_str().unwrap().parse().unwrap();
+        assert_ne!(
+            leader.port(),
+            8300,
+            "not Consul's default port, which nobody binds"
+        );
+        tokio::net::TcpStream::connect(leader)
+            .await
+            .unwrap_or_else(|e| panic!("the advertised leader {leader} is not listening: {e}"));
+        let (_, consul) = get_json(&s.url("/v1/catalog/service/consul")).await;
+        assert_eq!(consul[0]["ServicePort"], leader.port(), "{consul}");
+    }
+    // The operator's log says who leads, in which term, and where, in plain words.
+    let log = first.wait_for_line_text("beacon agent ready");
+    assert!(!log.contains("Some("), "no Rust debug formatting: {log}");
+    first.wait_for_line_text("leadership gained");
+    assert!(first.log_text().contains("term=1"), "{}", first.log_text());
+}
+
+#[tokio::test]
+async fn a_service_name_dns_cannot_serve_is_accepted_with_one_warning() {
+    let mut s = Server::start(&[]);
+    for _ in 0..2 {
+        register(&s, json!({"Name": "my service_v1", "Port": 80})).await;
+    }
+    let (_, services) = get_json(&s.url("/v1/agent/services")).await;
+    assert!(services.get("my service_v1").is_some(), "{services}");
+    s.wait_for_line_text("will not be discoverable via DNS");
+    let warnings = s
+        .log_text()
+        .matches("will not be discoverable via DNS")
+        .count();
+    assert_eq!(warnings, 1, "once per name");
+}

@@ -98,9 +98,12 @@ fn agent(flags: Flags) -> ExitCode {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            // openraft warns on every failed heartbeat (8 lines a second for one down peer);
-            // Beacon's network reports an unreachable server itself, rate-limited, by name.
-            "{level},openraft=error,hickory_server=warn,beacon={level}",
+            // openraft's replication warns on every failed heartbeat (8 lines a second for one
+            // down peer); Beacon's network reports an unreachable server itself, rate-limited,
+            // by name. openraft's other warnings stay.
+            "{level},openraft=warn,openraft::replication=error,\
+             openraft::engine::handler::replication_handler=error,hickory_server=warn,\
+             beacon={level}",
             level = config.log_level.to_ascii_lowercase()
         ))
     });

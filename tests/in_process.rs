@@ -195,15 +195,20 @@ async fn kv_tombstones_are_reaped_after_their_ttl_without_the_index_dropping() {
                 .unwrap()
         }
     };
+    let delete = |path: &'static str| {
+        let request = s.client.delete(s.url(path));
+        async move { assert_eq!(request.send().await.unwrap().status(), 200) }
+    };
+    // `kept/` keeps an older live key beside a deleted newer one; `gone/` loses everything.
+    for key in ["kept/a", "kept/b"] {
+        let (st, _) = s.put(&format!("/v1/kv/{key}"), json!("v")).await;
+        assert_eq!(st, 200);
+    }
+    delete("/v1/kv/kept/b").await;
+    let kept_deleted = index("/v1/kv/kept/?recurse").await;
     let (st, _) = s.put("/v1/kv/gone/x", json!("v")).await;
     assert_eq!(st, 200);
-    let r = s
-        .client
-        .delete(s.url("/v1/kv/gone/x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    delete("/v1/kv/gone/x").await;
     let deleted = index("/v1/kv/gone/?recurse").await;
     let (st, _) = s.put("/v1/kv/other/y", json!("v")).await;
     assert_eq!(st, 200);
@@ -218,5 +223,12 @@ async fn kv_tombstones_are_reaped_after_their_ttl_without_the_index_dropping() {
         || async { (index("/v1/kv/gone/?recurse").await > deleted).then_some(()) },
     )
     .await;
+    // The older live key alone would answer with its own, lower index: the reaped tombstone's
+    // index is the floor.
+    let kept = index("/v1/kv/kept/?recurse").await;
+    assert!(
+        kept >= kept_deleted,
+        "{kept} < {kept_deleted} after the reap"
+    );
     s.stop().await;
 }

@@ -339,7 +339,7 @@ impl State {
         }
     }
 
-    /// Applies `ops` all or nothing: on any failure the state is left exactly as it was.
+    /// Forgets the tombstones at or below `up_to`, raising `kv_floor` to the newest of them.
     pub(super) fn kv_reap(&mut self, up_to: Index, changes: &mut Vec<Change>) {
         let reaped: Vec<(String, Index)> = self
             .kv_tombstones
@@ -354,6 +354,7 @@ impl State {
         }
     }
 
+    /// Applies `ops` all or nothing: on any failure the state is left exactly as it was.
     pub(super) fn txn(
         &mut self,
         index: Index,

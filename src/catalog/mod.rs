@@ -98,7 +98,7 @@ pub struct State {
     lock_delays: OrdMap<String, u64>,
     /// Deleted key → index of its deletion (Consul's KV graveyard): a prefix read answers with
     /// the highest index under the prefix, removed keys included, so a delete wakes its watchers
-    /// and the index never goes back. Reaped by the leader after `kv::TOMBSTONE_TTL`.
+    /// and the index never goes back. Reaped by the leader after `leader::TOMBSTONE_TTL`.
     kv_tombstones: OrdMap<String, Index>,
     /// Set once when the cluster forms; a data dir of another cluster is refused by it.
     cluster_id: String,

@@ -25,6 +25,7 @@ pub async fn register_service(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let service: ServiceIn = dto::decode(&body)?;
+    dto::validate_agent_weights(&service)?;
     let (service, checks) = service.into_registration()?;
     let replace = params.bool("replace-existing-checks")?.unwrap_or(false);
     api.agent.register_service(service, checks, replace).await?;
@@ -268,7 +269,10 @@ pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
                 "leader_addr": api.cluster.leader().unwrap_or_default(),
                 "known_datacenters": "1",
             },
-            "agent": {"checks": "", "services": ""},
+            "agent": {
+                "checks": api.view.load().node_checks(&node.name).count().to_string(),
+                "services": api.view.load().node_services(&node.name).count().to_string(),
+            },
         },
     });
     json(api.view.load().indexes().last, &body, &params)
@@ -339,9 +343,10 @@ pub async fn join(
     Ok(ok())
 }
 
-/// `PUT /v1/agent/force-leave/:node`: removes a server from the Raft configuration (with or
-/// without `?prune`, since Beacon keeps no list of left members to prune). A name that is no
-/// member is Consul's 500 "No node found with name".
+/// `PUT /v1/agent/force-leave/:node`: removes a *failed* server from the Raft configuration
+/// (with or without `?prune`, since Beacon keeps no list of left members to prune). As in
+/// Consul, a live member is not removed (it would refute the leave), and neither is this
+/// server; a name that is no member is Consul's 500 "No node found with name".
 pub async fn force_leave(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -356,6 +361,10 @@ pub async fn force_leave(
             "agent: No node found with name '{name}'"
         )));
     };
+    if member.alive || member.id == api.cluster.id() {
+        tracing::info!(server = %member.name, "force-leave of a live server: nothing to do");
+        return Ok(ok());
+    }
     api.cluster
         .remove_server(member.id)
         .await
@@ -371,7 +380,12 @@ pub async fn reload(State(api): State<Api>) -> Result<Response, ApiError> {
                 .into(),
         ));
     };
-    reload().map_err(|e| ApiError::Internal(format!("Failed to reload configs: {e}")))?;
+    // Reading the configuration and zone files is blocking work.
+    let reload = reload.clone();
+    tokio::task::spawn_blocking(move || reload())
+        .await
+        .map_err(|e| ApiError::Internal(format!("Failed to reload configs: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("Failed to reload configs: {e}")))?;
     Ok(ok())
 }
 
@@ -384,7 +398,6 @@ pub async fn token() -> ApiError {
 /// (Consul's levels: trace, debug, info (default), warn, err/error) until the client goes or
 /// the agent stops. Only lines that pass the agent's own log level exist to be streamed.
 pub async fn monitor(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
-    use tokio::io::AsyncWriteExt;
     use tracing::Level;
     let wanted = match params
         .get("loglevel")
@@ -399,33 +412,27 @@ pub async fn monitor(State(api): State<Api>, params: Params) -> Result<Response,
         "err" | "error" => Level::ERROR,
         other => return Err(ApiError::BadRequest(format!("Unknown log level: {other}"))),
     };
-    let mut lines = crate::logs::subscribe();
-    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
-    let shutdown = api.shutdown.clone();
-    tokio::spawn(async move {
+    // The body is the subscription itself: when the client goes, the response (and with it
+    // the subscription) is dropped; at shutdown it ends, so it never holds up the drain.
+    let state = (crate::logs::subscribe(), api.shutdown.clone());
+    let lines = futures_util::stream::unfold(state, move |(mut lines, shutdown)| async move {
         loop {
             let line = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return None,
                 line = lines.recv() => line,
             };
             match line {
                 // A lower `Level` is more severe: ERROR < WARN < INFO < DEBUG < TRACE.
                 Ok((level, text)) if level <= wanted => {
-                    let sent = async {
-                        tx.write_all(text.as_bytes()).await?;
-                        tx.write_all(b"\n").await?;
-                        tx.flush().await
-                    };
-                    if sent.await.is_err() {
-                        return;
-                    }
+                    let bytes = bytes::Bytes::from(format!("{text}\n"));
+                    return Some((Ok::<_, std::convert::Infallible>(bytes), (lines, shutdown)));
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
     });
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(rx));
+    let body = axum::body::Body::from_stream(lines);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -95,6 +95,10 @@ struct RegisterIn {
     _token: Ignored,
     #[serde(rename = "locality")]
     _locality: Ignored,
+    #[serde(rename = "createindex")]
+    _create_index: Ignored,
+    #[serde(rename = "modifyindex")]
+    _modify_index: Ignored,
     #[serde(rename = "peername")]
     _peer_name: Ignored,
 }

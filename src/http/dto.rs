@@ -481,13 +481,6 @@ impl ServiceIn {
         } else {
             self.id.clone()
         };
-        if let Some(w) = &self.weights
-            && w.passing.is_some_and(|p| p < 1)
-        {
-            return Err(ApiError::BadRequest(
-                "Invalid Weights: Passing must be greater than 0".into(),
-            ));
-        }
         // As Consul's `ServiceDefinition.CheckTypes`: an empty `Check` is no check at all (an
         // empty entry of `Checks` is still judged).
         let mut inline: Vec<&CheckIn> = self
@@ -541,6 +534,18 @@ pub fn weights(w: Option<WeightsIn>) -> Weights {
     Weights {
         passing: w.passing.filter(|p| *p > 0).unwrap_or(1),
         warning: w.warning.unwrap_or(1),
+    }
+}
+
+/// The agent endpoint's weights rule (Consul's `ValidateWeights`, applied by
+/// `/v1/agent/service/register` only: the catalog defaults them, and Consul's Go client always
+/// sends `{"Passing":0,"Warning":0}` there).
+pub fn validate_agent_weights(service: &ServiceIn) -> Result<(), ApiError> {
+    match &service.weights {
+        Some(w) if w.passing.is_some_and(|p| p < 1) => Err(ApiError::BadRequest(
+            "Invalid Weights: Passing must be greater than 0".into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -696,6 +701,8 @@ pub fn check_json(c: &Check, service: Option<&Service>) -> Value {
         "ServiceName": service.map(|s| s.name.as_str()).unwrap_or(""),
         "ServiceTags": service.map(|s| s.tags.clone()).unwrap_or_default(),
         "Type": c.definition.kind(),
+        "Interval": c.definition.interval.map(format_duration).unwrap_or_default(),
+        "Timeout": c.definition.timeout.map(format_duration).unwrap_or_default(),
         "Definition": definition_json(&c.definition),
         "CreateIndex": c.create_index,
         "ModifyIndex": c.modify_index,
@@ -707,8 +714,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decodes_case_insensitively_and_ignores_unknown_fields() {
-        let body = br#"{"name":"web","ID":"w1","PORT":80,"tags":["a"],"Unknown":{"x":1},
+    fn decodes_case_insensitively_and_refuses_unknown_fields() {
+        let unknown: Result<ServiceIn, _> = decode(br#"{"name":"web","Unknown":{"x":1}}"#);
+        assert_eq!(
+            unknown.unwrap_err().to_string(),
+            "Request decode failed: json: unknown field \"Unknown\""
+        );
+        let body = br#"{"name":"web","ID":"w1","PORT":80,"tags":["a"],"Proxy":{"x":1},
                         "Meta":{"Version":"2"},"check":{"ttl":"30s","Deregister_Critical_Service_After":"90m"}}"#;
         let s: ServiceIn = decode(body).unwrap();
         assert_eq!((s.name.as_str(), s.id.as_str(), s.port), ("web", "w1", 80));

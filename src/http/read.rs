@@ -55,7 +55,9 @@ fn topics(path: &str) -> Option<Vec<Topic>> {
         .or(seg("/v1/health/service/"))
         .or(seg("/v1/health/checks/"))
     {
-        return Some(vec![Topic::Service(name.to_ascii_lowercase())]);
+        return Some(vec![Topic::Service(
+            percent_decode(&name).to_ascii_lowercase(),
+        )]);
     }
     if path.starts_with("/v1/catalog/node/") || path.starts_with("/v1/catalog/node-services/") {
         return Some(vec![Topic::Nodes, Topic::Services]);
@@ -86,8 +88,13 @@ fn peer_answer(api: &Api, request: &Request) -> Option<Response> {
         return None;
     }
     tracing::debug!(peer, path, "read for a cluster peer: Beacon has none");
+    // Each endpoint's own answer for nothing there.
     let empty = if path == "/v1/catalog/services" {
         serde_json::json!({})
+    } else if path.starts_with("/v1/catalog/node/") {
+        serde_json::Value::Null
+    } else if path.starts_with("/v1/catalog/node-services/") {
+        serde_json::json!({"Node": null, "Services": []})
     } else {
         serde_json::json!([])
     };

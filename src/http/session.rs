@@ -30,6 +30,12 @@ struct ServiceCheckIn {
 #[derive(Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 struct CreateIn {
+    #[serde(rename = "id")]
+    _id: Ignored,
+    #[serde(rename = "createindex")]
+    _create_index: Ignored,
+    #[serde(rename = "modifyindex")]
+    _modify_index: Ignored,
     #[serde(rename = "namespace")]
     _namespace: Ignored,
     #[serde(rename = "partition")]

@@ -149,6 +149,7 @@ impl Peer {
         };
         if response.status() == reqwest::StatusCode::CONFLICT {
             let why = response.text().await.unwrap_or_default();
+            self.net.outages.failed(self, &Message(why.clone()));
             return Err(RPCError::Unreachable(Unreachable::new(&Message(why))));
         }
         if !response.status().is_success() {

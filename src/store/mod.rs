@@ -90,7 +90,14 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
         }
     };
     match found {
-        Some(v) if v == SCHEMA_VERSION.as_bytes() => Ok(()),
+        Some(v) if v == SCHEMA_VERSION.as_bytes() => {
+            // Tables added since (the KV tombstones) are created empty in an older data dir;
+            // creating the existing ones changes nothing.
+            let write = db.begin_write()?;
+            schema::create_all(&write)?;
+            write.commit()?;
+            Ok(())
+        }
         Some(v) => Err(StoreError::Schema {
             path: path.to_path_buf(),
             found: String::from_utf8_lossy(&v).into_owned(),
@@ -148,4 +155,25 @@ pub fn node_id(db: &Database) -> Result<u64, StoreError> {
         .insert(schema::meta::NODE_ID, log::encode(&id)?.as_slice())?;
     write.commit()?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_from_before_a_table_existed_opens_with_it_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path()).unwrap();
+        let write = db.begin_write().unwrap();
+        assert!(write.delete_table(schema::KV_TOMBSTONES).unwrap());
+        write.commit().unwrap();
+        drop(db);
+        let db = open(dir.path()).expect("an older data dir opens");
+        let read = db.begin_read().unwrap();
+        let table = read
+            .open_table(schema::KV_TOMBSTONES)
+            .expect("the new table exists");
+        assert_eq!(redb::ReadableTableMetadata::len(&table).unwrap(), 0);
+    }
 }

@@ -300,9 +300,33 @@ async fn leader_kill_keeps_acknowledged_writes_and_the_killed_server_catches_up(
         .await;
         assert!(got.contains("before/0") && got.contains("after/9"));
     }
+    // The new leader's log names the dead server by its address, once (openraft alone would
+    // have warned several times a second, by numeric id).
+    let dead = c.nodes[old_leader].rpc.clone();
+    let unreachable = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("server unreachable") && l.contains(&dead))
+            .count()
+    };
+    eventually("the leader reports the dead server", || async {
+        (unreachable(&c.nodes[new_leader].server.log_text()) > 0).then_some(())
+    })
+    .await;
+    let reports = unreachable(&c.nodes[new_leader].server.log_text());
+    assert!(
+        reports <= 2,
+        "{reports} reports of one outage within seconds"
+    );
     c.nodes[old_leader].restart();
     eventually("the restarted server catches up", || async {
         (keys(&c.nodes[old_leader]).await.len() == 30).then_some(())
+    })
+    .await;
+    eventually("the leader reports it back", || async {
+        let log = c.nodes[new_leader].server.log_text();
+        log.lines()
+            .any(|l| l.contains("server reachable again") && l.contains(&dead))
+            .then_some(())
     })
     .await;
     assert_eq!(

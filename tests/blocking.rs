@@ -232,7 +232,7 @@ async fn catalog_deregistrations_wake_every_endpoint_that_covered_them() {
             ],
         })
     };
-    for (node, service) in [("n1", "solo"), ("n2", "keep")] {
+    for (node, service) in [("n1", "solo"), ("n2", "keep"), ("n3", "my svc")] {
         let (st, text) = put(
             &s.url("/v1/catalog/register"),
             register_on(node, service).to_string(),
@@ -240,6 +240,15 @@ async fn catalog_deregistrations_wake_every_endpoint_that_covered_them() {
         .await;
         assert_eq!(st, 200, "{text}");
     }
+    // A name that must be percent-encoded in the path is watched under its real name.
+    let spaced = watch(&s, "/v1/health/service/my%20svc").await;
+    let (st, text) = put(
+        &s.url("/v1/catalog/deregister"),
+        json!({"Node": "n3", "ServiceID": "my svc"}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
+    woken("/v1/health/service/my%20svc", spaced).await;
     // The last instance of `solo` goes.
     let watchers = [
         "/v1/catalog/service/solo",

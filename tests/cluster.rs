@@ -475,6 +475,26 @@ async fn join_via_snapshot_leave_and_dead_server_cleanup() {
     let config = "raft_snapshot_threshold = 20\nraft_trailing_logs = 5\n[autopilot]\ndead_server_threshold = \"2s\"\n";
     let mut c = Cluster::start(config);
     let f = follower(&c).await;
+    // A deleted key's tombstone, compacted into the snapshot the new server is installed from.
+    assert_eq!(kv(&c.nodes[f], "gone/x", "v").await.0, 200);
+    let r = http()
+        .delete(c.nodes[f].url("/v1/kv/gone/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let gone_index = |node: &Node| {
+        let url = node.url("/v1/kv/gone/?recurse&stale");
+        async move {
+            let r = http().get(url).send().await.unwrap();
+            r.headers()["X-Consul-Index"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    let deleted = gone_index(&c.nodes[f]).await;
     for i in 0..60 {
         assert_eq!(kv(&c.nodes[f], &format!("data/{i}"), "v").await.0, 200);
     }
@@ -492,6 +512,11 @@ async fn join_via_snapshot_leave_and_dead_server_cleanup() {
         (keys(&c.nodes[n3]).await.len() == 60).then_some(())
     })
     .await;
+    assert_eq!(
+        gone_index(&c.nodes[n3]).await,
+        deleted,
+        "the tombstone came with the snapshot: the deleted prefix keeps its index"
+    );
     let (_, stats) = get_json(&c.nodes[n3].url("/v1/agent/self")).await;
     let snap: u64 = stats["Stats"]["raft"]["last_snapshot_index"]
         .as_str()

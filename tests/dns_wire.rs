@@ -223,3 +223,77 @@ async fn static_zone_and_forwarded_replies_are_well_formed() {
         assert_eq!(full.answers.len(), expected, "forwarded {rtype} over TCP");
     }
 }
+
+#[tokio::test]
+async fn node_meta_txt_is_optional_and_long_meta_values_are_split() {
+    let s = Server::start(&[]);
+    let register = |node: &str, meta: serde_json::Value, service: &str, id: &str, ip: &str| {
+        let body = json!({
+            "Node": node, "Address": ip, "NodeMeta": meta,
+            "Service": {"Service": service, "ID": id, "Port": 80},
+        });
+        let url = s.url("/v1/catalog/register");
+        async move {
+            let (st, text) = put(&url, body.to_string()).await;
+            assert_eq!(st, 200, "{text}");
+        }
+    };
+    // A meta value longer than one TXT character-string (Consul allows 512 bytes).
+    let long = "v".repeat(300);
+    register("metan", json!({"k": long}), "metas", "m0", "10.33.0.1").await;
+    for i in 1..10 {
+        register(
+            &format!("plain{i}"),
+            json!({}),
+            "metas",
+            &format!("m{i}"),
+            &format!("10.33.0.{}", i + 1),
+        )
+        .await;
+    }
+    let srv = check_question(s.dns, "metas.service.consul.", RecordType::SRV).await;
+    assert_eq!(
+        srv.answers.len(),
+        10,
+        "every instance, the long-meta one included"
+    );
+    let txt = check_question(s.dns, "metan.node.consul.", RecordType::TXT).await;
+    let RData::TXT(text) = &txt.answers[0].data else {
+        panic!("{txt:?}")
+    };
+    let joined: Vec<u8> = text
+        .txt_data
+        .iter()
+        .flat_map(|s| s.iter().copied())
+        .collect();
+    assert_eq!(joined, format!("k={long}").into_bytes());
+
+    // A node whose meta alone overflows 512 bytes: its address still answers over UDP, without
+    // TC, and the TXT records ride along only where there is room.
+    let fat: serde_json::Map<String, serde_json::Value> = (0..20)
+        .map(|i| (format!("key{i}"), json!("x".repeat(240))))
+        .collect();
+    register(
+        "fatmeta",
+        serde_json::Value::Object(fat),
+        "fatsvc",
+        "f",
+        "10.34.0.1",
+    )
+    .await;
+    for (name, rtype) in [
+        ("fatmeta.node.consul.", RecordType::A),
+        ("fatsvc.service.consul.", RecordType::SRV),
+    ] {
+        check_question(s.dns, name, rtype).await;
+        let reply = strict(
+            &udp_bytes(s.dns, &query_message(name, rtype, None)).await,
+            name,
+        );
+        assert_eq!(reply.answers.len(), 1, "{name} {rtype}: {reply:?}");
+        assert!(
+            !reply.metadata.truncation,
+            "{name} {rtype}: nothing required was left out"
+        );
+    }
+}

@@ -24,6 +24,12 @@ async fn restart_with_the_same_data_dir_serves_the_acknowledged_state() {
     let s2 = Server::start_in(dir.path(), &[]);
     let (_, after) = get_json(&s2.url("/v1/health/service/web")).await;
     assert_eq!(after.as_array().unwrap().len(), 4);
+    // A dev agent binds a new ephemeral RPC port on restart; what it advertises follows.
+    let (_, leader) = get_json(&s2.url("/v1/status/leader")).await;
+    let leader: std::net::SocketAddr = leader.as_str().unwrap().parse().unwrap();
+    tokio::net::TcpStream::connect(leader)
+        .await
+        .unwrap_or_else(|e| panic!("the advertised leader {leader} is not listening: {e}"));
     let ids = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
             .unwrap()

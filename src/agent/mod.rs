@@ -23,6 +23,9 @@ use tokio::time::Instant;
 /// agent itself, while it runs). It belongs to the catalog, not to `/v1/agent/checks`.
 pub const SERF_HEALTH: &str = "serfHealth";
 
+/// The shortest interval a probe runs at (Consul's `checks.MinInterval`).
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Consul's floor for `DeregisterCriticalServiceAfter`.
 pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 /// How often the reaper looks for services critical for too long (Consul: 30 s).
@@ -448,7 +451,12 @@ impl Agent {
     }
 
     async fn run_probe(self, check_id: String, def: CheckDefinition) {
-        let interval = def.interval.unwrap_or(Duration::from_secs(10));
+        // As Consul's `checks.MinInterval`: a shorter interval runs at one second.
+        let asked = def.interval.unwrap_or(Duration::from_secs(10));
+        if asked < MIN_INTERVAL {
+            tracing::warn!(check = %check_id, interval = ?asked, "check interval below the minimum; running every 1s");
+        }
+        let interval = asked.max(MIN_INTERVAL);
         let timeout = def.timeout.unwrap_or(Duration::from_secs(10));
         let mut successes = 0u32;
         let mut failures = 0u32;

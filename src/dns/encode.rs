@@ -6,8 +6,9 @@
 //! Every answer is fitted to its transport's limit *before* hickory encodes it (`fit`): hickory
 //! 0.26 rolls back a record that overflows but leaves its bytes in the buffer, so a message it
 //! cuts itself has counts that do not match its bytes. Fitting keeps whole records only, keeps the
-//! glue of every SRV record it keeps (an SRV record is dropped rather than its target's address),
-//! and sets TC over UDP when an answer record was dropped (RFC 2181 section 9). Static-zone answers,
+//! address glue of every SRV record it keeps (an SRV record is dropped rather than its target's
+//! address), fills what room is left with the optional additional records (node meta TXT), and
+//! sets TC over UDP when an answer record was dropped (RFC 2181 section 9). Static-zone answers,
 //! which hickory's `Catalog` builds, are fitted by the `Fitted` response handler.
 
 use std::collections::HashSet;
@@ -105,55 +106,76 @@ pub(super) fn fit(
     ) {
         return false;
     }
+    // Required glue: the addresses of the names kept answers point at (an SRV target's A/AAAA).
+    // Everything else in the additional section (node meta TXT, …) is optional: it goes in only
+    // where room is left once the answers and their addresses fit.
+    let targets = |answers: &[Record]| -> HashSet<LowerName> {
+        answers.iter().filter_map(|r| target(&r.data)).collect()
+    };
     let glue_of = |answers: &[Record]| -> Vec<Record> {
-        let names: HashSet<LowerName> = answers
-            .iter()
-            .flat_map(|r| [Some(LowerName::from(&r.name)), target(&r.data)])
-            .flatten()
-            .collect();
+        let names = targets(answers);
         reply
             .additionals
             .iter()
-            .filter(|r| names.contains(&LowerName::from(&r.name)))
+            .filter(|r| is_address(r) && names.contains(&LowerName::from(&r.name)))
             .cloned()
             .collect()
     };
-    // Largest prefix of the answers that fits with its glue and the authority section: the
-    // size grows with the prefix, so a binary search finds it.
-    let (mut lo, mut hi) = (0, reply.answers.len());
-    let authorities_fit = fits(&[], &reply.authorities, reply.soa.as_ref(), &[]);
-    if authorities_fit {
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            let answers = &reply.answers[..mid];
-            if fits(
-                answers,
-                &reply.authorities,
-                reply.soa.as_ref(),
-                &glue_of(answers),
-            ) {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
+    let optional_of = |answers: &[Record]| -> Vec<Record> {
+        let mut names = targets(answers);
+        names.extend(answers.iter().map(|r| LowerName::from(&r.name)));
+        reply
+            .additionals
+            .iter()
+            .filter(|r| !is_address(r) && names.contains(&LowerName::from(&r.name)))
+            .cloned()
+            .collect()
+    };
+    let (authorities, soa) = if fits(&[], &reply.authorities, reply.soa.as_ref(), &[]) {
+        (std::mem::take(&mut reply.authorities), reply.soa.take())
     } else {
-        reply.authorities.clear();
-        reply.soa = None;
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            let answers = &reply.answers[..mid];
-            if fits(answers, &[], None, &glue_of(answers)) {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
+        (Vec::new(), None)
+    };
+    // The largest prefix of the answers that fits with its glue (the size grows with the
+    // prefix, so a binary search finds it), then as many optional records as still fit.
+    let kept = largest(reply.answers.len(), |k| {
+        let answers = &reply.answers[..k];
+        fits(answers, &authorities, soa.as_ref(), &glue_of(answers))
+    });
+    let answers = &reply.answers[..kept];
+    let glue = glue_of(answers);
+    let optional = optional_of(answers);
+    let extra = largest(optional.len(), |n| {
+        let mut additionals = glue.clone();
+        additionals.extend_from_slice(&optional[..n]);
+        fits(answers, &authorities, soa.as_ref(), &additionals)
+    });
+    let dropped = kept < reply.answers.len();
+    reply.answers.truncate(kept);
+    reply.additionals = glue;
+    reply.additionals.extend_from_slice(&optional[..extra]);
+    reply.authorities = authorities;
+    reply.soa = soa;
+    dropped && limit < u16::MAX
+}
+
+/// The largest `k` in `0..=n` for which `fits_with(k)` holds, given that it holds for every
+/// smaller `k` when it holds for `k` (binary search).
+fn largest(n: usize, fits_with: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits_with(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
         }
     }
-    let dropped = lo < reply.answers.len();
-    reply.answers.truncate(lo);
-    reply.additionals = glue_of(&reply.answers);
-    dropped && limit < u16::MAX
+    lo
+}
+
+fn is_address(record: &Record) -> bool {
+    matches!(record.data, RData::A(_) | RData::AAAA(_))
 }
 
 /// The name an answer record points at, whose addresses belong in the additional section.

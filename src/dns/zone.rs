@@ -584,7 +584,9 @@ impl ConsulZone {
     }
 }
 
-/// Node meta as TXT: `key=value` (RFC 1464), or the raw value for `rfc1035-` keys.
+/// Node meta as TXT: `key=value` (RFC 1464), or the raw value for `rfc1035-` keys. A text
+/// longer than one character-string (255 bytes, RFC 1035 section 3.3) is split over several
+/// strings of the same record, as Consul's DNS library does (a meta value may be 512 bytes).
 fn meta_txt(owner: &Name, node: &Node, ttl: u32) -> Vec<Record> {
     node.meta
         .iter()
@@ -593,9 +595,29 @@ fn meta_txt(owner: &Name, node: &Node, ttl: u32) -> Vec<Record> {
                 Some(_) => v.clone(),
                 None => format!("{}={}", k.replace('=', "`="), v),
             };
-            Record::from_rdata(owner.clone(), ttl, RData::TXT(TXT::new(vec![text])))
+            Record::from_rdata(
+                owner.clone(),
+                ttl,
+                RData::TXT(TXT::new(character_strings(&text))),
+            )
         })
         .collect()
+}
+
+/// `text` in pieces of at most 255 bytes, cut at character boundaries.
+fn character_strings(text: &str) -> Vec<String> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while rest.len() > 255 {
+        let mut cut = 255;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        pieces.push(rest[..cut].to_string());
+        rest = &rest[cut..];
+    }
+    pieces.push(rest.to_string());
+    pieces
 }
 
 fn secs(d: Duration) -> u32 {

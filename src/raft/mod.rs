@@ -228,10 +228,37 @@ impl RaftNode {
     /// Makes this server a one-member cluster, unless it already belongs to one (a restart).
     pub async fn bootstrap_single(&self) -> Result<(), StartError> {
         if self.is_initialized().await {
-            return Ok(());
+            return self.readdress_single().await;
         }
         self.initialize(BTreeMap::from([(self.id, self.me.clone())]))
             .await
+    }
+
+    /// A one-server cluster restarted on another RPC address (a dev agent's ephemeral port)
+    /// records the new one, so the leader address it advertises is where it listens. With one
+    /// voter there is nobody to disagree, so replacing the node's address (`SetNodes`) is safe.
+    async fn readdress_single(&self) -> Result<(), StartError> {
+        let recorded = {
+            let metrics = self.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership().clone();
+            if membership.voter_ids().count() != 1 {
+                return Ok(());
+            }
+            membership.get_node(&self.id).map(|n| n.rpc_addr.clone())
+        };
+        if recorded.is_none_or(|addr| addr == self.me.rpc_addr) {
+            return Ok(());
+        }
+        tokio::time::timeout(LEADER_HOLD, self.wait_leadership(true))
+            .await
+            .map_err(|_| StartError::Raft("the one-server cluster elected no leader".into()))?;
+        let nodes = BTreeMap::from([(self.id, self.me.clone())]);
+        self.raft
+            .change_membership(ChangeMembers::SetNodes(nodes), false)
+            .await
+            .map_err(|e| StartError::Raft(format!("recording the new RPC address: {e}")))?;
+        tracing::info!(rpc = %self.me.rpc_addr, "recorded this server's new RPC address");
+        Ok(())
     }
 
     pub async fn info(&self) -> ServerInfo {

@@ -10,18 +10,6 @@ use std::process::Command;
 
 use support::*;
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("BEACON_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "py-consul is needed: run `python3 -m venv target/py-venv && target/py-venv/bin/pip install py-consul` (.ci/run does) or set BEACON_TEST_PYTHON"
-    );
-    venv
-}
-
 #[test]
 fn py_consul_library_works_against_beacon() {
     let s = Server::start(&[]);

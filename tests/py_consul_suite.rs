@@ -8,20 +8,12 @@
 //! The Python interpreter comes from `BEACON_TEST_PYTHON`, else the virtualenv `.ci/run` creates
 //! at `target/py-venv`; it needs py-consul, pytest, pytest-asyncio, pytest-timeout and aiohttp.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("BEACON_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "py-consul's test suite needs a Python with py-consul and pytest: run `python3 -m venv target/py-venv && target/py-venv/bin/pip install py-consul==1.8.0 pytest pytest-asyncio pytest-timeout aiohttp packaging` (.ci/run does) or set BEACON_TEST_PYTHON"
-    );
-    venv
-}
+use support::python;
 
 #[test]
 fn py_consul_own_test_suite_matches_expected_outcomes() {

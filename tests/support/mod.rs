@@ -414,3 +414,19 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The Python for the py-consul tests: `BEACON_TEST_PYTHON`, else the virtualenv `.ci/run`
+/// creates at `target/py-venv` (py-consul 1.8.0, pytest, pytest-asyncio, pytest-timeout, aiohttp,
+/// packaging).
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("BEACON_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the py-consul tests need a Python with py-consul and pytest: run `.ci/run` (it creates \
+         target/py-venv) or set BEACON_TEST_PYTHON"
+    );
+    venv
+}

@@ -98,12 +98,16 @@ pub(super) fn fit(
             Err(_) => false,
         }
     };
-    if fits(
-        &reply.answers,
-        &reply.authorities,
-        reply.soa.as_ref(),
-        &reply.additionals,
-    ) {
+    // Most answers fit with room to spare: say so without encoding when an upper bound of the
+    // size already does.
+    if size_bound(queries, edns.is_some(), reply).is_some_and(|b| b <= usize::from(limit))
+        || fits(
+            &reply.answers,
+            &reply.authorities,
+            reply.soa.as_ref(),
+            &reply.additionals,
+        )
+    {
         return false;
     }
     // Required glue: the addresses of the names kept answers point at (an SRV target's A/AAAA).
@@ -172,6 +176,39 @@ fn largest(n: usize, fits_with: impl Fn(usize) -> bool) -> usize {
         }
     }
     lo
+}
+
+/// An upper bound of `reply`'s encoded size, without name compression, when every record's
+/// data has a size known here; None otherwise (then only encoding tells).
+fn size_bound(queries: &Queries, edns: bool, reply: &Reply) -> Option<usize> {
+    // `Name::len` is the presentation length; the wire form is at most two bytes longer.
+    let name = |n: &hickory_proto::rr::Name| n.len() + 2;
+    let data = |d: &RData| -> Option<usize> {
+        Some(match d {
+            RData::A(_) => 4,
+            RData::AAAA(_) => 16,
+            RData::SRV(srv) => 6 + name(&srv.target),
+            RData::CNAME(c) => name(&c.0),
+            RData::NS(ns) => name(&ns.0),
+            RData::PTR(p) => name(&p.0),
+            RData::MX(mx) => 2 + name(&mx.exchange),
+            RData::TXT(txt) => txt.txt_data.iter().map(|s| 1 + s.len()).sum(),
+            RData::SOA(soa) => name(&soa.mname) + name(&soa.rname) + 20,
+            _ => return None,
+        })
+    };
+    // Header, the question as the client sent it, and our OPT record (no options).
+    let mut total = 12 + queries.as_bytes().len() + if edns { 11 } else { 0 };
+    let records = reply
+        .answers
+        .iter()
+        .chain(&reply.authorities)
+        .chain(reply.soa.iter())
+        .chain(&reply.additionals);
+    for record in records {
+        total += name(&record.name) + 10 + data(&record.data)?;
+    }
+    Some(total)
 }
 
 fn is_address(record: &Record) -> bool {

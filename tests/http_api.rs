@@ -127,6 +127,18 @@ async fn agent_health_endpoint_maps_status_to_http_codes() {
     assert_eq!(r.status().as_u16(), 429);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body[0]["AggregatedStatus"], "warning");
+    // The node's own check counts, but it is not the service's: no service name on it.
+    let checks = body[0]["Checks"].as_array().unwrap();
+    let serf = checks
+        .iter()
+        .find(|c| c["CheckID"] == "serfHealth")
+        .unwrap();
+    assert_eq!(serf["ServiceName"], "", "{serf}");
+    let own = checks
+        .iter()
+        .find(|c| c["CheckID"] == "service:web")
+        .unwrap();
+    assert_eq!(own["ServiceName"], "web");
     let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
     assert_eq!(checks["service:web"]["Output"], "slow");
     pass(&s, "service:web").await;

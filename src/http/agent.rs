@@ -211,7 +211,12 @@ pub async fn health_by_name(
             json!({
                 "AggregatedStatus": status.as_str(),
                 "Service": dto::agent_service_json(i.service, &api.datacenter),
-                "Checks": i.checks.iter().map(|c| dto::check_json(c, Some(i.service))).collect::<Vec<_>>(),
+                // Node checks count for the service's health (Consul's `ChecksForService` with
+                // the node's), but they are not the service's own: no service name on them.
+                "Checks": i.checks.iter().map(|c| {
+                    let owner = (!c.service_id.is_empty()).then_some(i.service);
+                    dto::check_json(c, owner)
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();

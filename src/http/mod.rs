@@ -163,14 +163,23 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
-/// `?dc=`: our own datacenter is accepted; any other has no path yet (Consul's answer).
+impl Api {
+    /// A request for `datacenter` (`?dc=` or a body's `Datacenter`): ours (or none named) is
+    /// served; any other has no path yet (Consul's answer for one it cannot reach).
+    pub(crate) fn reaches_datacenter(&self, datacenter: &str) -> Result<(), ApiError> {
+        if datacenter.is_empty() || datacenter.eq_ignore_ascii_case(&self.datacenter) {
+            Ok(())
+        } else {
+            Err(ApiError::Internal("No path to datacenter".into()))
+        }
+    }
+}
+
+/// `?dc=`: see `Api::reaches_datacenter`.
 async fn check_datacenter(State(api): State<Api>, request: Request, next: Next) -> Response {
     let params = Params::parse(request.uri().query());
-    if let Some(dc) = params.get("dc")
-        && !dc.is_empty()
-        && !dc.eq_ignore_ascii_case(&api.datacenter)
-    {
-        return ApiError::Internal("No path to datacenter".into()).into_response();
+    if let Err(e) = api.reaches_datacenter(params.get("dc").unwrap_or("")) {
+        return e.into_response();
     }
     next.run(request).await
 }

@@ -27,6 +27,9 @@ pub enum WriteError {
     /// This server does not lead; the leader's server (RPC) address.
     #[error("not the leader; the leader is {0}")]
     NotLeader(String),
+    /// The leader's queue of writes is full (Consul's rate limit): nothing was proposed.
+    #[error("rate limit exceeded: too many writes waiting for the leader, try again later")]
+    Busy,
     #[error("raft write failed: {0}")]
     Failed(String),
 }

@@ -3,6 +3,18 @@
 
 use std::sync::atomic::AtomicU64;
 
+/// Counters of the write path, written by the leader's proposer (`raft::batch`).
+#[derive(Default)]
+pub struct WriteMetrics {
+    /// Writes refused with 429 because the leader's queue was full.
+    pub rejected_busy: AtomicU64,
+}
+
+/// The process's write counters: one leader queue per process, so one set of counters.
+pub static WRITES: WriteMetrics = WriteMetrics {
+    rejected_busy: AtomicU64::new(0),
+};
+
 /// Counters for `/v1/agent/metrics`.
 #[derive(Default)]
 pub struct DnsMetrics {

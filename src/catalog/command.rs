@@ -79,9 +79,41 @@ pub struct Request {
 
 /// What one Raft log entry carries: the writes of concurrent clients (group commit), applied in
 /// order at the entry's index, each with its own outcome.
+///
+/// Encoded once, when proposed (MessagePack, fields by name so a field added with a default
+/// still reads older entries): the log, the replication messages and the snapshot of recent
+/// entries all carry these bytes as they are, and each server decodes them once, to apply.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Proposal(pub Vec<Request>);
+pub struct Proposal(bytes::Bytes);
+
+/// A proposal's bytes that do not decode as requests (a corrupt log entry or a foreign format).
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable proposal: {0}")]
+pub struct ProposalError(String);
+
+impl Proposal {
+    /// Encodes the requests of one entry.
+    pub fn encode(requests: &[Request]) -> Result<Proposal, ProposalError> {
+        rmp_serde::to_vec_named(requests)
+            .map(|v| Proposal(v.into()))
+            .map_err(|e| ProposalError(e.to_string()))
+    }
+
+    /// The requests, in order.
+    pub fn decode(&self) -> Result<Vec<Request>, ProposalError> {
+        rmp_serde::from_slice(&self.0).map_err(|e| ProposalError(e.to_string()))
+    }
+
+    /// The encoded size in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// A KV operation inside a transaction (Consul's `KVTxnOp` verbs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

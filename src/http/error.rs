@@ -18,6 +18,9 @@ pub enum ApiError {
     /// 401: what Consul answers on the ACL endpoints while ACLs are disabled.
     #[error("{0}")]
     Unauthorized(String),
+    /// 429: the leader's write queue is full (Consul's rate-limit answer).
+    #[error("{0}")]
+    TooManyRequests(String),
 }
 
 impl IntoResponse for ApiError {
@@ -27,6 +30,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         };
         (
             status,
@@ -39,7 +43,10 @@ impl IntoResponse for ApiError {
 
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            WriteError::Busy => ApiError::TooManyRequests(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -38,6 +38,12 @@ fn collect(api: &Api) -> Vec<Metric> {
     let dropped = "UDP DNS queries dropped without an answer, by reason.";
     vec![
         counter(
+            "beacon_raft_writes_rejected_total",
+            "Writes refused with 429 because the leader's write queue was full.",
+            &[],
+            load(&crate::metrics::WRITES.rejected_busy),
+        ),
+        counter(
             "beacon_dns_udp_queries_received_total",
             "UDP DNS queries received.",
             &[],

@@ -98,6 +98,7 @@ impl RpcClient {
         {
             Ok(WriteReply::Applied { outcome, index }) => Ok((outcome, index)),
             Ok(WriteReply::NotLeader(_)) => Err(WriteError::NoLeader),
+            Ok(WriteReply::Busy) => Err(WriteError::Busy),
             Ok(WriteReply::Failed(e)) => Err(WriteError::Failed(e)),
             // The leader we knew is gone; wait for the next one.
             Err(CallError::Unreachable(_)) => Err(WriteError::NoLeader),

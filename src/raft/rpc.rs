@@ -41,6 +41,7 @@ struct Rpc {
 pub enum WriteReply {
     Applied { outcome: Outcome, index: u64 },
     NotLeader(Option<String>),
+    Busy,
     Failed(String),
 }
 
@@ -135,6 +136,7 @@ async fn write(
         Ok((outcome, index)) => WriteReply::Applied { outcome, index },
         Err(WriteError::NotLeader(leader)) => WriteReply::NotLeader(Some(leader)),
         Err(WriteError::NoLeader) => WriteReply::NotLeader(None),
+        Err(WriteError::Busy) => WriteReply::Busy,
         Err(WriteError::Failed(e)) => WriteReply::Failed(e),
     })
 }

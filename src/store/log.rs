@@ -1,12 +1,17 @@
-//! The Raft log and vote (`RaftLogStorage`).
+//! The Raft log and vote (`RaftLogStorage`), with the recent entries kept in memory.
+//!
+//! The leader replicates what it just appended: `Recent` keeps the newest entries (as proposed,
+//! their payload still the encoded bytes) so replication never reads them back from redb nor
+//! decodes them. Older entries (a follower far behind) come from redb.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorVerb, OptionalSend, RaftLogReader};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -18,26 +23,105 @@ use crate::store::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// Bytes of recent entries kept in memory at most (payload sizes; a full batch is ~70 KiB).
+const RECENT_BYTES: usize = 64 << 20;
+/// Recent entries kept in memory at most.
+const RECENT_ENTRIES: usize = 16_384;
+
+/// The newest log entries, contiguous by index.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+fn entry_size(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(p) => p.len() + 64,
+        _ => 256,
+    }
+}
+
+impl Recent {
+    fn push(&mut self, entry: Entry) {
+        if let Some(last) = self.entries.back()
+            && last.log_id.index + 1 != entry.log_id.index
+        {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += entry_size(&entry);
+        self.entries.push_back(entry);
+        while self.bytes > RECENT_BYTES || self.entries.len() > RECENT_ENTRIES {
+            match self.entries.pop_front() {
+                Some(e) => self.bytes -= entry_size(&e),
+                None => break,
+            }
+        }
+    }
+
+    /// Drops entries at `from` and after (a truncated log).
+    fn truncate(&mut self, from: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= from) {
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= entry_size(&e);
+            }
+        }
+    }
+
+    /// Drops entries up to `upto` (a purged log).
+    fn purge(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|e| e.log_id.index <= upto) {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= entry_size(&e);
+            }
+        }
+    }
+
+    /// The entries `start..end`, if all of them are here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.log_id.index;
+        let last = self.entries.back()?.log_id.index;
+        if start < first || end > last + 1 {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(self.entries.range(from..to).cloned().collect())
+    }
 }
 
 impl LogStore {
     pub fn new(db: Arc<Database>) -> Self {
-        LogStore { db }
+        LogStore {
+            db,
+            recent: Arc::default(),
+        }
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         read_meta(&self.db, key)
     }
 
+    /// Writes one named value; `durable` commits with an fsync, otherwise the next durable
+    /// commit (the next log append) persists it too.
     async fn write_meta<T: Serialize>(
         &self,
         key: &'static str,
         value: &T,
+        durable: bool,
     ) -> Result<(), StoreError> {
         let bytes = encode(value)?;
         let db = self.db.clone();
         blocking(move || {
-            let tx = db.begin_write()?;
+            let mut tx = db.begin_write()?;
+            if !durable {
+                tx.set_durability(Durability::None)
+                    .map_err(|e| StoreError::Db(e.to_string()))?;
+            }
             tx.open_table(META)?.insert(key, bytes.as_slice())?;
             tx.commit()?;
             Ok(())
@@ -59,14 +143,14 @@ pub(super) fn read_meta<T: DeserializeOwned>(
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Db(format!("encode: {e}")))
+    rmp_serde::to_vec_named(value).map_err(|e| StoreError::Db(format!("encode: {e}")))
 }
 
 pub(super) fn decode<T: DeserializeOwned>(
     table: &'static str,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table,
         detail: e.to_string(),
     })
@@ -91,9 +175,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = to_range(range);
+        if let Some(end) = end
+            && let Some(entries) = self.recent.lock().expect("recent lock").get(start, end)
+        {
+            return Ok(entries);
+        }
         // Reads are MVCC snapshots that never wait on the writer, so they run inline.
         let read = || -> Result<Vec<Entry>, StoreError> {
-            let (start, end) = to_range(range);
             let tx = self.db.begin_read()?;
             let table = tx.open_table(LOG)?;
             let iter = match end {
@@ -117,7 +206,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let read = || -> Result<LogState<TypeConfig>, StoreError> {
-            let last_purged: Option<LogId> = self.read_meta(meta::LAST_PURGED)?;
+            let last_purged: Option<LogId> = self.read_meta::<Option<LogId>>(meta::LAST_PURGED)?.flatten();
             let tx = self.db.begin_read()?;
             let table = tx.open_table(LOG)?;
             let last = match table.last()? {
@@ -137,7 +226,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.write_meta(meta::VOTE, vote)
+        // A vote must survive a crash: a server that forgets it could vote twice in a term.
+        self.write_meta(meta::VOTE, vote, true)
             .await
             .map_err(|e| raft_err(ErrorVerb::Write, e))
     }
@@ -148,7 +238,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(meta::COMMITTED, &committed)
+        // Only a hint for the restart (re-apply up to here at once): a stale one is safe, since
+        // the next leader commits everything again, so it rides on the next log fsync.
+        self.write_meta(meta::COMMITTED, &committed, false)
             .await
             .map_err(|e| raft_err(ErrorVerb::Write, e))
     }
@@ -169,11 +261,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let rows = entries
-            .into_iter()
-            .map(|e| encode(&e).map(|bytes| (e.log_id.index, bytes)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| raft_err(ErrorVerb::Write, e))?;
+        let mut rows = Vec::new();
+        {
+            let mut recent = self.recent.lock().expect("recent lock");
+            for entry in entries {
+                let bytes = encode(&entry).map_err(|e| raft_err(ErrorVerb::Write, e))?;
+                rows.push((entry.log_id.index, bytes));
+                recent.push(entry);
+            }
+        }
         let db = self.db.clone();
         // One transaction (one fsync) for the whole batch.
         let result = blocking(move || {
@@ -201,6 +297,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .truncate(log_id.index);
         let db = self.db.clone();
         blocking(move || {
             let tx = db.begin_write()?;
@@ -215,6 +315,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let bytes = encode(&Some(log_id)).map_err(|e| raft_err(ErrorVerb::Write, e))?;
+        self.recent.lock().expect("recent lock").purge(log_id.index);
         let db = self.db.clone();
         blocking(move || {
             let tx = db.begin_write()?;

@@ -1,10 +1,14 @@
-//! Persistence in redb: the Raft log and vote, and the catalog state machine.
+//! Persistence in redb: the Raft log and vote, and the latest snapshot of the catalog.
 //!
-//! One database file per server (`beacon.redb` in the data dir). The state machine is stored as
-//! rows (nodes, services, checks, per-service indexes) written in one transaction per applied
-//! batch, together with the last applied log id and membership, so a restart serves exactly the
-//! acknowledged state without replaying the log. redb calls that commit (fsync) run on the
-//! blocking pool so they never stall the async workers that run Raft heartbeats and DNS.
+//! One database file per server (`beacon.redb` in the data dir). The catalog state machine
+//! lives in memory (as Consul's memdb does); applying an entry touches no disk. Its durable copy
+//! is the latest snapshot plus the log after it: a restart loads the snapshot and re-applies
+//! the committed entries that follow (openraft's `read_committed`). Log entries are written in
+//! one fsynced transaction per append; redb calls that commit run on the blocking pool so they
+//! never stall the async workers that run Raft heartbeats and DNS.
+//!
+//! Encodings: MessagePack (rmp-serde) for log entries, metadata and snapshots, with fields by
+//! name so a field added with a default still reads older records.
 
 mod log;
 mod schema;
@@ -38,7 +42,7 @@ pub enum StoreError {
         source: redb::DatabaseError,
     },
     #[error(
-        "database {path} has schema version {found}, this beacon understands {SCHEMA_VERSION}; refusing to touch it"
+        "database {path} is in data dir format {found}; this beacon reads format {SCHEMA_VERSION} and leaves the file untouched. To move the data over: take a snapshot with the beacon that wrote it (`beacon snapshot save FILE`), start this beacon on an empty data dir, and restore it (`beacon snapshot restore FILE`)"
     )]
     Schema { path: PathBuf, found: String },
     #[error("database error: {0}")]
@@ -162,18 +166,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_data_dir_from_before_a_table_existed_opens_with_it_empty() {
+    fn a_data_dir_of_another_format_is_refused_and_left_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path()).unwrap();
         let write = db.begin_write().unwrap();
-        assert!(write.delete_table(schema::KV_TOMBSTONES).unwrap());
+        write
+            .open_table(META)
+            .unwrap()
+            .insert("schema_version", "1".as_bytes())
+            .unwrap();
         write.commit().unwrap();
         drop(db);
-        let db = open(dir.path()).expect("an older data dir opens");
+        let err = open(dir.path()).err().expect("format 1 is refused");
+        let message = err.to_string();
+        assert!(message.contains("format 1"), "{message}");
+        assert!(message.contains("snapshot save"), "{message}");
+        let db = Database::open(dir.path().join(DB_FILE)).unwrap();
         let read = db.begin_read().unwrap();
-        let table = read
-            .open_table(schema::KV_TOMBSTONES)
-            .expect("the new table exists");
-        assert_eq!(redb::ReadableTableMetadata::len(&table).unwrap(), 0);
+        let table = read.open_table(META).unwrap();
+        assert_eq!(table.get("schema_version").unwrap().unwrap().value(), b"1");
     }
 }

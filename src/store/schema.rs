@@ -1,34 +1,28 @@
-//! Every redb table, in one place.
+//! Every redb table, in one place, and the data dir's format version.
+//!
+//! Format 2 (this one): the Raft log, its metadata, and the latest catalog snapshot. The catalog
+//! itself lives in memory; its durable copy is the snapshot plus the log after it. Format 1 kept
+//! the catalog as rows updated on every apply; a format-1 data dir is refused (see
+//! `StoreError::Schema`).
 
 use redb::TableDefinition;
 
 /// Bumped when the on-disk layout changes incompatibly.
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
 
-/// Raft log: index → JSON-encoded entry.
+/// Raft log: index → MessagePack-encoded entry (the proposal's bytes as proposed).
 pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// Small named values: schema version, vote, committed, last purged, applied state, snapshot.
+/// Small named values: schema version, node ID, vote, committed, last purged, snapshot header.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Catalog rows, JSON-encoded model types.
-pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-pub const SERVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("services");
-pub const CHECKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("checks");
-pub const SERVICE_INDEXES: TableDefinition<&str, u64> = TableDefinition::new("service_indexes");
-pub const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
-pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-pub const LOCK_DELAYS: TableDefinition<&str, u64> = TableDefinition::new("lock_delays");
-/// Deleted key → the index of its deletion (the KV graveyard).
-pub const KV_TOMBSTONES: TableDefinition<&str, u64> = TableDefinition::new("kv_tombstones");
+/// The latest snapshot's data, in chunks (chunk number → bytes), so no single value is huge.
+pub const SNAPSHOT_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot_chunks");
 
 pub mod meta {
     pub const VOTE: &str = "vote";
     pub const COMMITTED: &str = "committed";
     pub const LAST_PURGED: &str = "last_purged";
-    pub const APPLIED: &str = "sm_applied";
-    pub const MEMBERSHIP: &str = "sm_membership";
-    pub const INDEXES: &str = "sm_indexes";
+    /// The latest snapshot's header (`SnapshotHeader`); its data is in `SNAPSHOT_CHUNKS`.
     pub const SNAPSHOT: &str = "snapshot";
-    pub const CLUSTER_ID: &str = "cluster_id";
     /// This server's Raft node ID, chosen at first start.
     pub const NODE_ID: &str = "node_id";
 }
@@ -36,13 +30,6 @@ pub mod meta {
 pub fn create_all(tx: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     tx.open_table(LOG)?;
     tx.open_table(META)?;
-    tx.open_table(NODES)?;
-    tx.open_table(SERVICES)?;
-    tx.open_table(CHECKS)?;
-    tx.open_table(SERVICE_INDEXES)?;
-    tx.open_table(KV)?;
-    tx.open_table(SESSIONS)?;
-    tx.open_table(LOCK_DELAYS)?;
-    tx.open_table(KV_TOMBSTONES)?;
+    tx.open_table(SNAPSHOT_CHUNKS)?;
     Ok(())
 }

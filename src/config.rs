@@ -68,6 +68,9 @@ pub struct Timing {
     pub snapshot_threshold: u64,
     /// Log entries kept behind a snapshot for lagging followers (Consul's `raft_trailing_logs`).
     pub trailing_logs: u64,
+    /// A snapshot is also taken this often when anything was applied since the last one
+    /// (Consul's `raft_snapshot_interval`, 30 s), so a restart replays at most this much log.
+    pub snapshot_interval: Duration,
 }
 
 impl Timing {
@@ -90,6 +93,7 @@ impl Default for Timing {
             election_max: Duration::from_millis(350),
             snapshot_threshold: 16384,
             trailing_logs: 10240,
+            snapshot_interval: Duration::from_secs(30),
         }
     }
 }
@@ -319,6 +323,7 @@ struct FileConfig {
     start_join: Option<Vec<String>>,
     raft_snapshot_threshold: Option<u64>,
     raft_trailing_logs: Option<u64>,
+    raft_snapshot_interval: Option<String>,
     #[serde(default)]
     performance: FilePerformance,
     #[serde(default)]
@@ -585,6 +590,15 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     }
     if let Some(n) = file.raft_trailing_logs {
         raft.trailing_logs = n;
+    }
+    if let Some(v) = &file.raft_snapshot_interval {
+        raft.snapshot_interval = duration("raft_snapshot_interval", v)?;
+        if raft.snapshot_interval.is_zero() {
+            return Err(ConfigError::new(
+                "raft_snapshot_interval",
+                "must be greater than 0",
+            ));
+        }
     }
     let autopilot_defaults = Autopilot::default();
     let autopilot = Autopilot {

@@ -2,7 +2,7 @@
 //!
 //! Layout. Dependencies point one way:
 //! `server → {http, dns, leader} → {agent, raft} → {cluster, store} → view → catalog → model`;
-//! `config`, `logs`, `metrics`, `report` and `tasks` are leaves anyone may use. `http`, `dns` and `agent` never
+//! `config`, `logs`, `metrics`, `report`, `tasks` and `transport` are leaves anyone may use. `http`, `dns` and `agent` never
 //! name `raft` or `store` items (nor openraft or redb): they read the view, write through
 //! `cluster::Writer` and ask `cluster::Cluster` the rest.
 //! - `main.rs`, `cli/` (the binary): clap, exit codes, logging; `cli::{kv, ops}` are the client
@@ -22,10 +22,11 @@
 //!   (`leader::sessions`, the leader's TTL timers), autopilot.
 //! - [`cluster`]: the cluster port: `Writer`, `Cluster` (status, members, join/leave, read
 //!   barrier, session renew, backup) and their typed errors; no Raft or store types.
-//! - [`raft`]: openraft glue: `RaftNode`, server RPC (`rpc` listener, `client`, `network` for
-//!   Raft's own calls), `formation` and membership, group commit (`batch`).
-//! - [`store`]: redb: the Raft log (`log`), the state machine rows and snapshots
-//!   (`state_machine`), `schema`; the openraft type configuration (`store::types`).
+//! - [`raft`]: openraft glue: `RaftNode`, server RPC (`rpc`: its messages and handler, `client`,
+//!   `network` for Raft's own calls), `formation` and membership, group commit (`batch`).
+//! - [`store`]: redb: the Raft log with its recent entries in memory (`log`), the in-memory
+//!   catalog state machine persisted by snapshots (`state_machine`), `schema` (data dir
+//!   format 2); the openraft type configuration (`store::types`).
 //! - [`view`]: the published catalog (lock-free reads) and the watchers of blocking queries.
 //! - [`catalog`]: the pure, deterministic state machine (`command`, `kv`): no tokio, clock or I/O.
 //! - [`model`]: domain types once: node, service and check specs, stored records, durations.
@@ -34,6 +35,8 @@
 //! - [`report`]: one-line error reports (an error and its causes, each once) for logs and
 //!   check output.
 //! - [`tasks`]: one tracker that owns every spawned task; essential tasks stop the agent if they end.
+//! - [`transport`]: the binary server-RPC transport: framed MessagePack over persistent,
+//!   multiplexed connections with a version/cluster handshake; opaque bodies.
 
 pub mod agent;
 pub mod catalog;
@@ -50,4 +53,5 @@ pub mod report;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod transport;
 pub mod view;

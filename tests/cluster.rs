@@ -693,8 +693,8 @@ async fn snapshot_save_and_restore_into_a_fresh_cluster_and_foreign_data_dirs_ar
     // Cluster B has named itself by now (its leader does that as soon as it leads).
     for r in b.join_addrs() {
         eventually("cluster B is named", || async {
-            let (_, info) = get_json(&format!("http://{r}/rpc/info")).await;
-            (info["cluster_id"].as_str().is_some_and(|id| !id.is_empty())).then_some(())
+            let info = rpc_info(&r).await?;
+            (!info.cluster_id.is_empty()).then_some(())
         })
         .await;
     }
@@ -816,4 +816,23 @@ async fn a_renew_sent_to_a_paused_and_replaced_leader_reaches_the_new_leader() {
         json!([]),
         "the renew acknowledged by the old leader restarted the new leader's timer"
     );
+}
+
+/// What the server at `rpc_addr` says about itself over server RPC (as a server would ask it).
+async fn rpc_info(rpc_addr: &str) -> Option<beacon::raft::ServerInfo> {
+    use beacon::raft::rpc::{Method, decode, encode};
+    let pool = beacon::transport::Pool::new(
+        std::sync::Arc::new(String::new),
+        beacon::transport::Limits::default(),
+    );
+    let reply = pool
+        .call(
+            rpc_addr,
+            Method::Info as u16,
+            encode(&()).ok()?,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+    decode(&reply).ok()
 }

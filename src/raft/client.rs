@@ -1,4 +1,5 @@
-//! Calls to another server's RPC listener: discovery, forwarded writes, membership changes.
+//! Calls to another server's RPC listener: discovery, forwarded writes, read barriers,
+//! membership changes, session renewals, backups.
 
 use std::time::Duration;
 
@@ -6,84 +7,47 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::ServerInfo;
-use super::network::CLUSTER_HEADER;
-use super::rpc::{MembershipChange, WriteReply};
+use super::rpc::{MembershipChange, Method, WriteReply, decode, encode};
 use crate::catalog::{Outcome, Request, Rows};
 use crate::cluster::{ClusterError, WriteError};
-use crate::view::View;
+use crate::transport::{CallError, Pool};
 
+/// Server RPC calls, over two pools of connections: `pool` presents this server's cluster ID
+/// (a server of another cluster refuses it), `anyone` presents none, for discovery.
 #[derive(Clone)]
 pub struct RpcClient {
-    http: reqwest::Client,
-    view: View,
-}
-
-/// Why a call to a peer failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// Nothing was delivered (refused, unreachable): safe to retry.
-    #[error("{0}")]
-    Unreachable(String),
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl CallError {
-    fn into_cluster_error(self, addr: &str) -> ClusterError {
-        match self {
-            CallError::Unreachable(reason) => ClusterError::Unreachable {
-                addr: addr.to_string(),
-                reason,
-            },
-            CallError::Failed(e) => ClusterError::Failed(e),
-        }
-    }
+    pool: Pool,
+    anyone: Pool,
 }
 
 impl RpcClient {
-    pub fn new(http: reqwest::Client, view: View) -> Self {
-        RpcClient { http, view }
+    pub fn new(pool: Pool, anyone: Pool) -> Self {
+        RpcClient { pool, anyone }
     }
 
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
+        pool: &Pool,
         addr: &str,
-        path: &str,
-        body: Option<&Req>,
+        method: Method,
+        body: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let url = format!("http://{addr}/rpc/{path}");
-        let cluster = self.view.load().cluster_id().to_string();
-        let request = match body {
-            Some(b) => self.http.post(&url).json(b),
-            None => self.http.get(&url),
-        };
-        let response = request
-            .header(CLUSTER_HEADER, cluster)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    CallError::Unreachable(format!("{url}: {e}"))
-                } else {
-                    CallError::Failed(format!("{url}: {e}"))
-                }
-            })?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(CallError::Failed(format!("{url}: HTTP {status}: {text}")));
-        }
-        response
-            .json()
-            .await
-            .map_err(|e| CallError::Failed(format!("{url}: bad reply: {e}")))
+        let body = encode(body).map_err(CallError::Remote)?;
+        let reply = pool.call(addr, method as u16, body, timeout).await?;
+        decode(&reply).map_err(|e| CallError::Remote(format!("{addr}: {e}")))
     }
 
+    /// What the server at `addr` says about itself. Asked without a cluster ID, so a server of
+    /// another cluster answers too and the caller learns why it cannot join.
     pub async fn info(&self, addr: &str) -> Result<ServerInfo, CallError> {
-        self.call::<(), _>(addr, "info", None, Duration::from_secs(2))
-            .await
+        Self::call(
+            &self.anyone,
+            addr,
+            Method::Info,
+            &(),
+            Duration::from_secs(2),
+        )
+        .await
     }
 
     /// Proposes a write on the leader at `addr`; returns its outcome and log index.
@@ -92,38 +56,40 @@ impl RpcClient {
         addr: &str,
         request: &Request,
     ) -> Result<(Outcome, u64), WriteError> {
-        match self
-            .call::<_, WriteReply>(addr, "write", Some(request), Duration::from_secs(10))
-            .await
+        match Self::call(
+            &self.pool,
+            addr,
+            Method::Write,
+            request,
+            Duration::from_secs(10),
+        )
+        .await
         {
             Ok(WriteReply::Applied { outcome, index }) => Ok((outcome, index)),
             Ok(WriteReply::NotLeader(_)) => Err(WriteError::NoLeader),
             Ok(WriteReply::Busy) => Err(WriteError::Busy),
             Ok(WriteReply::Failed(e)) => Err(WriteError::Failed(e)),
-            // The leader we knew is gone; wait for the next one.
+            // Nothing was delivered: the leader we knew is gone; wait for the next one.
             Err(CallError::Unreachable(_)) => Err(WriteError::NoLeader),
-            Err(CallError::Failed(e)) => {
-                Err(WriteError::Failed(format!("forwarding to the leader: {e}")))
-            }
+            Err(e) => Err(WriteError::Failed(format!("forwarding to the leader: {e}"))),
         }
     }
 
     /// Asks the leader at `addr` for the index a read must wait for.
     pub async fn read_index(&self, addr: &str, linearizable: bool) -> Result<u64, WriteError> {
-        match self
-            .call::<_, Result<u64, WriteError>>(
-                addr,
-                "read-index",
-                Some(&linearizable),
-                Duration::from_secs(2),
-            )
-            .await
+        match Self::call::<_, Result<u64, WriteError>>(
+            &self.pool,
+            addr,
+            Method::ReadIndex,
+            &linearizable,
+            Duration::from_secs(2),
+        )
+        .await
         {
-            Ok(Ok(index)) => Ok(index),
-            Ok(Err(e)) => Err(e),
+            Ok(reply) => reply,
             // Asking for a read index changes nothing, so any failure is worth a retry (on the
             // next leader, if this one is gone or paused).
-            Err(CallError::Unreachable(_) | CallError::Failed(_)) => Err(WriteError::NoLeader),
+            Err(_) => Err(WriteError::NoLeader),
         }
     }
 
@@ -133,37 +99,49 @@ impl RpcClient {
         addr: &str,
         change: &MembershipChange,
     ) -> Result<(), ClusterError> {
-        self.call(addr, "membership", Some(change), Duration::from_secs(60))
-            .await
-            .map_err(|e| e.into_cluster_error(addr))?
+        Self::call(
+            &self.pool,
+            addr,
+            Method::Membership,
+            change,
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| match e {
+            CallError::Unreachable(reason) => ClusterError::Unreachable {
+                addr: addr.to_string(),
+                reason,
+            },
+            other => ClusterError::Failed(format!("{addr}: {other}")),
+        })?
     }
 
     /// Restarts a session's timer on the leader at `addr`. A renew is idempotent, so any
     /// failure to get an answer (a leader paused mid-call, say) is `Unreachable`: retryable.
     pub async fn renew_session(&self, addr: &str, id: &str) -> Result<bool, ClusterError> {
-        self.call(addr, "session-renew", Some(&id), Duration::from_secs(2))
-            .await
-            .map_err(|e| ClusterError::Unreachable {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?
+        Self::call(
+            &self.pool,
+            addr,
+            Method::SessionRenew,
+            &id,
+            Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| ClusterError::Unreachable {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?
     }
 
     /// Fetches the catalog from the leader (used by `GET /v1/snapshot` on followers).
     pub async fn snapshot(&self, addr: &str) -> Result<Rows, CallError> {
-        let url = format!("http://{addr}/rpc/snapshot");
-        let response = self
-            .http
-            .get(&url)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| CallError::Failed(e.to_string()))?;
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| CallError::Failed(e.to_string()))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| CallError::Failed(format!("{url}: leader sent a bad snapshot: {e}")))
+        Self::call(
+            &self.pool,
+            addr,
+            Method::Backup,
+            &(),
+            Duration::from_secs(60),
+        )
+        .await
     }
 }

@@ -26,9 +26,10 @@ use crate::config::Timing;
 use crate::store::types::{NodeId, Raft, ServerNode};
 use crate::store::{LogStore, StateMachineStore, StoreError};
 use crate::tasks::Tasks;
+use crate::transport::{ClusterId, Limits, Pool};
 use crate::view::View;
 pub use client::RpcClient;
-pub use network::{CLUSTER_HEADER, Contacts};
+pub use network::Contacts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -83,8 +84,8 @@ impl RaftNode {
             election_timeout_max: timing.election_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_threshold),
             max_in_snapshot_log_to_keep: timing.trailing_logs,
-            // Chunks travel as JSON; keep each request modest.
-            snapshot_max_chunk_size: 1 << 20,
+            // One chunk per transport frame (frames are at most 64 MiB).
+            snapshot_max_chunk_size: 16 << 20,
             install_snapshot_timeout: 2000,
             ..Default::default()
         };
@@ -95,26 +96,31 @@ impl RaftNode {
         );
         let log = LogStore::new(db.clone());
         let sm = StateMachineStore::load(db, view.clone())?;
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let pool = Pool::new(cluster_id(&view), Limits::default());
+        let anyone = Pool::new(Arc::new(String::new), Limits::default());
         let contacts = Contacts::default();
         let network = network::Network {
-            http: http.clone(),
-            view: view.clone(),
+            pool: pool.clone(),
             contacts: contacts.clone(),
             outages: network::Outages::default(),
         };
         let raft = Raft::new(id, config, network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let stop = tasks.stop().clone();
+        let snapshots = snapshot_every(raft.clone(), timing.snapshot_interval);
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = snapshots => {}
+            }
+        });
         Ok(RaftNode {
             batcher: batch::Batcher::start(raft.clone(), tasks),
             raft,
             id,
             me,
-            client: RpcClient::new(http, view.clone()),
+            client: RpcClient::new(pool, anyone),
             view,
             contacts,
             leader_contact: Arc::default(),
@@ -489,7 +495,26 @@ impl RaftNode {
         self.batcher.write(request).await
     }
 
+    /// Takes a last snapshot of what was applied since the previous one (so the next start
+    /// replays little log), then stops Raft.
     pub async fn shutdown(&self) {
+        let (applied, snapshot) = {
+            let m = self.raft.metrics().borrow().clone();
+            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+        };
+        if applied > snapshot && self.raft.trigger().snapshot().await.is_ok() {
+            let saved = self
+                .raft
+                .wait(Some(SHUTDOWN_SNAPSHOT_WAIT))
+                .metrics(
+                    |m| m.snapshot.map(|l| l.index) >= applied,
+                    "snapshot on shutdown",
+                )
+                .await;
+            if saved.is_err() {
+                tracing::warn!("no snapshot on shutdown; the next start replays the log");
+            }
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -506,6 +531,36 @@ fn membership_error(
             ClusterError::NotLeader
         }
         other => ClusterError::Failed(other.to_string()),
+    }
+}
+
+/// This server's cluster ID as the transport's handshake presents and checks it: read at each
+/// handshake, since a server learns it when its cluster forms.
+pub fn cluster_id(view: &View) -> ClusterId {
+    let view = view.clone();
+    Arc::new(move || view.load().cluster_id().to_string())
+}
+
+/// How long shutdown waits for its last snapshot.
+const SHUTDOWN_SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
+
+/// Asks Raft for a snapshot every `interval` when anything was applied since the last one
+/// (Consul's `raft_snapshot_interval`); openraft's own policy covers the entry-count threshold.
+async fn snapshot_every(raft: Raft, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let m = raft.metrics().borrow().clone();
+        if m.state == ServerState::Shutdown {
+            return;
+        }
+        if m.last_applied.map(|l| l.index) > m.snapshot.map(|l| l.index)
+            && raft.trigger().snapshot().await.is_err()
+        {
+            return;
+        }
     }
 }
 

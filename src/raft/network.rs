@@ -1,8 +1,10 @@
-//! The Raft network: server-to-server RPC as JSON over HTTP to each peer's `--rpc-addr`.
+//! The Raft network: Raft's RPCs to each peer's `--rpc-addr` over the binary transport, one
+//! persistent connection per peer.
 //!
-//! Every request carries the sender's cluster ID so a server of another cluster is refused
-//! instead of being merged. A refused connection is reported as `Unreachable` (openraft backs
-//! off), and every call is bounded by openraft's deadline.
+//! The connection's handshake carries this server's cluster ID, so a server of another cluster
+//! is refused instead of being merged. Nothing delivered (refused, unreachable, another
+//! cluster) is `Unreachable` (openraft backs off); a call whose answer was lost is a `Network`
+//! error; every call is bounded by openraft's deadline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,11 +21,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use super::rpc::{Method, SnapshotFailure, decode, encode};
 use crate::store::types::{NodeId, ServerNode, TypeConfig};
-use crate::view::View;
-
-/// Header naming the sender's cluster.
-pub const CLUSTER_HEADER: &str = "X-Beacon-Cluster";
+use crate::transport::{CallError, Pool};
 
 /// When each peer last answered an RPC (what autopilot and `members` judge liveness by).
 #[derive(Clone, Default)]
@@ -83,8 +83,7 @@ impl Outages {
 
 #[derive(Clone)]
 pub struct Network {
-    pub http: reqwest::Client,
-    pub view: View,
+    pub pool: Pool,
     pub contacts: Contacts,
     pub outages: Outages,
 }
@@ -113,56 +112,67 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// A call's answer, or why there is none, as openraft's error for an RPC without a remote error.
+type Answer<T, E> = Result<T, RPCError<NodeId, ServerNode, E>>;
+
 impl Peer {
+    /// One call; the answer decoded as `Resp` (the peer's own result).
     async fn call<Req, Resp, E>(
         &self,
-        path: &str,
+        method: Method,
         request: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, ServerNode, E>>
+    ) -> Answer<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
+        E: std::error::Error,
     {
-        let url = format!("http://{}/raft/{path}", self.addr);
-        let cluster = self.net.view.load().cluster_id().to_string();
-        let sent = self
+        let body =
+            encode(request).map_err(|e| RPCError::Network(NetworkError::new(&Message(e))))?;
+        match self
             .net
-            .http
-            .post(&url)
-            .header(CLUSTER_HEADER, cluster)
-            .timeout(option.hard_ttl())
-            .json(request)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) if e.is_connect() || e.is_timeout() => {
-                self.net.outages.failed(self, &e);
-                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            .pool
+            .call(&self.addr, method as u16, body, option.hard_ttl())
+            .await
+        {
+            Ok(reply) => {
+                self.net.contacts.record(self.target);
+                self.net.outages.answered(self);
+                decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&Message(e))))
             }
             Err(e) => {
                 self.net.outages.failed(self, &e);
-                return Err(RPCError::Network(NetworkError::new(&e)));
+                Err(match e {
+                    CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+                    _ => RPCError::Network(NetworkError::new(&e)),
+                })
             }
-        };
-        if response.status() == reqwest::StatusCode::CONFLICT {
-            let why = response.text().await.unwrap_or_default();
-            self.net.outages.failed(self, &Message(why.clone()));
-            return Err(RPCError::Unreachable(Unreachable::new(&Message(why))));
         }
-        if !response.status().is_success() {
-            let why = format!("{url}: HTTP {}", response.status());
-            return Err(RPCError::Network(NetworkError::new(&Message(why))));
+    }
+
+    /// A Raft call whose only remote error is a fatal one (the peer's Raft stopped): treated as
+    /// unreachable, so openraft backs off.
+    async fn raft_call<Req, Resp>(
+        &self,
+        method: Method,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Answer<Resp, RaftError<NodeId>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        match self
+            .call::<_, Result<Resp, String>, _>(method, request, option)
+            .await?
+        {
+            Ok(r) => Ok(r),
+            Err(fatal) => Err(RPCError::Unreachable(Unreachable::new(&Message(format!(
+                "{}: {fatal}",
+                self.addr
+            ))))),
         }
-        let result: Result<Resp, E> = response
-            .json()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.net.contacts.record(self.target);
-        self.net.outages.answered(self);
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
@@ -171,27 +181,33 @@ impl RaftNetwork<TypeConfig> for Peer {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ServerNode, RaftError<NodeId>>>
-    {
-        self.call("append", &rpc, &option).await
+    ) -> Answer<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.raft_call(Method::Append, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, ServerNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        self.call("snapshot", &rpc, &option).await
+    ) -> Answer<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        let reply: Result<InstallSnapshotResponse<NodeId>, SnapshotFailure> =
+            self.call(Method::InstallSnapshot, &rpc, &option).await?;
+        reply.map_err(|failure| match failure {
+            SnapshotFailure::Mismatch(m) => RPCError::RemoteError(RemoteError::new(
+                self.target,
+                RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m)),
+            )),
+            SnapshotFailure::Fatal(fatal) => RPCError::Unreachable(Unreachable::new(&Message(
+                format!("{}: {fatal}", self.addr),
+            ))),
+        })
     }
 
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ServerNode, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
+    ) -> Answer<VoteResponse<NodeId>, RaftError<NodeId>> {
+        self.raft_call(Method::Vote, &rpc, &option).await
     }
 }

@@ -1,26 +1,28 @@
-//! The server RPC listener (`--rpc-addr`): Raft's append/vote/snapshot, and the requests other
-//! servers make of this one: discovery, forwarded writes and read barriers, membership changes,
-//! session renewals for the leader's timers, backups.
+//! Server RPC (`--rpc-addr`) over the binary transport (`crate::transport`): the messages, and
+//! the handler that answers them: Raft's append/vote/snapshot, and what other servers ask of
+//! this one: discovery, forwarded writes and read barriers, membership changes, session
+//! renewals for the leader's timers, backups.
+//!
+//! Every message is MessagePack (fields by name) inside one transport call; a log entry's
+//! payload travels as the bytes it was proposed as. Raft's own errors cross as text: the only
+//! one append and vote can return is a fatal one (the peer's Raft stopped).
 
-use axum::Json;
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request as HttpRequest, State};
-use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use openraft::error::{InstallSnapshotError, RaftError};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::error::{InstallSnapshotError, RaftError, SnapshotMismatch};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::network::CLUSTER_HEADER;
-use super::{RaftNode, ServerInfo};
+use super::RaftNode;
 use crate::catalog::{Outcome, Request};
 use crate::cluster::{ClusterError, WriteError};
 use crate::store::types::{NodeId, ServerNode, TypeConfig};
+use crate::transport::{BoxFuture, Handler};
 
 /// The leader's session timers, as the RPC listener reaches them (implemented by
 /// `leader::SessionTimers`; defined here so `raft` does not depend on `leader`).
@@ -29,11 +31,64 @@ pub trait SessionRenewal: Send + Sync + 'static {
     fn renew(&self, id: &str) -> Result<bool, ClusterError>;
 }
 
-/// What the listener's handlers share.
-#[derive(Clone)]
-struct Rpc {
-    node: RaftNode,
-    sessions: std::sync::Arc<dyn SessionRenewal>,
+/// The server-RPC methods, as the transport numbers them. Raft's own are below 10.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Method {
+    /// `AppendEntriesRequest` → `Result<AppendEntriesResponse, String>`.
+    Append = 1,
+    /// `VoteRequest` → `Result<VoteResponse, String>`.
+    Vote = 2,
+    /// `InstallSnapshotRequest` (one chunk) → `Result<InstallSnapshotResponse, SnapshotFailure>`.
+    InstallSnapshot = 3,
+    /// `()` → `ServerInfo`. Answered to servers of any cluster (see `RpcClient::info`).
+    Info = 10,
+    /// `Request` → `WriteReply`.
+    Write = 11,
+    /// `bool` (linearizable) → `Result<u64, WriteError>`.
+    ReadIndex = 12,
+    /// `MembershipChange` → `Result<(), ClusterError>`.
+    Membership = 13,
+    /// `()` → the catalog's `Rows` (a backup taken through a follower).
+    Backup = 14,
+    /// session ID → `Result<bool, ClusterError>`.
+    SessionRenew = 15,
+}
+
+impl Method {
+    fn from_u16(n: u16) -> Option<Method> {
+        use Method::*;
+        [
+            Append,
+            Vote,
+            InstallSnapshot,
+            Info,
+            Write,
+            ReadIndex,
+            Membership,
+            Backup,
+            SessionRenew,
+        ]
+        .into_iter()
+        .find(|m| *m as u16 == n)
+    }
+}
+
+/// Encodes a message body.
+pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {
+    rmp_serde::to_vec_named(value)
+        .map(Bytes::from)
+        .map_err(|e| format!("encoding a message: {e}"))
+}
+
+/// Decodes a message body; the error says what could not be read.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| {
+        format!(
+            "undecodable {} message: {e}",
+            std::any::type_name::<T>().rsplit("::").next().unwrap_or("")
+        )
+    })
 }
 
 /// The reply to a forwarded write.
@@ -52,122 +107,115 @@ pub enum MembershipChange {
     Remove { id: NodeId },
 }
 
-pub fn router(node: RaftNode, sessions: std::sync::Arc<dyn SessionRenewal>) -> Router {
-    let rpc = Rpc { node, sessions };
-    Router::new()
-        .route("/raft/append", post(append))
-        .route("/raft/vote", post(vote))
-        .route("/raft/snapshot", post(snapshot_chunk))
-        .route("/rpc/info", get(info))
-        .route("/rpc/write", post(write))
-        .route("/rpc/read-index", post(read_index))
-        .route("/rpc/membership", post(membership))
-        .route("/rpc/snapshot", get(snapshot))
-        .route("/rpc/session-renew", post(session_renew))
-        .layer(middleware::from_fn_with_state(rpc.clone(), same_cluster))
-        .layer(DefaultBodyLimit::max(64 << 20))
-        .with_state(rpc)
+/// Why a snapshot chunk was not installed.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SnapshotFailure {
+    /// The chunk is not the one expected (openraft restarts the transfer).
+    Mismatch(SnapshotMismatch),
+    /// The peer's Raft stopped.
+    Fatal(String),
 }
 
-/// Refuses requests from servers of another cluster.
-async fn same_cluster(State(rpc): State<Rpc>, request: HttpRequest, next: Next) -> Response {
-    // Discovery answers anyone, so a server of another cluster learns why it cannot join.
-    if request.uri().path() == "/rpc/info" {
-        return next.run(request).await;
+/// What the listener's handlers share.
+#[derive(Clone)]
+pub struct Rpc {
+    node: RaftNode,
+    sessions: Arc<dyn SessionRenewal>,
+}
+
+impl Rpc {
+    pub fn new(node: RaftNode, sessions: Arc<dyn SessionRenewal>) -> Rpc {
+        Rpc { node, sessions }
     }
-    let theirs = request
-        .headers()
-        .get(CLUSTER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let ours = rpc.node.view().load().cluster_id().to_string();
-    if !theirs.is_empty() && !ours.is_empty() && theirs != ours {
-        return (
-            StatusCode::CONFLICT,
-            format!("this server belongs to cluster {ours}, the caller to {theirs}"),
-        )
-            .into_response();
-    }
-    next.run(request).await
-}
 
-async fn append(
-    State(Rpc { node: c, .. }): State<Rpc>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    c.heard_from_leader();
-    Json(c.raft().append_entries(req).await)
-}
-
-async fn read_index(
-    State(Rpc { node: c, .. }): State<Rpc>,
-    Json(linearizable): Json<bool>,
-) -> Json<Result<u64, WriteError>> {
-    if !c.is_leader() {
-        return Json(Err(WriteError::NoLeader));
-    }
-    Json(c.read_index_local(linearizable).await)
-}
-
-async fn vote(
-    State(Rpc { node: c, .. }): State<Rpc>,
-    Json(req): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(c.raft().vote(req).await)
-}
-
-async fn snapshot_chunk(
-    State(Rpc { node: c, .. }): State<Rpc>,
-    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(c.raft().install_snapshot(req).await)
-}
-
-async fn info(State(Rpc { node: c, .. }): State<Rpc>) -> Json<ServerInfo> {
-    Json(c.info().await)
-}
-
-async fn write(
-    State(Rpc { node: c, .. }): State<Rpc>,
-    Json(req): Json<Request>,
-) -> Json<WriteReply> {
-    Json(match c.write_local(req).await {
-        Ok((outcome, index)) => WriteReply::Applied { outcome, index },
-        Err(WriteError::NotLeader(leader)) => WriteReply::NotLeader(Some(leader)),
-        Err(WriteError::NoLeader) => WriteReply::NotLeader(None),
-        Err(WriteError::Busy) => WriteReply::Busy,
-        Err(WriteError::Failed(e)) => WriteReply::Failed(e),
-    })
-}
-
-async fn membership(
-    State(Rpc { node: c, .. }): State<Rpc>,
-    Json(change): Json<MembershipChange>,
-) -> Json<Result<(), ClusterError>> {
-    if !c.is_leader() {
-        return Json(Err(ClusterError::NotLeader));
-    }
-    Json(match change {
-        MembershipChange::Add { id, node } => c.add_server(id, node).await,
-        MembershipChange::Remove { id } => c.remove_server(id).await,
-    })
-}
-
-/// The catalog as JSON rows, for backups taken through a follower.
-async fn snapshot(State(Rpc { node: c, .. }): State<Rpc>) -> Response {
-    let rows = c.view().load().to_rows();
-    match serde_json::to_vec(&rows) {
-        Ok(bytes) => bytes.into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    async fn dispatch(self, method: u16, body: Bytes) -> Result<Bytes, String> {
+        let method = Method::from_u16(method).ok_or_else(|| format!("unknown method {method}"))?;
+        let node = &self.node;
+        match method {
+            Method::Append => {
+                let request: AppendEntriesRequest<TypeConfig> = decode(&body)?;
+                node.heard_from_leader();
+                let reply: Result<AppendEntriesResponse<NodeId>, String> = node
+                    .raft()
+                    .append_entries(request)
+                    .await
+                    .map_err(|e| e.to_string());
+                encode(&reply)
+            }
+            Method::Vote => {
+                let request: VoteRequest<NodeId> = decode(&body)?;
+                let reply: Result<VoteResponse<NodeId>, String> =
+                    node.raft().vote(request).await.map_err(|e| e.to_string());
+                encode(&reply)
+            }
+            Method::InstallSnapshot => {
+                let request: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
+                node.heard_from_leader();
+                let reply: Result<InstallSnapshotResponse<NodeId>, SnapshotFailure> =
+                    match node.raft().install_snapshot(request).await {
+                        Ok(r) => Ok(r),
+                        Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m))) => {
+                            Err(SnapshotFailure::Mismatch(m))
+                        }
+                        Err(e) => Err(SnapshotFailure::Fatal(e.to_string())),
+                    };
+                encode(&reply)
+            }
+            Method::Info => encode(&node.info().await),
+            Method::Write => {
+                let request: Request = decode(&body)?;
+                encode(&match node.write_local(request).await {
+                    Ok((outcome, index)) => WriteReply::Applied { outcome, index },
+                    Err(WriteError::NotLeader(leader)) => WriteReply::NotLeader(Some(leader)),
+                    Err(WriteError::NoLeader) => WriteReply::NotLeader(None),
+                    Err(WriteError::Busy) => WriteReply::Busy,
+                    Err(WriteError::Failed(e)) => WriteReply::Failed(e),
+                })
+            }
+            Method::ReadIndex => {
+                let linearizable: bool = decode(&body)?;
+                let reply = if node.is_leader() {
+                    node.read_index_local(linearizable).await
+                } else {
+                    Err(WriteError::NoLeader)
+                };
+                encode(&reply)
+            }
+            Method::Membership => {
+                let change: MembershipChange = decode(&body)?;
+                let reply = if !node.is_leader() {
+                    Err(ClusterError::NotLeader)
+                } else {
+                    match change {
+                        MembershipChange::Add { id, node: server } => {
+                            node.add_server(id, server).await
+                        }
+                        MembershipChange::Remove { id } => node.remove_server(id).await,
+                    }
+                };
+                encode(&reply)
+            }
+            Method::Backup => encode(&node.view().load().to_rows()),
+            Method::SessionRenew => {
+                let id: String = decode(&body)?;
+                encode(&renew_as_leader(node, self.sessions.as_ref(), &id).await)
+            }
+        }
     }
 }
 
-async fn session_renew(
-    State(rpc): State<Rpc>,
-    Json(id): Json<String>,
-) -> Json<Result<bool, ClusterError>> {
-    Json(renew_as_leader(&rpc.node, rpc.sessions.as_ref(), &id).await)
+impl Handler for Rpc {
+    fn call(&self, method: u16, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
+        Box::pin(self.clone().dispatch(method, body))
+    }
+
+    fn subscribe(
+        &self,
+        method: u16,
+        _body: Bytes,
+    ) -> BoxFuture<'static, Result<tokio::sync::mpsc::Receiver<Bytes>, String>> {
+        Box::pin(async move { Err(format!("no stream for method {method}")) })
+    }
 }
 
 /// Restarts a session's timer here, after confirming with a quorum that this server still

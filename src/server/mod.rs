@@ -33,10 +33,11 @@ use crate::dns::{self, DnsHandler, DnsServer, ZoneSettings};
 use crate::http::{self, Api, Reloader};
 use crate::leader::{self, SessionTimers};
 use crate::metrics::DnsMetrics;
-use crate::raft::{RaftNode, formation, rpc};
+use crate::raft::{self, RaftNode, formation, rpc};
 use crate::store;
 use crate::store::types::ServerNode;
 use crate::tasks::Tasks;
+use crate::transport::{self, Limits};
 use crate::view::View;
 use port::ServerCluster;
 
@@ -246,15 +247,13 @@ async fn start_services(
     });
     let sessions = SessionTimers::new(view.clone());
     if let Some(listener) = rpc {
-        let router = rpc::router(node.clone(), Arc::new(sessions.clone()));
+        let handler = Arc::new(rpc::Rpc::new(node.clone(), Arc::new(sessions.clone())));
+        let cluster = raft::cluster_id(&view);
         let stop = tasks.stop().clone();
-        tasks.spawn_essential("rpc-server", async move {
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "rpc server failed");
-            }
-        });
+        tasks.spawn_essential(
+            "rpc-server",
+            transport::serve(listener, handler, cluster, Limits::default(), stop),
+        );
     }
 
     let writer = node.writer();

@@ -206,7 +206,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let read = || -> Result<LogState<TypeConfig>, StoreError> {
-            let last_purged: Option<LogId> = self.read_meta::<Option<LogId>>(meta::LAST_PURGED)?.flatten();
+            let last_purged: Option<LogId> = self
+                .read_meta::<Option<LogId>>(meta::LAST_PURGED)?
+                .flatten();
             let tx = self.db.begin_read()?;
             let table = tx.open_table(LOG)?;
             let last = match table.last()? {

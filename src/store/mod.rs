@@ -177,7 +177,9 @@ mod tests {
             .unwrap();
         write.commit().unwrap();
         drop(db);
-        let err = open(dir.path()).err().expect("format 1 is refused");
+        let Err(err) = open(dir.path()) else {
+            panic!("format 1 is refused");
+        };
         let message = err.to_string();
         assert!(message.contains("format 1"), "{message}");
         assert!(message.contains("snapshot save"), "{message}");

@@ -818,6 +818,78 @@ async fn a_renew_sent_to_a_paused_and_replaced_leader_reaches_the_new_leader() {
     );
 }
 
+/// Garbage, an HTTP request, a frame that is not MessagePack and a caller of another cluster on a
+/// server's RPC port: each loses its connection (logged with the peer's address) and nothing
+/// else changes: the server keeps replicating and answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rpc_frames_close_their_connection_and_the_server_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _one = serial().await;
+    let c = Cluster::start("");
+    let f = follower(&c).await;
+    let target = c.nodes[f].rpc.clone();
+    let not_msgpack = {
+        let mut frame = 4u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0xc1, 0xc1, 0xc1, 0xc1]);
+        frame
+    };
+    let attempts: [&[u8]; 3] = [
+        b"GET /rpc/info HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        &not_msgpack,
+    ];
+    for bytes in attempts {
+        let mut stream = tokio::net::TcpStream::connect(&target).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the server kept a connection sending {bytes:?}"
+        );
+    }
+    let foreign = beacon::transport::Pool::new(
+        std::sync::Arc::new(|| "another-cluster".to_string()),
+        beacon::transport::Limits::default(),
+    );
+    let refused = foreign
+        .call(
+            &target,
+            beacon::raft::rpc::Method::Info as u16,
+            beacon::raft::rpc::encode(&()).unwrap(),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("belongs to cluster"),
+        "{refused}"
+    );
+
+    // Still a working member: it takes a write and replicates it to the others.
+    assert_eq!(
+        kv(&c.nodes[f], "after/bad-frames", "v").await,
+        (200, "true".into())
+    );
+    for n in &c.nodes {
+        eventually("every server has the write", || async {
+            (raw(n, "after/bad-frames").await.as_deref() == Some("v")).then_some(())
+        })
+        .await;
+    }
+    assert!(rpc_info(&target).await.is_some());
+    let log = c.nodes[f].server.log_text();
+    assert!(log.contains("closing RPC connection"), "{log}");
+}
+
 /// What the server at `rpc_addr` says about itself over server RPC (as a server would ask it).
 async fn rpc_info(rpc_addr: &str) -> Option<beacon::raft::ServerInfo> {
     use beacon::raft::rpc::{Method, decode, encode};

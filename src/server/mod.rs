@@ -348,11 +348,7 @@ async fn serve(
         while !node.wait_for_leader(Duration::from_secs(5)).await {
             tracing::info!("waiting for a cluster leader");
         }
-        running
-            .agent
-            .start(running.rpc_addr.port())
-            .await
-            .context("registering this server in the catalog")?;
+        register(&running.agent, running.rpc_addr.port()).await;
         tracing::info!(
             leader = %node.leader_addr().unwrap_or_else(|| "none yet".into()),
             rpc = %running.rpc_addr,
@@ -372,6 +368,27 @@ async fn serve(
         _ = stop.cancelled() => {}
     }
     Ok(())
+}
+
+/// Registers this server in the catalog, retrying until it is done: the registration is
+/// idempotent, and a leader lost while a restarted server catches up (the write forwarded to it
+/// broke, or no leader came within the hold) must not stop this server. Ends with shutdown.
+async fn register(agent: &Agent, server_port: u16) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match agent.start(server_port).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(
+                    error = %crate::report::chain(&e),
+                    retry_in = ?pause,
+                    "registering this server in the catalog failed; retrying"
+                );
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Phase 4: stop serving clients (blocking queries answer at once) while Raft still commits

@@ -80,7 +80,13 @@ pub fn open(data_dir: &Path) -> Result<Arc<Database>, StoreError> {
         path: path.clone(),
         source,
     })?;
-    check_schema(&db, &path)?;
+    adopt(db, &path)
+}
+
+/// Takes a database opened elsewhere (on another storage backend: tests inject write
+/// failures through one) after checking it is ours; `path` names it in errors.
+pub fn adopt(db: Database, path: &Path) -> Result<Arc<Database>, StoreError> {
+    check_schema(&db, path)?;
     Ok(Arc::new(db))
 }
 

@@ -179,6 +179,11 @@ impl Server {
         rest.split_whitespace().next().unwrap().parse().unwrap()
     }
 
+    /// The exit status if the process has ended on its own (None while it runs, or once killed).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

@@ -3,6 +3,11 @@
 //! The leader replicates what it just appended: `Recent` keeps the newest entries (as proposed,
 //! their payload still the encoded bytes) so replication never reads them back from redb nor
 //! decodes them. Older entries (a follower far behind) come from redb.
+//!
+//! Every write goes to one writer thread (`Writer`), in order. `append` hands its entries over
+//! and returns at once; the thread reports the flush through openraft's callback. So the leader
+//! replicates while its own fsync runs (Raft allows the leader's local write in parallel with
+//! the followers'), and appends that queue up behind a running fsync share the next one.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -16,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::schema::{LOG, META, meta};
-use super::{StoreError, blocking, raft_err};
+use super::{StoreError, raft_err};
 use crate::store::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The log half of the store. Cheap to clone: it is the log reader too.
@@ -24,6 +29,119 @@ use crate::store::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 pub struct LogStore {
     db: Arc<Database>,
     recent: Arc<Mutex<Recent>>,
+    writer: Writer,
+}
+
+/// A write transaction for the writer thread to run.
+type WriteJob = Box<dyn FnOnce(&Database) -> Result<(), StoreError> + Send>;
+
+/// A write the writer thread runs, in the order given.
+enum Job {
+    /// Log rows to insert; the callback hears when they are durable.
+    Append {
+        rows: Vec<(u64, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Any other write transaction; the answer goes back on the channel.
+    Run {
+        write: WriteJob,
+        done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// The handle of the thread that runs every write of the log store, one after another. The
+/// thread ends when the last handle is dropped.
+#[derive(Clone)]
+struct Writer(std::sync::mpsc::Sender<Job>);
+
+impl Writer {
+    fn start(db: Arc<Database>) -> Writer {
+        let (jobs, queue) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_loop(&db, &queue))
+            .expect("spawning the raft log writer thread");
+        Writer(jobs)
+    }
+
+    /// Runs `write` after every write handed over before it, and waits for its result.
+    async fn run(
+        &self,
+        write: impl FnOnce(&Database) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.0
+            .send(Job::Run {
+                write: Box::new(write),
+                done,
+            })
+            .map_err(|_| StoreError::Db("the log writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Db("the log writer has stopped".into()))?
+    }
+}
+
+/// The writer thread: appends waiting together go into one transaction (one fsync).
+fn write_loop(db: &Database, queue: &std::sync::mpsc::Receiver<Job>) {
+    let mut next = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        match job {
+            Job::Run { write, done } => {
+                let _ = done.send(write(db));
+            }
+            Job::Append { mut rows, callback } => {
+                let mut callbacks = vec![callback];
+                while let Ok(job) = queue.try_recv() {
+                    match job {
+                        Job::Append {
+                            rows: more,
+                            callback,
+                        } => {
+                            rows.extend(more);
+                            callbacks.push(callback);
+                        }
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let result = append_rows(db, &rows);
+                for callback in callbacks {
+                    callback.log_io_completed(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| std::io::Error::other(e.to_string())),
+                    );
+                }
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "writing the raft log failed");
+                }
+            }
+        }
+    }
+}
+
+/// Inserts log rows in one durable transaction.
+fn append_rows(db: &Database, rows: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+    let tx = db.begin_write()?;
+    {
+        let mut table = tx.open_table(LOG)?;
+        for (index, bytes) in rows {
+            table.insert(*index, bytes.as_slice())?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// Bytes of recent entries kept in memory at most (payload sizes; a full batch is ~70 KiB).
@@ -97,6 +215,7 @@ impl Recent {
 impl LogStore {
     pub fn new(db: Arc<Database>) -> Self {
         LogStore {
+            writer: Writer::start(db.clone()),
             db,
             recent: Arc::default(),
         }
@@ -115,18 +234,18 @@ impl LogStore {
         durable: bool,
     ) -> Result<(), StoreError> {
         let bytes = encode(value)?;
-        let db = self.db.clone();
-        blocking(move || {
-            let mut tx = db.begin_write()?;
-            if !durable {
-                tx.set_durability(Durability::None)
-                    .map_err(|e| StoreError::Db(e.to_string()))?;
-            }
-            tx.open_table(META)?.insert(key, bytes.as_slice())?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        self.writer
+            .run(move |db| {
+                let mut tx = db.begin_write()?;
+                if !durable {
+                    tx.set_durability(Durability::None)
+                        .map_err(|e| StoreError::Db(e.to_string()))?;
+                }
+                tx.open_table(META)?.insert(key, bytes.as_slice())?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -211,10 +330,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .flatten();
             let tx = self.db.begin_read()?;
             let table = tx.open_table(LOG)?;
-            let last = match table.last()? {
+            let stored = match table.last()? {
                 Some((_, v)) => Some(decode::<Entry>("raft_log", v.value())?.log_id),
                 None => last_purged,
             };
+            // Entries handed to the writer may not be in redb yet.
+            let pending = self
+                .recent
+                .lock()
+                .expect("recent lock")
+                .entries
+                .back()
+                .map(|e| e.log_id);
+            let last = stored.max(pending);
             Ok(LogState {
                 last_purged_log_id: last_purged,
                 last_log_id: last,
@@ -272,30 +400,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 recent.push(entry);
             }
         }
-        let db = self.db.clone();
-        // One transaction (one fsync) for the whole batch.
-        let result = blocking(move || {
-            let tx = db.begin_write()?;
-            {
-                let mut table = tx.open_table(LOG)?;
-                for (index, bytes) in &rows {
-                    table.insert(*index, bytes.as_slice())?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await;
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(raft_err(ErrorVerb::Write, e))
-            }
-        }
+        // Returns before the write: the callback tells openraft when the entries are durable.
+        self.writer
+            .0
+            .send(Job::Append { rows, callback })
+            .map_err(|_| raft_err(ErrorVerb::Write, "the log writer has stopped"))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -303,32 +412,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .lock()
             .expect("recent lock")
             .truncate(log_id.index);
-        let db = self.db.clone();
-        blocking(move || {
-            let tx = db.begin_write()?;
-            tx.open_table(LOG)?
-                .retain_in(log_id.index.., |_, _| false)?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| raft_err(ErrorVerb::Delete, e))
+        self.writer
+            .run(move |db| {
+                let tx = db.begin_write()?;
+                tx.open_table(LOG)?
+                    .retain_in(log_id.index.., |_, _| false)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| raft_err(ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let bytes = encode(&Some(log_id)).map_err(|e| raft_err(ErrorVerb::Write, e))?;
         self.recent.lock().expect("recent lock").purge(log_id.index);
-        let db = self.db.clone();
-        blocking(move || {
-            let tx = db.begin_write()?;
-            tx.open_table(META)?
-                .insert(meta::LAST_PURGED, bytes.as_slice())?;
-            tx.open_table(LOG)?
-                .retain_in(..=log_id.index, |_, _| false)?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| raft_err(ErrorVerb::Delete, e))
+        self.writer
+            .run(move |db| {
+                let tx = db.begin_write()?;
+                tx.open_table(META)?
+                    .insert(meta::LAST_PURGED, bytes.as_slice())?;
+                tx.open_table(LOG)?
+                    .retain_in(..=log_id.index, |_, _| false)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| raft_err(ErrorVerb::Delete, e))
     }
 }

@@ -16,6 +16,8 @@ pub use command::{
     Applied, ApplyError, Command, Outcome, Proposal, Registration, Request, TxnError, TxnOp,
 };
 
+use std::sync::Arc;
+
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
@@ -82,11 +84,15 @@ pub fn aggregate(statuses: impl IntoIterator<Item = CheckStatus>) -> CheckStatus
 }
 
 /// The whole catalog.
+///
+/// Records are held behind `Arc`: a write after a publish copies the map nodes on its path
+/// (persistent maps), and copying a node then clones 64 pointers instead of 64 records with
+/// their strings and maps.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
-    nodes: OrdMap<String, Node>,
-    services: OrdMap<ItemKey, Service>,
-    checks: OrdMap<ItemKey, Check>,
+    nodes: OrdMap<String, Arc<Node>>,
+    services: OrdMap<ItemKey, Arc<Service>>,
+    checks: OrdMap<ItemKey, Arc<Check>>,
     /// Lower-cased service name → its instances; what DNS and `/health/service` look up.
     by_service: OrdMap<String, OrdSet<ItemKey>>,
     /// Lower-cased service name → index of the last change to its instances or their health.
@@ -142,7 +148,7 @@ impl State {
             ..State::default()
         };
         for node in rows.nodes {
-            state.nodes.insert(key(&node.name), node);
+            state.nodes.insert(key(&node.name), Arc::new(node));
         }
         for (node_key, service) in rows.services {
             let item = (node_key, service.id.clone());
@@ -151,12 +157,12 @@ impl State {
                 .entry(key(&service.name))
                 .or_default()
                 .insert(item.clone());
-            state.services.insert(item, service);
+            state.services.insert(item, Arc::new(service));
         }
         for check in rows.checks {
             state
                 .checks
-                .insert((key(&check.node), check.check_id.clone()), check);
+                .insert((key(&check.node), check.check_id.clone()), Arc::new(check));
         }
         state.service_indexes = rows.service_indexes.into_iter().collect();
         state.kv = rows.kv.into_iter().map(|e| (e.key.clone(), e)).collect();
@@ -173,13 +179,13 @@ impl State {
 
     pub fn to_rows(&self) -> Rows {
         Rows {
-            nodes: self.nodes.values().cloned().collect(),
+            nodes: self.nodes.values().map(|n| (**n).clone()).collect(),
             services: self
                 .services
                 .iter()
-                .map(|((n, _), s)| (n.clone(), s.clone()))
+                .map(|((n, _), s)| (n.clone(), (**s).clone()))
                 .collect(),
-            checks: self.checks.values().cloned().collect(),
+            checks: self.checks.values().map(|c| (**c).clone()).collect(),
             service_indexes: self
                 .service_indexes
                 .iter()
@@ -223,19 +229,23 @@ impl State {
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.get(&key(name))
+        self.nodes.get(&key(name)).map(Arc::as_ref)
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values()
+        self.nodes.values().map(Arc::as_ref)
     }
 
     pub fn service(&self, node: &str, service_id: &str) -> Option<&Service> {
-        self.services.get(&(key(node), service_id.to_string()))
+        self.services
+            .get(&(key(node), service_id.to_string()))
+            .map(Arc::as_ref)
     }
 
     pub fn check(&self, node: &str, check_id: &str) -> Option<&Check> {
-        self.checks.get(&(key(node), check_id.to_string()))
+        self.checks
+            .get(&(key(node), check_id.to_string()))
+            .map(Arc::as_ref)
     }
 
     /// Services registered on a node, by ID.
@@ -244,7 +254,7 @@ impl State {
         self.services
             .range((node_key.clone(), String::new())..)
             .take_while(move |((n, _), _)| *n == node_key)
-            .map(|(_, s)| s)
+            .map(|(_, s)| s.as_ref())
     }
 
     /// Checks on a node (node-level and service-level), by ID.
@@ -253,17 +263,17 @@ impl State {
         self.checks
             .range((node_key.clone(), String::new())..)
             .take_while(move |((n, _), _)| *n == node_key)
-            .map(|(_, c)| c)
+            .map(|(_, c)| c.as_ref())
     }
 
     pub fn all_checks(&self) -> impl Iterator<Item = &Check> {
-        self.checks.values()
+        self.checks.values().map(Arc::as_ref)
     }
 
     pub fn all_services(&self) -> impl Iterator<Item = (&Node, &Service)> {
         self.services
             .iter()
-            .filter_map(|((n, _), s)| self.nodes.get(n).map(|node| (node, s)))
+            .filter_map(|((n, _), s)| self.nodes.get(n).map(|node| (node.as_ref(), s.as_ref())))
     }
 
     /// True when any instance of this service name is registered (healthy or not).
@@ -280,8 +290,8 @@ impl State {
         };
         keys.iter()
             .filter_map(|item| {
-                let service = self.services.get(item)?;
-                let node = self.nodes.get(&item.0)?;
+                let service = self.services.get(item)?.as_ref();
+                let node = self.nodes.get(&item.0)?.as_ref();
                 let checks = self
                     .node_checks(&item.0)
                     .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
@@ -513,12 +523,12 @@ impl State {
             }
             node.create_index = old.create_index;
             node.modify_index = old.modify_index;
-            if *old == node {
+            if **old == node {
                 return;
             }
             node.modify_index = index;
         }
-        self.nodes.insert(node_key.to_string(), node);
+        self.nodes.insert(node_key.to_string(), Arc::new(node));
         self.indexes.nodes = index;
         changes.push(Change::Node(node_key.to_string()));
         self.touch_node_services(index, node_key, changes);
@@ -540,7 +550,7 @@ impl State {
         if let Some(old) = self.services.get(&item) {
             service.create_index = old.create_index;
             service.modify_index = old.modify_index;
-            if *old == service {
+            if **old == service {
                 return;
             }
             service.modify_index = index;
@@ -555,7 +565,7 @@ impl State {
             .entry(name.clone())
             .or_default()
             .insert(item.clone());
-        self.services.insert(item.clone(), service);
+        self.services.insert(item.clone(), Arc::new(service));
         self.indexes.services = index;
         changes.push(Change::Service(item));
         self.bump_service(index, &name, changes);
@@ -596,7 +606,7 @@ impl State {
         if let Some(old) = old {
             check.create_index = old.create_index;
             check.modify_index = old.modify_index;
-            if *old == check {
+            if **old == check {
                 return;
             }
             check.modify_index = index;
@@ -606,7 +616,7 @@ impl State {
             }
         }
         let owner = check.clone();
-        self.checks.insert(item.clone(), check);
+        self.checks.insert(item.clone(), Arc::new(check));
         self.indexes.checks = index;
         changes.push(Change::Check(item));
         self.bump_check_owner(index, &owner, changes);
@@ -631,12 +641,12 @@ impl State {
         if old.status == status && old.output == output {
             return Ok(());
         }
-        let mut check = old.clone();
+        let mut check = (**old).clone();
         check.status = status;
         check.output = output;
         check.modify_index = index;
         let owner = check.clone();
-        self.checks.insert(item.clone(), check);
+        self.checks.insert(item.clone(), Arc::new(check));
         self.indexes.checks = index;
         changes.push(Change::Check(item));
         self.bump_check_owner(index, &owner, changes);

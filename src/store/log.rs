@@ -4,8 +4,9 @@
 //! their payload still the encoded bytes) so replication never reads them back from redb nor
 //! decodes them. Older entries (a follower far behind) come from redb.
 //!
-//! Every write goes to one writer thread (`Writer`), in order. `append` hands its entries over
-//! and returns at once; the thread reports the flush through openraft's callback. So the leader
+//! Every write goes to one writer task (`Writer`), in order, each run on the blocking pool.
+//! `append` hands its entries over and returns at once; the task reports the flush through
+//! openraft's callback. So the leader
 //! replicates while its own fsync runs (Raft allows the leader's local write in parallel with
 //! the followers'), and appends that queue up behind a running fsync share the next one.
 
@@ -49,18 +50,16 @@ enum Job {
     },
 }
 
-/// The handle of the thread that runs every write of the log store, one after another. The
-/// thread ends when the last handle is dropped.
+/// The handle of the task that runs every write of the log store, one after another. The
+/// task ends when the last handle is dropped.
 #[derive(Clone)]
-struct Writer(std::sync::mpsc::Sender<Job>);
+struct Writer(tokio::sync::mpsc::UnboundedSender<Job>);
 
 impl Writer {
+    /// Starts the writer task on the current tokio runtime.
     fn start(db: Arc<Database>) -> Writer {
-        let (jobs, queue) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || write_loop(&db, &queue))
-            .expect("spawning the raft log writer thread");
+        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_loop(db, queue));
         Writer(jobs)
     }
 
@@ -82,20 +81,23 @@ impl Writer {
     }
 }
 
-/// The writer thread: appends waiting together go into one transaction (one fsync).
-fn write_loop(db: &Database, queue: &std::sync::mpsc::Receiver<Job>) {
+/// The writer task: one job at a time, on the blocking pool (redb commits block on fsync;
+/// a job there also tells a paused test clock that work is in flight). Appends waiting
+/// together go into one transaction (one fsync).
+async fn write_loop(db: Arc<Database>, mut queue: tokio::sync::mpsc::UnboundedReceiver<Job>) {
     let mut next = None;
     loop {
         let job = match next.take() {
             Some(job) => job,
-            None => match queue.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+            None => match queue.recv().await {
+                Some(job) => job,
+                None => return,
             },
         };
         match job {
             Job::Run { write, done } => {
-                let _ = done.send(write(db));
+                let db = db.clone();
+                let _ = done.send(super::blocking(move || write(&db)).await);
             }
             Job::Append { mut rows, callback } => {
                 let mut callbacks = vec![callback];
@@ -114,7 +116,8 @@ fn write_loop(db: &Database, queue: &std::sync::mpsc::Receiver<Job>) {
                         }
                     }
                 }
-                let result = append_rows(db, &rows);
+                let db = db.clone();
+                let result = super::blocking(move || append_rows(&db, &rows)).await;
                 for callback in callbacks {
                     callback.log_io_completed(
                         result

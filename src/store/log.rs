@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorVerb, OptionalSend, RaftLogReader};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -31,6 +31,8 @@ pub struct LogStore {
     db: Arc<Database>,
     recent: Arc<Mutex<Recent>>,
     writer: Writer,
+    /// The newest committed log id not yet written (encoded): it rides on the next append.
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 /// A write transaction for the writer thread to run.
@@ -57,9 +59,9 @@ struct Writer(tokio::sync::mpsc::UnboundedSender<Job>);
 
 impl Writer {
     /// Starts the writer task on the current tokio runtime.
-    fn start(db: Arc<Database>) -> Writer {
+    fn start(db: Arc<Database>, committed: Arc<Mutex<Option<Vec<u8>>>>) -> Writer {
         let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(write_loop(db, queue));
+        tokio::spawn(write_loop(db, queue, committed));
         Writer(jobs)
     }
 
@@ -84,7 +86,11 @@ impl Writer {
 /// The writer task: one job at a time, on the blocking pool (redb commits block on fsync;
 /// a job there also tells a paused test clock that work is in flight). Appends waiting
 /// together go into one transaction (one fsync).
-async fn write_loop(db: Arc<Database>, mut queue: tokio::sync::mpsc::UnboundedReceiver<Job>) {
+async fn write_loop(
+    db: Arc<Database>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Job>,
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
+) {
     let mut next = None;
     loop {
         let job = match next.take() {
@@ -117,7 +123,9 @@ async fn write_loop(db: Arc<Database>, mut queue: tokio::sync::mpsc::UnboundedRe
                     }
                 }
                 let db = db.clone();
-                let result = super::blocking(move || append_rows(&db, &rows)).await;
+                let committed = committed.lock().expect("committed lock").take();
+                let result =
+                    super::blocking(move || append_rows(&db, &rows, committed.as_deref())).await;
                 for callback in callbacks {
                     callback.log_io_completed(
                         result
@@ -134,13 +142,20 @@ async fn write_loop(db: Arc<Database>, mut queue: tokio::sync::mpsc::UnboundedRe
     }
 }
 
-/// Inserts log rows in one durable transaction.
-fn append_rows(db: &Database, rows: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+/// Inserts log rows, and the committed log id when it changed, in one durable transaction.
+fn append_rows(
+    db: &Database,
+    rows: &[(u64, Vec<u8>)],
+    committed: Option<&[u8]>,
+) -> Result<(), StoreError> {
     let tx = db.begin_write()?;
     {
         let mut table = tx.open_table(LOG)?;
         for (index, bytes) in rows {
             table.insert(*index, bytes.as_slice())?;
+        }
+        if let Some(committed) = committed {
+            tx.open_table(META)?.insert(meta::COMMITTED, committed)?;
         }
     }
     tx.commit()?;
@@ -217,10 +232,12 @@ impl Recent {
 
 impl LogStore {
     pub fn new(db: Arc<Database>) -> Self {
+        let committed = Arc::default();
         LogStore {
-            writer: Writer::start(db.clone()),
+            writer: Writer::start(db.clone(), Arc::clone(&committed)),
             db,
             recent: Arc::default(),
+            committed,
         }
     }
 
@@ -228,22 +245,16 @@ impl LogStore {
         read_meta(&self.db, key)
     }
 
-    /// Writes one named value; `durable` commits with an fsync, otherwise the next durable
-    /// commit (the next log append) persists it too.
+    /// Writes one named value in a durable (fsynced) transaction, after the writes before it.
     async fn write_meta<T: Serialize>(
         &self,
         key: &'static str,
         value: &T,
-        durable: bool,
     ) -> Result<(), StoreError> {
         let bytes = encode(value)?;
         self.writer
             .run(move |db| {
-                let mut tx = db.begin_write()?;
-                if !durable {
-                    tx.set_durability(Durability::None)
-                        .map_err(|e| StoreError::Db(e.to_string()))?;
-                }
+                let tx = db.begin_write()?;
                 tx.open_table(META)?.insert(key, bytes.as_slice())?;
                 tx.commit()?;
                 Ok(())
@@ -360,7 +371,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         // A vote must survive a crash: a server that forgets it could vote twice in a term.
-        self.write_meta(meta::VOTE, vote, true)
+        self.write_meta(meta::VOTE, vote)
             .await
             .map_err(|e| raft_err(ErrorVerb::Write, e))
     }
@@ -372,13 +383,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Only a hint for the restart (re-apply up to here at once): a stale one is safe, since
-        // the next leader commits everything again, so it rides on the next log fsync.
-        self.write_meta(meta::COMMITTED, &committed, false)
-            .await
-            .map_err(|e| raft_err(ErrorVerb::Write, e))
+        // the next leader commits everything again. So it costs no transaction of its own: it
+        // is written with the next log append.
+        let bytes = encode(&committed).map_err(|e| raft_err(ErrorVerb::Write, e))?;
+        *self.committed.lock().expect("committed lock") = Some(bytes);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let pending = self.committed.lock().expect("committed lock").clone();
+        if let Some(bytes) = pending {
+            return decode::<Option<LogId>>("meta", &bytes)
+                .map_err(|e| raft_err(ErrorVerb::Read, e));
+        }
         Ok(self
             .read_meta::<Option<LogId>>(meta::COMMITTED)
             .map_err(|e| raft_err(ErrorVerb::Read, e))?

@@ -75,6 +75,24 @@ impl redb::StorageBackend for FailingBackend {
     }
 }
 
+/// redb's own file backend on `path` (created if absent), for a test backend to wrap.
+fn file_backend(path: &std::path::Path) -> redb::backends::FileBackend {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    redb::backends::FileBackend::new(file).unwrap()
+}
+
+/// The store's database on a test backend.
+fn open_on(backend: impl redb::StorageBackend, path: &std::path::Path) -> Arc<redb::Database> {
+    let db = redb::Builder::new().create_with_backend(backend).unwrap();
+    store::adopt(db, path).unwrap()
+}
+
 fn key_write(i: usize) -> Command {
     Command::KvSet {
         key: format!("k/{i}"),
@@ -108,19 +126,11 @@ async fn a_snapshot_that_cannot_be_written_stops_raft_and_the_restart_loses_noth
     let path = dir.path().join(store::DB_FILE);
     let fail = Arc::new(AtomicBool::new(false));
     {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .unwrap();
         let backend = FailingBackend {
-            file: redb::backends::FileBackend::new(file).unwrap(),
+            file: file_backend(&path),
             fail: fail.clone(),
         };
-        let db = redb::Builder::new().create_with_backend(backend).unwrap();
-        let db = store::adopt(db, &path).unwrap();
+        let db = open_on(backend, &path);
         let tasks = Tasks::new();
         let node = single_server(db, View::default(), &tasks).await;
         let writer = node.writer();
@@ -224,19 +234,11 @@ async fn a_full_write_queue_refuses_at_once_and_loses_nothing_queued() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(store::DB_FILE);
     let held = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .unwrap();
     let backend = StallingBackend {
-        file: redb::backends::FileBackend::new(file).unwrap(),
+        file: file_backend(&path),
         held: held.clone(),
     };
-    let db = redb::Builder::new().create_with_backend(backend).unwrap();
-    let db = store::adopt(db, &path).unwrap();
+    let db = open_on(backend, &path);
     let tasks = Tasks::new();
     let view = View::default();
     let node = single_server(db, view.clone(), &tasks).await;

@@ -143,6 +143,11 @@ impl Peer {
             }
             Err(e) => {
                 self.net.outages.failed(self, &e);
+                if matches!(e, CallError::Lost(_)) {
+                    // A call that timed out may sit on a connection that went silent (a peer
+                    // behind a dropped flow): the next call starts a new one.
+                    self.net.pool.forget(&self.addr);
+                }
                 Err(match e {
                     CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
                     _ => RPCError::Network(NetworkError::new(&e)),

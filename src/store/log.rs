@@ -219,6 +219,9 @@ impl Recent {
 
     /// The entries `start..end`, if all of them are here.
     fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        if end <= start {
+            return Some(Vec::new());
+        }
         let first = self.entries.front()?.log_id.index;
         let last = self.entries.back()?.log_id.index;
         if start < first || end > last + 1 {

@@ -80,8 +80,16 @@ impl SnapshotData {
     }
 }
 
-/// Writes a snapshot (header and data) in one durable transaction, replacing the previous one.
+/// Writes a snapshot (header and data) in one durable transaction, replacing the previous one
+/// unless that one is at least as new: a snapshot built in the background can finish after a
+/// newer one was installed from the leader, and the log before the newer one may be gone.
 fn save_snapshot(db: &Database, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
+    if let Some(stored) = read_meta::<SnapshotHeader>(db, meta::SNAPSHOT)?
+        && stored.meta.last_log_id.is_some()
+        && stored.meta.last_log_id >= meta.last_log_id
+    {
+        return Ok(());
+    }
     let chunks = data.chunks(CHUNK).count() as u64;
     let header = encode(&SnapshotHeader {
         format: SNAPSHOT_FORMAT,
@@ -300,5 +308,34 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta_at(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(1, 1),
+                index,
+            )),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s-{index}"),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_finishing_after_a_newer_one_does_not_replace_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open(dir.path()).unwrap();
+        save_snapshot(&db, &meta_at(200), b"newer, installed from the leader").unwrap();
+        save_snapshot(&db, &meta_at(100), b"older, built in the background").unwrap();
+        let (meta, data) = load_snapshot(&db).unwrap().unwrap();
+        assert_eq!(meta.snapshot_id, "s-200");
+        assert_eq!(data, b"newer, installed from the leader");
+        save_snapshot(&db, &meta_at(300), b"newest").unwrap();
+        assert_eq!(load_snapshot(&db).unwrap().unwrap().0.snapshot_id, "s-300");
     }
 }

@@ -3,11 +3,8 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use super::ServerInfo;
-use super::rpc::{MembershipChange, Method, WriteReply, decode, encode};
+use super::rpc::{MembershipChange, Method, WriteReply, call};
 use crate::catalog::{Outcome, Request, Rows};
 use crate::cluster::{ClusterError, WriteError};
 use crate::transport::{CallError, Pool};
@@ -25,22 +22,10 @@ impl RpcClient {
         RpcClient { pool, anyone }
     }
 
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        pool: &Pool,
-        addr: &str,
-        method: Method,
-        body: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, CallError> {
-        let body = encode(body).map_err(CallError::Remote)?;
-        let reply = pool.call(addr, method as u16, body, timeout).await?;
-        decode(&reply).map_err(|e| CallError::Remote(format!("{addr}: {e}")))
-    }
-
     /// What the server at `addr` says about itself. Asked without a cluster ID, so a server of
     /// another cluster answers too and the caller learns why it cannot join.
     pub async fn info(&self, addr: &str) -> Result<ServerInfo, CallError> {
-        Self::call(
+        call(
             &self.anyone,
             addr,
             Method::Info,
@@ -56,7 +41,7 @@ impl RpcClient {
         addr: &str,
         request: &Request,
     ) -> Result<(Outcome, u64), WriteError> {
-        match Self::call(
+        match call(
             &self.pool,
             addr,
             Method::Write,
@@ -77,7 +62,7 @@ impl RpcClient {
 
     /// Asks the leader at `addr` for the index a read must wait for.
     pub async fn read_index(&self, addr: &str, linearizable: bool) -> Result<u64, WriteError> {
-        match Self::call::<_, Result<u64, WriteError>>(
+        match call::<_, Result<u64, WriteError>>(
             &self.pool,
             addr,
             Method::ReadIndex,
@@ -99,7 +84,7 @@ impl RpcClient {
         addr: &str,
         change: &MembershipChange,
     ) -> Result<(), ClusterError> {
-        Self::call(
+        call(
             &self.pool,
             addr,
             Method::Membership,
@@ -119,7 +104,7 @@ impl RpcClient {
     /// Restarts a session's timer on the leader at `addr`. A renew is idempotent, so any
     /// failure to get an answer (a leader paused mid-call, say) is `Unreachable`: retryable.
     pub async fn renew_session(&self, addr: &str, id: &str) -> Result<bool, ClusterError> {
-        Self::call(
+        call(
             &self.pool,
             addr,
             Method::SessionRenew,
@@ -135,7 +120,7 @@ impl RpcClient {
 
     /// Fetches the catalog from the leader (used by `GET /v1/snapshot` on followers).
     pub async fn snapshot(&self, addr: &str) -> Result<Rows, CallError> {
-        Self::call(
+        call(
             &self.pool,
             addr,
             Method::Backup,

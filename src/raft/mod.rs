@@ -511,8 +511,9 @@ impl RaftNode {
                     "snapshot on shutdown",
                 )
                 .await;
-            if saved.is_err() {
-                tracing::warn!("no snapshot on shutdown; the next start replays the log");
+            match saved {
+                Ok(_) => tracing::info!(index = applied.unwrap_or(0), "snapshot saved on shutdown"),
+                Err(_) => tracing::warn!("no snapshot on shutdown; the next start replays the log"),
             }
         }
         if let Err(e) = self.raft.shutdown().await {

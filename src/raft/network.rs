@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::rpc::{Method, SnapshotFailure, decode, encode};
+use super::rpc::{self, Method, SnapshotFailure};
 use crate::store::types::{NodeId, ServerNode, TypeConfig};
 use crate::transport::{CallError, Pool};
 
@@ -128,26 +128,22 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error,
     {
-        let body =
-            encode(request).map_err(|e| RPCError::Network(NetworkError::new(&Message(e))))?;
-        match self
-            .net
-            .pool
-            .call(&self.addr, method as u16, body, option.hard_ttl())
-            .await
+        match rpc::call(
+            &self.net.pool,
+            &self.addr,
+            method,
+            request,
+            option.hard_ttl(),
+        )
+        .await
         {
             Ok(reply) => {
                 self.net.contacts.record(self.target);
                 self.net.outages.answered(self);
-                decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&Message(e))))
+                Ok(reply)
             }
             Err(e) => {
                 self.net.outages.failed(self, &e);
-                if matches!(e, CallError::Lost(_)) {
-                    // A call that timed out may sit on a connection that went silent (a peer
-                    // behind a dropped flow): the next call starts a new one.
-                    self.net.pool.forget(&self.addr);
-                }
                 Err(match e {
                     CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
                     _ => RPCError::Network(NetworkError::new(&e)),

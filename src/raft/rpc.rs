@@ -22,7 +22,7 @@ use super::RaftNode;
 use crate::catalog::{Outcome, Request};
 use crate::cluster::{ClusterError, WriteError};
 use crate::store::types::{NodeId, ServerNode, TypeConfig};
-use crate::transport::{BoxFuture, Handler};
+use crate::transport::{BoxFuture, CallError, Handler, Pool};
 
 /// The leader's session timers, as the RPC listener reaches them (implemented by
 /// `leader::SessionTimers`; defined here so `raft` does not depend on `leader`).
@@ -89,6 +89,29 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
             std::any::type_name::<T>().rsplit("::").next().unwrap_or("")
         )
     })
+}
+
+/// One call of `method` on the server at `addr`: `body` encoded, the reply decoded as `Resp`.
+/// A call whose answer was lost drops the connection, so one that went silent (a peer behind a
+/// dropped flow) is replaced by the next call instead of timing out again.
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pool: &Pool,
+    addr: &str,
+    method: Method,
+    body: &Req,
+    timeout: std::time::Duration,
+) -> Result<Resp, CallError> {
+    let body = encode(body).map_err(CallError::Remote)?;
+    let reply = match pool.call(addr, method as u16, body, timeout).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            if matches!(e, CallError::Lost(_)) {
+                pool.forget(addr);
+            }
+            return Err(e);
+        }
+    };
+    decode(&reply).map_err(|e| CallError::Remote(format!("{addr}: {e}")))
 }
 
 /// The reply to a forwarded write.

@@ -69,6 +69,12 @@ from_redb!(
 
 /// Opens (or creates) the database in `data_dir` and checks that it is ours.
 pub fn open(data_dir: &Path) -> Result<Arc<Database>, StoreError> {
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
         path: data_dir.to_path_buf(),
         source,

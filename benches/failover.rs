@@ -15,32 +15,13 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 
 fn dns_ok(sock: &UdpSocket, server: SocketAddr, id: u16) -> bool {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.add_query(Query::query(
-        Name::from_ascii("consul.service.consul.").unwrap(),
-        RecordType::A,
-    ));
-    if sock.send_to(&m.to_vec().unwrap(), server).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 4096];
-    loop {
-        match sock.recv_from(&mut buf) {
-            Ok((n, _)) => match Message::from_vec(&buf[..n]) {
-                Ok(reply) if reply.metadata.id == id => {
-                    return reply.metadata.response_code == ResponseCode::NoError
-                        && !reply.answers.is_empty();
-                }
-                Ok(_) => continue,
-                Err(_) => return false,
-            },
-            Err(_) => return false,
-        }
-    }
+    common::dns_query(sock, server, "consul.service.consul.", RecordType::A, id).is_some_and(
+        |reply| reply.metadata.response_code == ResponseCode::NoError && !reply.answers.is_empty(),
+    )
 }
 
 struct Trial {

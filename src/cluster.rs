@@ -8,6 +8,7 @@
 //! the Raft node; a client agent will implement them over server RPC.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -126,4 +127,116 @@ pub trait Cluster: Send + Sync + 'static {
     async fn backup(&self, stale: bool) -> Result<Rows, ClusterError>;
     /// Restarts a session's TTL timer on the leader. Ok(false): no such session.
     async fn renew_session(&self, id: &str) -> Result<bool, ClusterError>;
+}
+
+/// A member of the LAN gossip pool, as `/v1/agent/members` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolMember {
+    pub name: String,
+    /// Its gossip address.
+    pub addr: std::net::SocketAddr,
+    /// Serf tags: `role` (`consul` for servers, `node` for clients), `dc`, `port` (server
+    /// RPC), `build`, `id`, `vsn`, `expect`.
+    pub tags: BTreeMap<String, String>,
+    /// Serf's numbering: 1 alive, 2 leaving, 3 left, 4 failed.
+    pub status: u8,
+}
+
+impl PoolMember {
+    pub const ALIVE: u8 = 1;
+    pub const LEAVING: u8 = 2;
+    pub const LEFT: u8 = 3;
+    pub const FAILED: u8 = 4;
+
+    /// Whether this member is a server (Serf tag `role=consul`).
+    pub fn is_server(&self) -> bool {
+        self.tags.get("role").map(String::as_str) == Some("consul")
+    }
+
+    /// The member's server RPC address: its gossip IP and its `port` tag (Consul's
+    /// `metadata.IsConsulServer`).
+    pub fn rpc_addr(&self) -> Option<std::net::SocketAddr> {
+        let port = self.tags.get("port")?.parse().ok()?;
+        Some(std::net::SocketAddr::new(self.addr.ip(), port))
+    }
+}
+
+/// Why a gossip operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// This agent runs no gossip pool (a dev agent without `--serf-lan-addr`).
+    #[error("this agent runs no gossip pool (start it with --serf-lan-addr)")]
+    NoPool,
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// The keyring as the pool holds it (`/v1/operator/keyring`, `beacon keyring -list`).
+#[derive(Clone, Debug, Default)]
+pub struct KeyringReport {
+    /// Each installed key (base64) and how many alive members hold it.
+    pub keys: BTreeMap<String, usize>,
+    /// Each primary key in use and how many alive members use it.
+    pub primary: BTreeMap<String, usize>,
+    /// Alive members.
+    pub members: usize,
+}
+
+/// The LAN gossip pool as the API sees it: membership, join/leave, force-leave, the keyring.
+#[async_trait::async_trait]
+pub trait Gossip: Send + Sync + 'static {
+    /// Every member this agent knows, itself included (left and failed ones until reaped).
+    fn members(&self) -> Vec<PoolMember>;
+    /// Changes (to a new value) whenever `members()` does.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Joins the pool through these agents' gossip addresses (`host` or `host:port`, port 8301
+    /// by default); the number that answered, or why none did.
+    async fn join(&self, addrs: &[String]) -> Result<usize, PoolError>;
+    /// Leaves the pool gracefully: members see this agent leave, not fail.
+    async fn leave(&self);
+    /// Turns a failed member into left (with `prune`, forgets it at once).
+    fn force_leave(&self, name: &str, prune: bool) -> Result<(), PoolError>;
+    fn keyring_list(&self) -> Result<KeyringReport, PoolError>;
+    fn keyring_install(&self, key: &str) -> Result<(), PoolError>;
+    fn keyring_use(&self, key: &str) -> Result<(), PoolError>;
+    fn keyring_remove(&self, key: &str) -> Result<(), PoolError>;
+}
+
+/// An HTTP request a client agent forwards to a server over server RPC: the server answers it
+/// with its own API, so read modes, blocking queries and `X-Consul-*` headers are the server's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HttpCall {
+    pub method: String,
+    /// Path and query, as received.
+    pub uri: String,
+    pub headers: Vec<(String, serde_bytes::ByteBuf)>,
+    pub body: serde_bytes::ByteBuf,
+}
+
+/// A server's answer to an `HttpCall`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, serde_bytes::ByteBuf)>,
+    pub body: serde_bytes::ByteBuf,
+}
+
+/// Answers forwarded HTTP calls on a server with its own API (set once the API exists).
+pub type LocalApi =
+    Arc<dyn Fn(HttpCall) -> futures_util::future::BoxFuture<'static, HttpReply> + Send + Sync>;
+
+/// A client agent's way to the servers for what it does not answer itself.
+#[async_trait::async_trait]
+pub trait Forward: Send + Sync + 'static {
+    /// Sends the call to a server (another one if that one cannot be reached); `timeout`
+    /// covers a blocking query's whole wait.
+    async fn http(
+        &self,
+        call: HttpCall,
+        timeout: std::time::Duration,
+    ) -> Result<HttpReply, ClusterError>;
 }

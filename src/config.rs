@@ -11,9 +11,13 @@ use serde::Deserialize;
 
 use crate::model::parse_duration;
 
+mod tls;
+pub use tls::{TlsConfig, TlsSide, TlsVersion};
+
 pub const DEFAULT_HTTP_PORT: u16 = 8500;
 pub const DEFAULT_DNS_PORT: u16 = 8600;
 pub const DEFAULT_SERVER_PORT: u16 = 8300;
+pub const DEFAULT_SERF_LAN_PORT: u16 = 8301;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {message}")]
@@ -40,8 +44,14 @@ pub struct Config {
     pub domain: String,
     /// None in dev mode without `--data-dir`: the server uses a temporary directory.
     pub data_dir: Option<PathBuf>,
-    pub http_addr: SocketAddr,
+    /// None when `ports.http = -1` (HTTPS only, as Consul allows).
+    pub http_addr: Option<SocketAddr>,
+    /// The HTTPS API (`ports.https`, `--https-addr`); off by default, as Consul.
+    pub https_addr: Option<SocketAddr>,
     pub dns_addr: SocketAddr,
+    /// DNS over TLS (RFC 7858; `ports.dns_tls`, `--dns-tls-addr`); off by default.
+    pub dns_tls_addr: Option<SocketAddr>,
+    pub tls: TlsConfig,
     /// The server (RPC) address reported by `/v1/status/leader`.
     pub rpc_addr: SocketAddr,
     /// Dev mode opens no RPC listener unless `--rpc-addr` was given.
@@ -52,9 +62,64 @@ pub struct Config {
     pub mode: Mode,
     /// Form a new cluster once this many servers know each other (0: only join).
     pub bootstrap_expect: usize,
-    /// Other servers' RPC addresses, tried until one answers.
+    /// Other agents' LAN gossip addresses (`host` or `host:port`, port 8301 by default), tried
+    /// with backoff until one answers (`retry_join`; `start_join` and `--join` are aliases).
     pub join: Vec<String>,
     pub autopilot: Autopilot,
+    /// The LAN gossip pool; None for a dev agent without `--serf-lan-addr`.
+    pub gossip: Option<Gossip>,
+    /// Whether SIGTERM leaves the pool first (Consul: true on clients, false on servers).
+    pub leave_on_terminate: bool,
+    /// Anti-entropy: how often a client agent fully syncs its node with the servers (Consul's
+    /// `ae_interval`, 60 s; scaled up with the pool's size as Consul does).
+    pub ae_interval: Duration,
+    /// A check whose output changes without a status change is synced at most this often
+    /// (Consul's `check_update_interval`, 5 m).
+    pub check_update_interval: Duration,
+}
+
+/// The LAN gossip pool's settings, with Consul's names and LAN defaults (`gossip_lan.*`,
+/// memberlist's `DefaultLANConfig`).
+#[derive(Clone, Debug)]
+pub struct Gossip {
+    /// The UDP address the pool binds: `bind_addr` + `ports.serf_lan`, or
+    /// `--serf-lan-addr`.
+    pub bind: SocketAddr,
+    /// The address other agents are told: `advertise_addr` / `--advertise` with the bound port,
+    /// else the bind address. Never unspecified.
+    pub advertise: SocketAddr,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub suspicion_mult: u32,
+    pub gossip_interval: Duration,
+    pub gossip_nodes: usize,
+    pub retransmit_mult: u32,
+    /// Longest pause between two attempts of a `retry_join` address (Consul's 30 s).
+    pub retry_interval: Duration,
+    /// How long a failed member stays in the pool before it is reaped (Consul's 72 h; Beacon
+    /// accepts down to 1 s, Consul 8 h).
+    pub reconnect_timeout: Duration,
+    /// `encrypt`: base64 of a 16, 24 or 32-byte key, used when the data dir holds no keyring.
+    pub encrypt: Option<String>,
+}
+
+impl Gossip {
+    /// Consul's LAN defaults for a pool bound at `bind`.
+    pub fn lan(bind: SocketAddr) -> Gossip {
+        Gossip {
+            bind,
+            advertise: bind,
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(500),
+            suspicion_mult: 4,
+            gossip_interval: Duration::from_millis(200),
+            gossip_nodes: 3,
+            retransmit_mult: 4,
+            retry_interval: Duration::from_secs(30),
+            reconnect_timeout: Duration::from_secs(72 * 3600),
+            encrypt: None,
+        }
+    }
 }
 
 /// Raft timing. Consul's default `raft_multiplier` of 5 gives ~5 s elections; Beacon's base
@@ -105,6 +170,9 @@ pub enum Mode {
     Dev,
     /// A server in a cluster of several, formed with `bootstrap_expect` / `join`.
     Server,
+    /// A client agent: no Raft and no catalog of its own; its services and checks are synced
+    /// to the servers, which it finds through the gossip pool.
+    Client,
 }
 
 /// Dead-server clean-up, as Consul's autopilot does it.
@@ -262,15 +330,54 @@ pub struct Flags {
     /// Form a new cluster once this many servers know each other.
     #[arg(long, value_name = "N")]
     pub bootstrap_expect: Option<usize>,
-    /// Another server's RPC address; repeatable; retried until reached.
-    #[arg(long = "join", value_name = "ADDR")]
+    /// Another agent's LAN gossip address (host or host:port, port 8301 by default);
+    /// repeatable; retried with backoff until one answers. `--join` is an alias.
+    #[arg(long = "retry-join", visible_alias = "join", value_name = "ADDR")]
     pub join: Vec<String>,
-    /// TOML config file with Consul's key names; flags override it.
-    #[arg(long = "config", value_name = "FILE")]
+    /// LAN gossip address to bind (default: bind_addr:8301; dev agents gossip only with it).
+    #[arg(long, value_name = "ADDR")]
+    pub serf_lan_addr: Option<String>,
+    /// The IP other agents are told to reach this one at (default: the bind IP).
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<String>,
+    /// Gossip encryption key: base64 of 16, 24 or 32 bytes (`beacon keygen` makes one).
+    #[arg(long, value_name = "KEY")]
+    pub encrypt: Option<String>,
+    /// TOML config file with Consul's key names; flags override it. `--config-file` is
+    /// Consul's name for it.
+    #[arg(long = "config", visible_alias = "config-file", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
+    /// The IP the client interfaces (HTTP, HTTPS, DNS) bind (Consul's `-client`; the file's
+    /// `client_addr`). A full `--http-addr`/`--dns-addr` wins over it.
+    #[arg(long, value_name = "IP")]
+    pub client: Option<String>,
+    /// The IP server RPC and gossip bind (Consul's `-bind`; the file's `bind_addr`).
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<String>,
+    /// Consul's `-http-port` (`ports.http`; -1 turns it off).
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
+    pub http_port: Option<i32>,
+    /// Consul's `-https-port` (`ports.https`).
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
+    pub https_port: Option<i32>,
+    /// Consul's `-dns-port` (`ports.dns`).
+    #[arg(long, value_name = "PORT")]
+    pub dns_port: Option<u16>,
+    /// Consul's `-server-port` (`ports.server`).
+    #[arg(long, value_name = "PORT")]
+    pub server_port: Option<u16>,
+    /// Consul's `-serf-lan-port` (`ports.serf_lan`).
+    #[arg(long, value_name = "PORT")]
+    pub serf_lan_port: Option<u16>,
     /// HTTP API address (default 127.0.0.1:8500).
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<String>,
+    /// HTTPS API address (default off; needs tls cert_file and key_file).
+    #[arg(long, value_name = "ADDR")]
+    pub https_addr: Option<String>,
+    /// DNS over TLS address (RFC 7858; default off; needs a TLS certificate).
+    #[arg(long, value_name = "ADDR")]
+    pub dns_tls_addr: Option<String>,
     /// DNS address for UDP and TCP (default 127.0.0.1:8600).
     #[arg(long, value_name = "ADDR")]
     pub dns_addr: Option<String>,
@@ -321,6 +428,15 @@ struct FileConfig {
     bootstrap_expect: Option<usize>,
     retry_join: Option<Vec<String>>,
     start_join: Option<Vec<String>>,
+    retry_interval: Option<String>,
+    advertise_addr: Option<String>,
+    encrypt: Option<String>,
+    leave_on_terminate: Option<bool>,
+    reconnect_timeout: Option<String>,
+    ae_interval: Option<String>,
+    check_update_interval: Option<String>,
+    #[serde(default)]
+    gossip_lan: FileGossipLan,
     raft_snapshot_threshold: Option<u64>,
     raft_trailing_logs: Option<u64>,
     raft_snapshot_interval: Option<String>,
@@ -332,6 +448,29 @@ struct FileConfig {
     recursors: Option<Vec<String>>,
     #[serde(default)]
     zone_files: Vec<FileZone>,
+    #[serde(default)]
+    tls: tls::FileTls,
+    ca_file: Option<PathBuf>,
+    ca_path: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    verify_incoming: Option<bool>,
+    verify_incoming_rpc: Option<bool>,
+    verify_incoming_https: Option<bool>,
+    verify_outgoing: Option<bool>,
+    verify_server_hostname: Option<bool>,
+    tls_min_version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGossipLan {
+    probe_interval: Option<String>,
+    probe_timeout: Option<String>,
+    suspicion_mult: Option<u32>,
+    gossip_interval: Option<String>,
+    gossip_nodes: Option<usize>,
+    retransmit_mult: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -367,15 +506,20 @@ struct FileAutopilot {
 #[serde(deny_unknown_fields)]
 struct FileAddresses {
     http: Option<String>,
+    https: Option<String>,
     dns: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilePorts {
-    http: Option<u16>,
+    /// -1 turns the listener off (Consul's convention).
+    http: Option<i32>,
+    https: Option<i32>,
     dns: Option<u16>,
+    dns_tls: Option<i32>,
     server: Option<u16>,
+    serf_lan: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -419,22 +563,115 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
 
 /// Builds the config from flags and the file's text. Never reads the environment.
 pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigError> {
-    let file: FileConfig = match file_text {
+    let mut file: FileConfig = match file_text {
         Some(text) => toml::from_str(text)
             .map_err(|e| ConfigError::new("config", e.to_string().trim_end().replace('\n', " ")))?,
         None => FileConfig::default(),
     };
 
+    // Consul's `-client`, `-bind` and `-*-port` flags stand for the file's keys: above the
+    // file, below the full-address flags (which `listener` and the RPC and gossip addresses
+    // check first).
+    if let Some(ip) = &flags.client {
+        parse_ip("client", Some(ip))?;
+        file.client_addr = Some(ip.clone());
+    }
+    if let Some(ip) = &flags.bind {
+        parse_ip("bind", Some(ip))?;
+        file.bind_addr = Some(ip.clone());
+    }
+    file.ports.http = flags.http_port.or(file.ports.http);
+    file.ports.https = flags.https_port.or(file.ports.https);
+    file.ports.dns = flags.dns_port.or(file.ports.dns);
+    file.ports.server = flags.server_port.or(file.ports.server);
+    file.ports.serf_lan = flags.serf_lan_port.or(file.ports.serf_lan);
+    let file_gossip = GossipFile::take(&mut file);
     let client_ip = parse_ip("client_addr", file.client_addr.as_deref())?;
     let bind_ip = parse_ip("bind_addr", file.bind_addr.as_deref())?;
-    let http_addr = match &flags.http_addr {
-        Some(a) => parse_addr("http-addr", a)?,
-        None => SocketAddr::new(
-            parse_ip("addresses.http", file.addresses.http.as_deref())?
-                .unwrap_or(client_ip.unwrap_or(LOCALHOST)),
-            file.ports.http.unwrap_or(DEFAULT_HTTP_PORT),
-        ),
+    let listener = |flag: &Option<String>,
+                    flag_name: &str,
+                    address: &Option<String>,
+                    address_key: &str,
+                    port: Option<i32>,
+                    port_key: &str,
+                    default: Option<u16>|
+     -> Result<Option<SocketAddr>, ConfigError> {
+        if let Some(a) = flag {
+            return parse_addr(flag_name, a).map(Some);
+        }
+        let port = match port {
+            Some(-1) => return Ok(None),
+            Some(p) => u16::try_from(p).map_err(|_| {
+                ConfigError::new(
+                    port_key,
+                    format!("{p} is not a port (0-65535, or -1 for off)"),
+                )
+            })?,
+            None => match default {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        let ip =
+            parse_ip(address_key, address.as_deref())?.unwrap_or(client_ip.unwrap_or(LOCALHOST));
+        Ok(Some(SocketAddr::new(ip, port)))
     };
+    let http_addr = listener(
+        &flags.http_addr,
+        "http-addr",
+        &file.addresses.http,
+        "addresses.http",
+        file.ports.http,
+        "ports.http",
+        Some(DEFAULT_HTTP_PORT),
+    )?;
+    let https_addr = listener(
+        &flags.https_addr,
+        "https-addr",
+        &file.addresses.https,
+        "addresses.https",
+        file.ports.https,
+        "ports.https",
+        None,
+    )?;
+    let dns_tls_addr = listener(
+        &flags.dns_tls_addr,
+        "dns-tls-addr",
+        &file.addresses.dns,
+        "addresses.dns",
+        file.ports.dns_tls,
+        "ports.dns_tls",
+        None,
+    )?;
+    let tls = tls::resolve(
+        &file.tls,
+        &tls::LegacyTls {
+            side: tls::FileTlsSide {
+                ca_file: file.ca_file.take(),
+                ca_path: file.ca_path.take(),
+                cert_file: file.cert_file.take(),
+                key_file: file.key_file.take(),
+                verify_incoming: file.verify_incoming,
+                verify_outgoing: file.verify_outgoing,
+                tls_min_version: file.tls_min_version.take(),
+                verify_server_hostname: file.verify_server_hostname,
+            },
+            verify_incoming_rpc: file.verify_incoming_rpc,
+            verify_incoming_https: file.verify_incoming_https,
+        },
+    )?;
+    if https_addr.is_some() && !tls.https.has_cert() {
+        return Err(ConfigError::new(
+            "ports.https",
+            "the HTTPS API needs tls.defaults (or tls.https) cert_file and key_file",
+        ));
+    }
+    if dns_tls_addr.is_some() && !(tls.https.has_cert() || tls.rpc.has_cert()) {
+        return Err(ConfigError::new(
+            "ports.dns_tls",
+            "DNS over TLS needs tls.defaults cert_file and key_file",
+        ));
+    }
     let dns_addr = match &flags.dns_addr {
         Some(a) => parse_addr("dns-addr", a)?,
         None => SocketAddr::new(
@@ -528,10 +765,7 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     } else if flags.server || file.server == Some(true) {
         Mode::Server
     } else {
-        return Err(ConfigError::new(
-            "mode",
-            "beacon agent needs a mode: --dev (a one-node server that elects itself) or --server (a clustered server)",
-        ));
+        Mode::Client
     };
     let bootstrap_expect = flags
         .bootstrap_expect
@@ -554,23 +788,58 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     };
     let mut join = flags.join.clone();
     if join.is_empty() {
-        join = file.retry_join.or(file.start_join).unwrap_or_default();
+        join = file.retry_join.unwrap_or_default();
+        join.extend(file.start_join.unwrap_or_default());
     }
     for addr in &join {
-        parse_addr("join", addr)?;
-    }
-    let data_dir = flags.data_dir.clone().or(file.data_dir);
-    if mode == Mode::Server {
-        if data_dir.is_none() {
-            return Err(ConfigError::new("data_dir", "a server needs --data-dir"));
-        }
-        if bootstrap_expect == 0 && join.is_empty() {
+        if addr.trim().is_empty() {
             return Err(ConfigError::new(
-                "bootstrap_expect",
-                "a server needs --bootstrap-expect N (to form a cluster) or --join ADDR (to join one)",
+                "retry_join",
+                "an address must not be empty",
             ));
         }
     }
+    let data_dir = flags.data_dir.clone().or(file.data_dir);
+    match mode {
+        Mode::Server => {
+            if data_dir.is_none() {
+                return Err(ConfigError::new("data_dir", "a server needs --data-dir"));
+            }
+            if bootstrap_expect == 0 && join.is_empty() {
+                return Err(ConfigError::new(
+                    "bootstrap_expect",
+                    "a server needs --bootstrap-expect N (to form a cluster) or --retry-join ADDR (to join one)",
+                ));
+            }
+        }
+        Mode::Client => {
+            if data_dir.is_none() {
+                return Err(ConfigError::new(
+                    "data_dir",
+                    "a client agent needs --data-dir (or run --dev for a one-node server, or --server)",
+                ));
+            }
+            if bootstrap_expect > 0 {
+                return Err(ConfigError::new(
+                    "bootstrap_expect",
+                    "only servers take part in bootstrapping (add --server)",
+                ));
+            }
+        }
+        Mode::Dev => {}
+    }
+    let gossip = gossip_settings(mode, flags, &file_gossip, bind_ip)?;
+    let leave_on_terminate = file_gossip
+        .leave_on_terminate
+        .unwrap_or(mode == Mode::Client);
+    let ae_interval = match &file_gossip.ae_interval {
+        Some(v) => positive("ae_interval", v)?,
+        None => Duration::from_secs(60),
+    };
+    let check_update_interval = match &file_gossip.check_update_interval {
+        Some(v) => duration("check_update_interval", v)?,
+        None => Duration::from_secs(5 * 60),
+    };
     let multiplier = file.performance.raft_multiplier.unwrap_or(1);
     if !(1..=10).contains(&multiplier) {
         return Err(ConfigError::new(
@@ -666,12 +935,19 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
         bootstrap_expect,
         join,
         autopilot,
+        gossip,
+        leave_on_terminate,
+        ae_interval,
+        check_update_interval,
         node_name,
         datacenter,
         domain,
         data_dir,
         http_addr,
+        https_addr,
         dns_addr,
+        dns_tls_addr,
+        tls,
         rpc_addr,
         rpc_listen,
         log_level,
@@ -702,6 +978,171 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
         },
         raft,
     })
+}
+
+/// The gossip-related keys, taken out of the file before the rest is resolved.
+struct GossipFile {
+    serf_lan_port: Option<u16>,
+    advertise_addr: Option<String>,
+    encrypt: Option<String>,
+    retry_interval: Option<String>,
+    leave_on_terminate: Option<bool>,
+    reconnect_timeout: Option<String>,
+    ae_interval: Option<String>,
+    check_update_interval: Option<String>,
+    lan: FileGossipLan,
+}
+
+impl GossipFile {
+    fn take(file: &mut FileConfig) -> GossipFile {
+        GossipFile {
+            serf_lan_port: file.ports.serf_lan,
+            advertise_addr: file.advertise_addr.take(),
+            encrypt: file.encrypt.take(),
+            retry_interval: file.retry_interval.take(),
+            leave_on_terminate: file.leave_on_terminate,
+            reconnect_timeout: file.reconnect_timeout.take(),
+            ae_interval: file.ae_interval.take(),
+            check_update_interval: file.check_update_interval.take(),
+            lan: std::mem::take(&mut file.gossip_lan),
+        }
+    }
+}
+
+/// The gossip pool's settings: none for a dev agent unless `--serf-lan-addr` is given (so dev
+/// agents run side by side); every other mode gossips.
+fn gossip_settings(
+    mode: Mode,
+    flags: &Flags,
+    file: &GossipFile,
+    bind_ip: Option<IpAddr>,
+) -> Result<Option<Gossip>, ConfigError> {
+    let bind = match &flags.serf_lan_addr {
+        Some(a) => parse_addr("serf-lan-addr", a)?,
+        None if mode == Mode::Dev => return Ok(None),
+        None => SocketAddr::new(
+            bind_ip.unwrap_or(LOCALHOST),
+            file.serf_lan_port.unwrap_or(DEFAULT_SERF_LAN_PORT),
+        ),
+    };
+    let mut gossip = Gossip::lan(bind);
+    let advertise = match flags
+        .advertise
+        .as_deref()
+        .or(file.advertise_addr.as_deref())
+    {
+        Some(v) => {
+            let key = if flags.advertise.is_some() {
+                "advertise"
+            } else {
+                "advertise_addr"
+            };
+            parse_ip(key, Some(v))?.map(|ip| (key, ip))
+        }
+        None => None,
+    };
+    match advertise {
+        Some((key, ip)) if ip.is_unspecified() => {
+            return Err(ConfigError::new(
+                key,
+                format!("{ip} cannot be advertised: other agents need an address they can reach"),
+            ));
+        }
+        Some((_, ip)) => gossip.advertise = SocketAddr::new(ip, bind.port()),
+        None if bind.ip().is_unspecified() => {
+            return Err(ConfigError::new(
+                "advertise_addr",
+                format!(
+                    "gossip binds {bind}, which cannot be advertised: set advertise_addr (--advertise) to an address other agents can reach"
+                ),
+            ));
+        }
+        None => {}
+    }
+    let lan = &file.lan;
+    if let Some(v) = &lan.probe_interval {
+        gossip.probe_interval = positive("gossip_lan.probe_interval", v)?;
+    }
+    if let Some(v) = &lan.probe_timeout {
+        gossip.probe_timeout = positive("gossip_lan.probe_timeout", v)?;
+    }
+    if gossip.probe_timeout >= gossip.probe_interval {
+        return Err(ConfigError::new(
+            "gossip_lan.probe_timeout",
+            format!(
+                "must be shorter than gossip_lan.probe_interval ({:?}), got {:?}",
+                gossip.probe_interval, gossip.probe_timeout
+            ),
+        ));
+    }
+    if let Some(v) = &lan.gossip_interval {
+        gossip.gossip_interval = positive("gossip_lan.gossip_interval", v)?;
+    }
+    for (key, value, field) in [
+        (
+            "gossip_lan.suspicion_mult",
+            lan.suspicion_mult,
+            &mut gossip.suspicion_mult,
+        ),
+        (
+            "gossip_lan.retransmit_mult",
+            lan.retransmit_mult,
+            &mut gossip.retransmit_mult,
+        ),
+    ] {
+        match value {
+            Some(0) => return Err(ConfigError::new(key, "must be at least 1")),
+            Some(n) => *field = n,
+            None => {}
+        }
+    }
+    match lan.gossip_nodes {
+        Some(0) => {
+            return Err(ConfigError::new(
+                "gossip_lan.gossip_nodes",
+                "must be at least 1",
+            ));
+        }
+        Some(n) => gossip.gossip_nodes = n,
+        None => {}
+    }
+    if let Some(v) = &file.retry_interval {
+        gossip.retry_interval = positive("retry_interval", v)?;
+    }
+    if let Some(v) = &file.reconnect_timeout {
+        gossip.reconnect_timeout = duration("reconnect_timeout", v)?;
+        if gossip.reconnect_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::new("reconnect_timeout", "must be at least 1s"));
+        }
+    }
+    gossip.encrypt = flags.encrypt.clone().or(file.encrypt.clone());
+    if let Some(key) = &gossip.encrypt {
+        use base64::Engine;
+        let key_name = "encrypt";
+        match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
+            Ok(bytes) if matches!(bytes.len(), 16 | 24 | 32) => {}
+            Ok(bytes) => {
+                return Err(ConfigError::new(
+                    key_name,
+                    format!(
+                        "the key is {} bytes; it must be 16, 24 or 32 (AES-128, -192 or -256)",
+                        bytes.len()
+                    ),
+                ));
+            }
+            Err(e) => return Err(ConfigError::new(key_name, format!("not base64: {e}"))),
+        }
+    }
+    Ok(Some(gossip))
+}
+
+/// A duration that must be greater than zero.
+fn positive(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let d = duration(key, value)?;
+    if d.is_zero() {
+        return Err(ConfigError::new(key, "must be greater than 0"));
+    }
+    Ok(d)
 }
 
 /// Long enough that a scheduling hiccup never costs a query, short enough that answered
@@ -783,7 +1224,7 @@ mod tests {
     #[test]
     fn defaults_match_consul() {
         let c = resolve(&flags(), None).unwrap();
-        assert_eq!(c.http_addr, "127.0.0.1:8500".parse().unwrap());
+        assert_eq!(c.http_addr, Some("127.0.0.1:8500".parse().unwrap()));
         assert_eq!(c.dns_addr, "127.0.0.1:8600".parse().unwrap());
         // A dev agent binds its own RPC port rather than advertise one nobody listens on.
         assert_eq!(c.rpc_addr, "127.0.0.1:0".parse().unwrap());
@@ -812,7 +1253,7 @@ mod tests {
         let c = resolve(&f, Some(text)).unwrap();
         assert_eq!(c.datacenter, "west");
         assert_eq!(c.domain, "beacon.");
-        assert_eq!(c.http_addr.port(), 9500);
+        assert_eq!(c.http_addr.map(|a| a.port()), Some(9500));
         assert_eq!(c.dns.node_ttl, Duration::from_secs(30));
         assert_eq!(c.dns.udp_answer_limit, Some(3));
         assert!(c.dns.only_passing);
@@ -825,6 +1266,92 @@ mod tests {
             c.dns.service_ttl.for_service("web-admin"),
             Duration::from_secs(60)
         );
+    }
+
+    #[test]
+    fn tls_blocks_override_defaults_which_override_the_old_top_level_keys() {
+        let text = r#"
+            ca_file = "old-ca.pem"
+            cert_file = "old.pem"
+            key_file = "old-key.pem"
+            verify_incoming_https = true
+            verify_server_hostname = true
+            [ports]
+            http = -1
+            https = 8501
+            [tls.defaults]
+            cert_file = "agent.pem"
+            key_file = "agent-key.pem"
+            verify_incoming = false
+            [tls.internal_rpc]
+            verify_incoming = true
+            tls_min_version = "TLSv1_3"
+        "#;
+        let c = resolve(&flags(), Some(text)).unwrap();
+        assert_eq!(c.http_addr, None, "ports.http = -1 turns HTTP off");
+        assert_eq!(c.https_addr.map(|a| a.port()), Some(8501));
+        let (https, rpc) = (&c.tls.https, &c.tls.rpc);
+        assert_eq!(https.ca_file, Some("old-ca.pem".into()));
+        assert_eq!(https.cert_file, Some("agent.pem".into()));
+        // The old verify_incoming_https fills tls.https, above tls.defaults (as Consul).
+        assert!(https.verify_incoming);
+        assert!(rpc.verify_incoming);
+        assert_eq!(rpc.min_version, TlsVersion::Tls13);
+        assert_eq!(https.min_version, TlsVersion::Tls12);
+        assert!(c.tls.verify_server_hostname);
+        assert!(
+            rpc.verify_outgoing,
+            "verify_server_hostname implies verify_outgoing"
+        );
+        assert!(!https.verify_outgoing);
+
+        for (bad, key) in [
+            ("tls_min_version = \"tls10\"", "tls_min_version"),
+            (
+                "[tls.defaults]\ntls_min_version = \"TLSv1_1\"",
+                "tls.defaults.tls_min_version",
+            ),
+            (
+                "[tls.https]\nverify_server_hostname = true",
+                "tls.https.verify_server_hostname",
+            ),
+            (
+                "[tls.defaults]\nverify_outgoing = true",
+                "tls.internal_rpc.verify_outgoing",
+            ),
+            ("[ports]\nhttps = 8501", "ports.https"),
+            ("[ports]\nhttp = -2", "ports.http"),
+        ] {
+            let err = resolve(&flags(), Some(bad)).unwrap_err();
+            assert_eq!(err.key, key, "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn consul_agent_flags_stand_between_full_addresses_and_the_file() {
+        let text = "client_addr = \"127.0.0.2\"\n[ports]\nhttp = 9000\ndns = 9600\n";
+        let mut f = flags();
+        f.client = Some("127.0.0.3".into());
+        f.bind = Some("127.0.0.4".into());
+        f.http_port = Some(9500);
+        f.server_port = Some(9300);
+        f.dns_addr = Some("127.0.0.9:53".into());
+        f.dev = false;
+        f.server = true;
+        f.bootstrap_expect = Some(3);
+        f.data_dir = Some("/tmp/x".into());
+        let c = resolve(&f, Some(text)).unwrap();
+        assert_eq!(c.http_addr, Some("127.0.0.3:9500".parse().unwrap()));
+        assert_eq!(
+            c.dns_addr,
+            "127.0.0.9:53".parse().unwrap(),
+            "a full address wins"
+        );
+        assert_eq!(c.rpc_addr, "127.0.0.4:9300".parse().unwrap());
+        f.http_port = Some(-1);
+        assert_eq!(resolve(&f, Some(text)).unwrap().http_addr, None);
+        f.client = Some("nope".into());
+        assert_eq!(resolve(&f, Some(text)).unwrap_err().key, "client");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Beacon: DNS-based service discovery with a Consul-compatible HTTP API, replicated with Raft.
 //!
 //! Layout. Dependencies point one way:
-//! `server → {http, dns, leader} → {agent, raft} → {cluster, store} → view → catalog → model`;
-//! `config`, `logs`, `metrics`, `report`, `tasks` and `transport` are leaves anyone may use. `http`, `dns` and `agent` never
+//! `server → {http, dns, leader} → {agent, raft, remote} → {cluster, store} → view → catalog → model`;
+//! `config`, `gossip`, `logs`, `metrics`, `report`, `tasks`, `tls` and `transport` are leaves anyone
+//! may use (`transport` uses `tls`). `http`, `dns` and `agent` never
 //! name `raft` or `store` items (nor openraft or redb): they read the view, write through
 //! `cluster::Writer` and ask `cluster::Cluster` the rest.
 //! - `main.rs`, `cli/` (the binary): clap, exit codes, logging; `cli::{kv, ops}` are the client
@@ -10,20 +11,25 @@
 //! - [`config`]: one validated `Config` from flags (clap derives [`config::Flags`]) and a TOML
 //!   file with Consul's key names; Raft `Timing`; every default written once.
 //! - [`server`]: the composition root: bind → start → serve → drain;
-//!   `server::port` implements the cluster port over the Raft node.
+//!   `server::port` implements the cluster port over the Raft node, `server::pool` its `Gossip`
+//!   over the gossip pool (Serf tags, `retry_join`), `server::client` composes a client agent.
 //! - [`http`]: the Consul-compatible HTTP API (axum): `agent`, `catalog`, `health`, `kv`,
 //!   `session`, `operator` (Raft status, backups), `metrics`; `read` (consistency modes,
 //!   blocking queries), `dto` (Consul's JSON, decoded once into `model` specs), `error`.
 //! - [`dns`]: the `consul.` zone answered from the view (`zone`, `names`), static zones and
 //!   forwarding (`forward`); UDP receive loops (`udp`, their system calls in `sys`) with
 //!   pre-encoded answers (`cache`); `encode` builds answers for both paths.
-//! - [`agent`]: services and checks owned by this agent and the health runner (`probe`).
+//! - [`agent`]: services and checks owned by this agent and the health runner (`probe`); on a
+//!   client agent, its own state (`local`) and anti-entropy with the servers (`sync`).
 //! - [`leader`]: one supervised task while this server leads: cluster naming, session expiry
-//!   (`leader::sessions`, the leader's TTL timers), autopilot.
+//!   (`leader::sessions`, the leader's TTL timers), autopilot, and the catalog and Raft following
+//!   the gossip pool (`leader::reconcile`).
 //! - [`cluster`]: the cluster port: `Writer`, `Cluster` (status, members, join/leave, read
 //!   barrier, session renew, backup) and their typed errors; no Raft or store types.
 //! - [`raft`]: openraft glue: `RaftNode`, server RPC (`rpc`: its messages and handler, `client`,
 //!   `network` for Raft's own calls), `formation` and membership, group commit (`batch`).
+//! - [`remote`]: a client agent's calls to the servers over server RPC: forwarded writes and
+//!   HTTP requests, the long poll keeping its catalog copy current.
 //! - [`store`]: redb: the Raft log with its recent entries in memory (`log`), the in-memory
 //!   catalog state machine persisted by snapshots (`state_machine`), `schema` (data dir
 //!   format 2); the openraft type configuration (`store::types`).
@@ -35,23 +41,31 @@
 //! - [`report`]: one-line error reports (an error and its causes, each once) for logs and
 //!   check output.
 //! - [`tasks`]: one tracker that owns every spawned task; essential tasks stop the agent if they end.
+//! - [`gossip`]: the LAN gossip pool (SWIM with suspicion, via foca): members, Serf statuses,
+//!   leave and force-leave, the AES-GCM keyring.
 //! - [`transport`]: the binary server-RPC transport: framed MessagePack over persistent,
-//!   multiplexed connections with a version/cluster handshake; opaque bodies.
+//!   multiplexed connections with a version/cluster handshake; opaque bodies; TLS when
+//!   configured.
+//! - [`tls`]: certificates and rustls configs for HTTPS, server RPC and DNS over TLS, swapped
+//!   on reload; who counts as a server (`verify_server_hostname`).
 
 pub mod agent;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+pub mod gossip;
 pub mod http;
 pub mod leader;
 pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod raft;
+pub mod remote;
 pub mod report;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod tls;
 pub mod transport;
 pub mod view;

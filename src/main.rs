@@ -35,22 +35,50 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a Beacon agent.
-    Agent(Flags),
+    Agent(Box<Flags>),
     /// Read and write the key/value store of a running agent.
     Kv(cli::kv::KvArgs),
-    /// Ask the local server to leave its cluster gracefully, then shut down.
+    /// Ask the local agent to leave gracefully (a server also leaves Raft), then shut down.
     Leave(cli::ops::AddrArgs),
-    /// Ask the local server to join the cluster of the server at ADDR (its RPC address).
+    /// Ask the local agent to join the gossip pool through the agent at ADDR.
     Join(cli::ops::JoinArgs),
-    /// List the servers of the cluster.
+    /// List the members of the gossip pool.
     Members(cli::ops::AddrArgs),
+    /// Turn a failed member into left (with -prune, forget it at once).
+    ForceLeave(cli::ops::ForceLeaveArgs),
+    /// Print a new gossip encryption key (base64 of 32 random bytes).
+    Keygen,
+    /// Manage the gossip encryption keyring across the pool.
+    Keyring(cli::ops::KeyringArgs),
     /// Operator commands.
     Operator(cli::ops::OperatorArgs),
     /// Save or restore a snapshot of the catalog.
     Snapshot(cli::ops::SnapshotArgs),
+    /// Create a CA and agent certificates (Consul's `tls ca create`, `tls cert create`).
+    Tls(cli::tls::TlsArgs),
+    /// List datacenters, nodes and services of the catalog.
+    Catalog(cli::catalog::CatalogArgs),
+    /// Print the agent's statistics (`/v1/agent/self` Stats).
+    Info(cli::HttpArgs),
+    /// Ask the agent to re-read its configuration, zone files and certificates.
+    Reload(cli::HttpArgs),
+    /// Print Beacon's version.
+    Version,
+    /// Put the node or a service in maintenance, take it out, or list what is in it.
+    Maint(cli::agent::MaintArgs),
+    /// Register or deregister services with the local agent.
+    Services(cli::agent::ServicesArgs),
+    /// Stream the agent's log.
+    Monitor(cli::agent::MonitorArgs),
+    /// Check config files without starting an agent.
+    Validate(cli::agent::ValidateArgs),
 }
 
 fn main() -> ExitCode {
+    // One crypto provider for every TLS user in the process (HTTPS, server RPC, DNS over TLS,
+    // reqwest): aws-lc-rs is the only one compiled, and installing it here keeps a dependency
+    // that enables another from making rustls panic at the first handshake.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = match Cli::try_parse_from(cli::normalize_flags(std::env::args())) {
         Ok(cli) => cli,
         Err(e) => {
@@ -63,13 +91,43 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Agent(args) => agent(args),
+        Command::Agent(args) => agent(*args),
         Command::Kv(args) => client(cli::kv::run(args)),
         Command::Leave(args) => client(cli::ops::leave(args)),
         Command::Join(args) => client(cli::ops::join(args)),
         Command::Members(args) => client(cli::ops::members(args)),
+        Command::ForceLeave(args) => client(cli::ops::force_leave(args)),
+        Command::Keygen => {
+            println!("{}", beacon::gossip::generate_key());
+            ExitCode::SUCCESS
+        }
+        Command::Keyring(args) => client(cli::ops::keyring(args)),
         Command::Operator(args) => client(cli::ops::operator(args)),
         Command::Snapshot(args) => client(cli::ops::snapshot(args)),
+        Command::Catalog(args) => client(cli::catalog::catalog(args)),
+        Command::Info(args) => client(cli::agent::info(args)),
+        Command::Reload(args) => client(cli::agent::reload(args)),
+        Command::Maint(args) => client(cli::agent::maint(args)),
+        Command::Services(args) => client(cli::agent::services(args)),
+        Command::Monitor(args) => client(cli::agent::monitor(args)),
+        Command::Validate(args) => match cli::agent::validate(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Version => {
+            cli::agent::version();
+            ExitCode::SUCCESS
+        }
+        Command::Tls(args) => match cli::tls::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("==> {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -94,6 +152,29 @@ fn client(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCo
     }
 }
 
+/// Environment variable naming mimalloc's `arena_eager_commit` option.
+const EAGER_COMMIT: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+
+/// A client agent's heap is a few MB, but mimalloc commits its first arena eagerly, and with
+/// transparent huge pages each touched 2 MB of it becomes resident: about 6 of a client's
+/// 24 MB RSS. mimalloc reads its options at its first allocation, before `main`, so the agent
+/// starts itself again (same PID, same arguments) with the option off. If that fails it goes
+/// on as it is.
+fn small_arena() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(EAGER_COMMIT).is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .env(EAGER_COMMIT, "0")
+        .exec();
+    eprintln!("note: could not restart with a small allocator arena ({err}); continuing");
+}
+
 fn agent(flags: Flags) -> ExitCode {
     let config = match config::load(&flags) {
         Ok(c) => c,
@@ -102,6 +183,9 @@ fn agent(flags: Flags) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if config.mode == config::Mode::Client {
+        small_arena();
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
             // openraft's replication warns on every failed heartbeat (8 lines a second for one

@@ -15,6 +15,25 @@ pub static WRITES: WriteMetrics = WriteMetrics {
     rejected_busy: AtomicU64::new(0),
 };
 
+/// Counters of the LAN gossip pool, written by its driver (`gossip`).
+#[derive(Default)]
+pub struct GossipMetrics {
+    /// UDP packets and bytes sent (after encryption).
+    pub packets_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// UDP packets and bytes received (before decryption), whether or not they were usable.
+    pub packets_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+}
+
+/// The process's gossip counters: one pool per agent process.
+pub static GOSSIP: GossipMetrics = GossipMetrics {
+    packets_sent: AtomicU64::new(0),
+    bytes_sent: AtomicU64::new(0),
+    packets_received: AtomicU64::new(0),
+    bytes_received: AtomicU64::new(0),
+};
+
 /// Counters for `/v1/agent/metrics`.
 #[derive(Default)]
 pub struct DnsMetrics {

@@ -2,8 +2,16 @@
 //!
 //! This module owns the TCP connections between Beacon servers: the client-side [`Pool`] (one
 //! lazily opened connection per peer address, shared by all callers), the server side
-//! ([`serve`], [`serve_connection`] over any `AsyncRead + AsyncWrite` stream so TLS can be slotted
-//! in later) and the wire format. Callers encode their own messages; bodies are [`Bytes`].
+//! ([`serve`], [`serve_connection`] over any `AsyncRead + AsyncWrite` stream) and the wire
+//! format. Callers encode their own messages; bodies are [`Bytes`].
+//!
+//! # TLS
+//! With [`Tls`](crate::tls::Tls), a listener tells a TLS connection from a plaintext one by its
+//! first byte (a TLS handshake record is 0x16; a plaintext frame's length starts with 0x00),
+//! refuses plaintext when `verify_incoming` requires TLS, and admits a peer whose verified
+//! certificate does not name a server as an [`Admission::Agent`]: the handler's
+//! [`Handler::server_only`] methods are refused to it. A [`Pool`] connects over TLS when
+//! `verify_outgoing` is on, and opens fresh connections after a certificate reload.
 //!
 //! # Wire format
 //! Every frame is a 4-byte big-endian length, then that many bytes of MessagePack
@@ -58,6 +66,8 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::tls::Tls;
+
 /// Protocol version; the server accepts exactly this one.
 pub const VERSION: u32 = 1;
 /// "BEACONRP" in ASCII, big-endian: tells a Beacon peer from a stray client at the first frame.
@@ -93,6 +103,11 @@ impl Default for Limits {
 
 /// Serves requests arriving on server connections.
 pub trait Handler: Send + Sync + 'static {
+    /// Whether only a peer that proved to be a server may call `method` (see
+    /// [`Admission::Agent`]). None by default.
+    fn server_only(&self, _method: u16) -> bool {
+        false
+    }
     /// One request; Err(reason) becomes a Fail frame.
     fn call(&self, method: u16, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>>;
     /// A server-pushed stream: items until the receiver ends; Err(reason) refuses it (End with reason).
@@ -226,15 +241,69 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 // ---------------------------------------------------------------------------------------------
 // Server
 
+/// What an accepted connection may do, decided by TLS before the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Any method: a server, or no policy in force.
+    Server,
+    /// Not the methods the handler marks [`Handler::server_only`]: a verified client agent
+    /// whose certificate does not name a server.
+    Agent,
+    /// Refused at `Hello` with this reason (e.g. plaintext where TLS is required).
+    Refuse(String),
+}
+
+/// The first byte of a TLS record carrying a handshake (RFC 8446 §5.1); a plaintext client's
+/// first frame starts with its length's high byte, which is 0 for any frame this small.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Connections a listener lets sit between accept and the end of their TLS handshake; more are
+/// closed at once, so a flood of half-open handshakes costs bounded CPU and memory.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// How often one peer address may log the same kind of refusal: a misconfigured agent retries
+/// many times a second, and the first line says all there is to say.
+const QUIET_FOR: Duration = Duration::from_secs(30);
+
+/// Remembers when each peer IP last logged a refusal.
+#[derive(Default)]
+struct Quiet(Mutex<HashMap<(std::net::IpAddr, &'static str), std::time::Instant>>);
+
+impl Quiet {
+    fn should_log(&self, peer: SocketAddr, kind: &'static str) -> bool {
+        let mut seen = lock(&self.0);
+        let now = std::time::Instant::now();
+        if seen.len() > 4096 {
+            seen.clear();
+        }
+        match seen.get(&(peer.ip(), kind)) {
+            Some(at) if now.duration_since(*at) < QUIET_FOR => false,
+            _ => {
+                seen.insert((peer.ip(), kind), now);
+                true
+            }
+        }
+    }
+}
+
+/// Why a call from a verified client agent's certificate to a server-only method fails.
+const SERVERS_ONLY: &str =
+    "refused: only servers may call this (the client certificate does not name a server)";
+
 /// Accepts connections until `stop` is cancelled, serving each on its own task. Cancelling `stop`
-/// also closes every connection accepted here.
+/// also closes every connection accepted here. With `tls`, a connection that opens with a TLS
+/// handshake is served over TLS (the peer's certificate decides its [`Admission`]); a plaintext
+/// one is refused when `verify_incoming` requires TLS.
 pub async fn serve(
     listener: TcpListener,
     handler: Arc<dyn Handler>,
     cluster: ClusterId,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     stop: CancellationToken,
 ) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let quiet = Arc::new(Quiet::default());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -242,17 +311,77 @@ pub async fn serve(
         };
         match accepted {
             Ok((tcp, peer)) => {
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many RPC connections in their handshake; closing this one");
+                    continue;
+                };
                 // Small frames (votes, heartbeats) must not sit in Nagle's buffer.
                 if let Err(e) = tcp.set_nodelay(true) {
                     debug!(%peer, error = %e, "set_nodelay failed");
                 }
-                let (handler, cluster, limits, stop) = (
+                let (handler, cluster, limits, tls, stop, quiet) = (
                     handler.clone(),
                     cluster.clone(),
                     limits.clone(),
+                    tls.clone(),
                     stop.clone(),
+                    quiet.clone(),
                 );
-                tokio::spawn(serve_connection(tcp, peer, handler, cluster, limits, stop));
+                tokio::spawn(async move {
+                    let Some(tls) = tls else {
+                        drop(permit);
+                        let admit = Admission::Server;
+                        return serve_connection(tcp, peer, handler, cluster, limits, admit, stop)
+                            .await;
+                    };
+                    let mut first = [0u8; 1];
+                    let peeked =
+                        tokio::time::timeout(limits.connect_timeout, tcp.peek(&mut first)).await;
+                    if !matches!(peeked, Ok(Ok(1))) {
+                        return Ok(());
+                    }
+                    if first[0] != TLS_HANDSHAKE {
+                        drop(permit);
+                        let admit = if tls.rpc_requires_tls() {
+                            if quiet.should_log(peer, "plaintext") {
+                                warn!(%peer, "refusing a plaintext RPC connection: verify_incoming requires TLS (logged once per 30 s per address)");
+                            }
+                            Admission::Refuse(
+                                "this server requires TLS with a client certificate (verify_incoming)"
+                                    .into(),
+                            )
+                        } else {
+                            Admission::Server
+                        };
+                        return serve_connection(tcp, peer, handler, cluster, limits, admit, stop)
+                            .await;
+                    }
+                    let Some(config) = tls.rpc_server() else {
+                        warn!(%peer, "TLS connection on the RPC port, but no certificate is configured; closing it");
+                        return Ok(());
+                    };
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+                    let stream = match tokio::time::timeout(limits.connect_timeout, accept).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            if quiet.should_log(peer, "handshake") {
+                                warn!(%peer, error = %e, "RPC TLS handshake failed; closing the connection (logged once per 30 s per address)");
+                            }
+                            return Ok(());
+                        }
+                        Err(_) => {
+                            warn!(%peer, "RPC TLS handshake timed out; closing the connection");
+                            return Ok(());
+                        }
+                    };
+                    drop(permit);
+                    let admit = if tls.peer_is_server(stream.get_ref().1.peer_certificates()) {
+                        Admission::Server
+                    } else {
+                        Admission::Agent
+                    };
+                    serve_connection(stream, peer, handler, cluster, limits, admit, stop).await
+                });
             }
             Err(e) => {
                 // Typically out of file descriptors: pause rather than spin on the error.
@@ -263,7 +392,7 @@ pub async fn serve(
     }
 }
 
-/// Serves one accepted connection (plain TCP today, TLS later) until the peer closes it, it breaks,
+/// Serves one accepted connection (plain TCP or TLS) until the peer closes it, it breaks,
 /// or `stop` is cancelled. Errors are logged with `peer` before being returned.
 pub async fn serve_connection<IO>(
     io: IO,
@@ -271,16 +400,23 @@ pub async fn serve_connection<IO>(
     handler: Arc<dyn Handler>,
     cluster: ClusterId,
     limits: Limits,
+    admit: Admission,
     stop: CancellationToken,
 ) -> Result<(), ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let refuse_logged = matches!(admit, Admission::Refuse(_));
     let result = async {
         let (r, w) = tokio::io::split(io);
         let mut reader = FramedRead::new(r, codec(&limits));
         let mut writer = FramedWrite::new(w, codec(&limits));
-        if !accept_hello(&mut reader, &mut writer, &cluster, &limits).await? {
+        let refuse = match &admit {
+            Admission::Refuse(reason) => Some(reason.as_str()),
+            _ => None,
+        };
+        let agent_only = admit == Admission::Agent;
+        if !accept_hello(&mut reader, &mut writer, &cluster, &limits, refuse).await? {
             return Ok(());
         }
         let conn = stop.child_token();
@@ -288,14 +424,21 @@ where
         let _guard = conn.clone().drop_guard();
         let (out, mut queue) = mpsc::channel(WRITE_QUEUE);
         tokio::select! {
-            r = read_requests(&mut reader, &handler, &out, &conn, &limits) => r,
+            r = read_requests(&mut reader, &handler, &out, &conn, &limits, agent_only.then_some(peer)) => r,
             r = write_loop(writer, stream::poll_fn(|cx| queue.poll_recv(cx))) => Ok(r?),
             _ = conn.cancelled() => Ok(()),
         }
     };
     let result = result.await;
-    if let Err(e) = &result {
-        warn!(%peer, error = %e, "closing RPC connection");
+    match &result {
+        // The policy refusal was logged where it was decided.
+        Err(ConnectionError::Refused(_)) if refuse_logged => {}
+        // A peer that goes away without TLS's close_notify (a restarting server) is no error.
+        Err(ConnectionError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            debug!(%peer, error = %e, "RPC connection closed by the peer");
+        }
+        Err(e) => warn!(%peer, error = %e, "closing RPC connection"),
+        Ok(()) => {}
     }
     result
 }
@@ -306,6 +449,7 @@ async fn accept_hello<R, W>(
     writer: &mut FramedWrite<W, LengthDelimitedCodec>,
     cluster: &ClusterId,
     limits: &Limits,
+    refuse: Option<&str>,
 ) -> Result<bool, ConnectionError>
 where
     R: AsyncRead + Unpin,
@@ -324,6 +468,7 @@ where
     };
     let ours = cluster();
     let refusal = match decode(&first) {
+        _ if refuse.is_some() => refuse.map(str::to_owned),
         Ok(Frame::Hello { magic, .. }) if magic != MAGIC => Some(format!(
             "bad magic {magic:#018x}, expected {MAGIC:#018x}: not a Beacon RPC client"
         )),
@@ -370,7 +515,17 @@ async fn read_requests<R: AsyncRead + Unpin>(
     out: &mpsc::Sender<Bytes>,
     conn: &CancellationToken,
     limits: &Limits,
+    agent_only: Option<SocketAddr>,
 ) -> Result<(), ConnectionError> {
+    let mut refused_logged = false;
+    let mut refuse = |method: u16| {
+        if !refused_logged {
+            refused_logged = true;
+            if let Some(peer) = agent_only {
+                warn!(%peer, method, "refusing server-to-server calls from a certificate that does not name a server (verify_server_hostname)");
+            }
+        }
+    };
     let permits = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let streams: Arc<Mutex<HashMap<u64, CancellationToken>>> = Arc::default();
     let max = limits.max_frame;
@@ -383,7 +538,14 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return Ok(());
                 };
-                let call = handler.call(method, raw.slice_ref(body));
+                let call = if agent_only.is_some() && handler.server_only(method) {
+                    refuse(method);
+                    let refused: BoxFuture<'static, Result<Bytes, String>> =
+                        Box::pin(async { Err(SERVERS_ONLY.to_owned()) });
+                    refused
+                } else {
+                    handler.call(method, raw.slice_ref(body))
+                };
                 let (out, conn) = (out.clone(), conn.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
@@ -406,7 +568,14 @@ async fn read_requests<R: AsyncRead + Unpin>(
             Frame::Subscribe { id, method, body } => {
                 let cancel = conn.child_token();
                 lock(&streams).insert(id, cancel.clone());
-                let opening = handler.subscribe(method, raw.slice_ref(body));
+                let opening = if agent_only.is_some() && handler.server_only(method) {
+                    refuse(method);
+                    let refused: BoxFuture<'static, Result<mpsc::Receiver<Bytes>, String>> =
+                        Box::pin(async { Err(SERVERS_ONLY.to_owned()) });
+                    refused
+                } else {
+                    handler.subscribe(method, raw.slice_ref(body))
+                };
                 let (out, streams) = (out.clone(), streams.clone());
                 tokio::spawn(async move {
                     let pushing = async {
@@ -462,6 +631,7 @@ pub struct Pool {
 struct PoolInner {
     cluster: ClusterId,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     /// The connect attempt, pending or finished, per address. Concurrent first callers await the
     /// same shared attempt rather than each opening a connection.
     conns: Mutex<HashMap<String, Connecting>>,
@@ -473,6 +643,9 @@ struct Conn {
     tx: mpsc::UnboundedSender<Bytes>,
     pending: Arc<Mutex<Pending>>,
     next_id: AtomicU64,
+    /// The TLS generation it was made with ([`Tls::generation`]; 0 without TLS): after a
+    /// certificate reload the pool opens new connections and lets these finish.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -499,11 +672,13 @@ impl Drop for CallSlot<'_> {
 }
 
 impl Pool {
-    pub fn new(cluster: ClusterId, limits: Limits) -> Pool {
+    /// A pool whose connections are TLS when `tls` has `verify_outgoing` on.
+    pub fn new(cluster: ClusterId, limits: Limits, tls: Option<Arc<Tls>>) -> Pool {
         Pool {
             inner: Arc::new(PoolInner {
                 cluster,
                 limits,
+                tls,
                 conns: Mutex::default(),
             }),
         }
@@ -582,16 +757,22 @@ impl Pool {
     async fn conn(&self, addr: &str) -> Result<Arc<Conn>, CallError> {
         let attempt = {
             let mut conns = lock(&self.inner.conns);
+            let generation = self.inner.tls.as_ref().map_or(0, |t| t.generation());
             let usable = |a: &&Connecting| match a.peek() {
                 None => true,
-                Some(Ok(conn)) => lock(&conn.pending).closed.is_none(),
+                Some(Ok(conn)) => {
+                    conn.generation == generation && lock(&conn.pending).closed.is_none()
+                }
                 Some(Err(_)) => false, // a failed or refused attempt is never reused
             };
             match conns.get(addr).filter(usable) {
                 Some(attempt) => attempt.clone(),
                 None => {
-                    let (cluster, limits) = (self.inner.cluster.clone(), self.inner.limits.clone());
-                    let attempt = connect(addr.to_owned(), cluster, limits).boxed().shared();
+                    let inner = &self.inner;
+                    let (cluster, limits) = (inner.cluster.clone(), inner.limits.clone());
+                    let attempt = connect(addr.to_owned(), cluster, limits, inner.tls.clone())
+                        .boxed()
+                        .shared();
                     conns.insert(addr.to_owned(), attempt.clone());
                     attempt
                 }
@@ -601,7 +782,12 @@ impl Pool {
     }
 }
 
-async fn connect(addr: String, cluster: ClusterId, limits: Limits) -> Result<Arc<Conn>, CallError> {
+async fn connect(
+    addr: String,
+    cluster: ClusterId,
+    limits: Limits,
+    tls: Option<Arc<Tls>>,
+) -> Result<Arc<Conn>, CallError> {
     let attempt = async {
         let tcp = TcpStream::connect(&addr)
             .await
@@ -609,7 +795,17 @@ async fn connect(addr: String, cluster: ClusterId, limits: Limits) -> Result<Arc
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(peer = %addr, error = %e, "set_nodelay failed");
         }
-        open(tcp, &addr, &cluster, &limits).await
+        let generation = tls.as_ref().map_or(0, |t| t.generation());
+        match tls.as_ref().and_then(|t| t.rpc_client()) {
+            Some((config, name)) => {
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| CallError::Unreachable(format!("TLS with {addr}: {e}")))?;
+                open(stream, &addr, &cluster, &limits, generation).await
+            }
+            None => open(tcp, &addr, &cluster, &limits, generation).await,
+        }
     };
     tokio::time::timeout(limits.connect_timeout, attempt)
         .await
@@ -627,6 +823,7 @@ async fn open<IO>(
     addr: &str,
     cluster: &ClusterId,
     limits: &Limits,
+    generation: u64,
 ) -> Result<Arc<Conn>, CallError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -686,6 +883,7 @@ where
         tx,
         pending,
         next_id: AtomicU64::new(1),
+        generation,
     }))
 }
 
@@ -828,7 +1026,7 @@ mod tests {
     }
 
     fn pool(id: &'static str) -> Pool {
-        Pool::new(cluster(id), Limits::default())
+        Pool::new(cluster(id), Limits::default(), None)
     }
 
     /// Serves `handler` on `listener` until the returned token is cancelled.
@@ -843,6 +1041,7 @@ mod tests {
             handler,
             cluster(id),
             Limits::default(),
+            None,
             stop.clone(),
         ));
         stop
@@ -919,6 +1118,7 @@ mod tests {
                     handler,
                     cluster(""),
                     Limits::default(),
+                    Admission::Server,
                     stop,
                 ));
             }

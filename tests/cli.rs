@@ -28,6 +28,13 @@ fn beacon(env_addr: Option<(&str, &str)>, args: &[&str], stdin: Option<&[u8]>) -
     child.wait_with_output().unwrap()
 }
 
+/// Runs `beacon args`, asserts it succeeded, and returns its stdout.
+fn succeeds(env_addr: Option<(&str, &str)>, args: &[&str]) -> String {
+    let o = beacon(env_addr, args, None);
+    assert!(o.status.success(), "{args:?}: {o:?}");
+    stdout(&o)
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -129,15 +136,7 @@ async fn snapshot_save_reports_the_index_and_restore_refuses_another_version() {
     let addr = s.http.to_string();
     let env = Some(("BEACON_HTTP_ADDR", addr.as_str()));
     assert!(beacon(env, &["kv", "put", "k", "v"], None).status.success());
-    let index = http()
-        .get(s.url("/v1/snapshot"))
-        .send()
-        .await
-        .unwrap()
-        .headers()["X-Consul-Index"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let index = consul_index(&http().get(s.url("/v1/snapshot")).send().await.unwrap());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("backup.snap");
     let o = beacon(env, &["snapshot", "save", file.to_str().unwrap()], None);
@@ -247,4 +246,189 @@ async fn kv_cli_escapes_keys_and_handles_values_like_consul() {
     let o = beacon(env, &["kv", "get", "bin"], None);
     assert!(o.status.success(), "{o:?}");
     assert_eq!(o.stdout, [&bytes[..], b"\n"].concat());
+}
+
+#[tokio::test]
+async fn catalog_info_reload_and_version_print_what_consul_prints() {
+    let s = Server::with_config("datacenter = \"dc1\"\n");
+    register(
+        &s,
+        serde_json::json!({"Name": "web", "Port": 80, "Tags": ["v2", "v1"]}),
+    )
+    .await;
+    let addr = s.http.to_string();
+    let env = Some(("CONSUL_HTTP_ADDR", addr.as_str()));
+    let run = |args: &[&str]| succeeds(env, args);
+    assert_eq!(run(&["catalog", "datacenters"]), "dc1\n");
+    let nodes = run(&["catalog", "nodes"]);
+    let lines: Vec<&str> = nodes.lines().collect();
+    assert!(
+        lines[0].starts_with("Node") && lines[0].ends_with("DC"),
+        "{nodes}"
+    );
+    assert!(
+        lines[1].starts_with("test-node") && lines[1].contains("127.0.0.1"),
+        "{nodes}"
+    );
+    assert!(run(&["catalog", "nodes", "-service", "web"]).contains("test-node"));
+    assert!(run(&["catalog", "nodes", "-detailed"]).contains("TaggedAddresses"));
+    let o = beacon(env, &["catalog", "nodes", "-service", "nothing"], None);
+    assert!(!o.status.success(), "{o:?}");
+    assert_eq!(run(&["catalog", "services"]), "consul\nweb\n");
+    let tagged = run(&["catalog", "services", "-tags"]);
+    assert!(
+        tagged
+            .lines()
+            .any(|l| l.starts_with("web") && l.ends_with("v1,v2")),
+        "{tagged}"
+    );
+    assert!(run(&["catalog", "services", "-node", "test-node"]).contains("web"));
+    let info = run(&["info"]);
+    assert!(info.lines().any(|l| l == "consul:"), "{info}");
+    assert!(info.contains("\tleader_addr = "), "{info}");
+    assert_eq!(run(&["reload"]).trim(), "Configuration reload triggered");
+    assert!(run(&["version"]).starts_with("Beacon v"));
+
+    // Maintenance: the node and a service, listed, then lifted.
+    assert_eq!(
+        run(&["maint", "-enable", "-reason", "kernel upgrade"]).trim(),
+        "Node entering maintenance mode"
+    );
+    assert_eq!(
+        run(&["maint", "-enable", "-service", "web"]).trim(),
+        "Service entering maintenance mode: web"
+    );
+    let listed = run(&["maint"]);
+    assert!(
+        listed.contains("Node:\n  Name:   test-node\n  Reason: kernel upgrade"),
+        "{listed}"
+    );
+    assert!(listed.contains("Service:\n  ID:     web"), "{listed}");
+    let (_, checks) = get_json(&s.url("/v1/agent/checks")).await;
+    assert!(checks.get("_node_maintenance").is_some(), "{checks}");
+    run(&["maint", "-disable"]);
+    run(&["maint", "-disable", "-service", "web"]);
+    assert_eq!(run(&["maint"]), "");
+}
+
+#[tokio::test]
+async fn services_register_and_deregister_from_flags_and_files() {
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    let env = Some(("CONSUL_HTTP_ADDR", addr.as_str()));
+    let run = |args: &[&str]| succeeds(env, args);
+    let o = run(&[
+        "services", "register", "-name", "web", "-port", "8080", "-tag", "v1", "-meta", "team=a",
+    ]);
+    assert_eq!(o.trim(), "Registered service: web");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.json");
+    std::fs::write(
+        &file,
+        r#"{"services": [{"id": "api-1", "name": "api", "port": 9000}, {"name": "db", "port": 5432}]}"#,
+    )
+    .unwrap();
+    let o = run(&["services", "register", file.to_str().unwrap()]);
+    assert_eq!(o, "Registered service: api\nRegistered service: db\n");
+    let (_, services) = get_json(&s.url("/v1/agent/services")).await;
+    assert_eq!(services["web"]["Port"], 8080, "{services}");
+    assert_eq!(services["web"]["Tags"][0], "v1");
+    assert_eq!(services["web"]["Meta"]["team"], "a");
+    assert_eq!(services["api-1"]["Service"], "api", "{services}");
+    assert!(services.get("db").is_some(), "{services}");
+
+    assert_eq!(
+        run(&["services", "deregister", "-id", "web"]).trim(),
+        "Deregistered service: web"
+    );
+    run(&["services", "deregister", file.to_str().unwrap()]);
+    let (_, services) = get_json(&s.url("/v1/agent/services")).await;
+    assert_eq!(services, serde_json::json!({}), "{services}");
+    // A bad file registers nothing and says why.
+    std::fs::write(&file, r#"{"service": [1]}"#).unwrap();
+    let o = beacon(env, &["services", "register", file.to_str().unwrap()], None);
+    assert!(!o.status.success(), "{o:?}");
+}
+
+#[tokio::test]
+async fn the_agent_takes_consuls_single_dash_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, dns) = (free_port(), free_port());
+    let args: Vec<String> = [
+        "agent",
+        "-dev",
+        "-node",
+        "flags-node",
+        "-client",
+        "127.0.0.1",
+        "-http-port",
+        &http.to_string(),
+        "-dns-port",
+        &dns.to_string(),
+        "-data-dir",
+        dir.path().to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let s = Server::launch(&args, dir.path());
+    assert_eq!(s.http.port(), http);
+    assert_eq!(s.dns.port(), dns);
+    let (status, nodes) = get_json(&s.url("/v1/catalog/nodes")).await;
+    assert_eq!(status, 200);
+    assert_eq!(nodes[0]["Node"], "flags-node", "{nodes}");
+}
+
+#[tokio::test]
+async fn monitor_streams_the_log_and_validate_checks_files() {
+    let s = Server::with_config("datacenter = \"dc1\"\n");
+    let addr = s.http.to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_beacon"))
+        .args(["monitor", "-http-addr", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    eventually("the reload in the monitor's stream", || {
+        // Each try asks for a reload and reads what streamed since.
+        let o = beacon(Some(("CONSUL_HTTP_ADDR", addr.as_str())), &["reload"], None);
+        assert!(o.status.success(), "{o:?}");
+        seen.extend(rx.try_iter());
+        let hit = seen
+            .iter()
+            .any(|l| l.contains("reloaded DNS configuration"));
+        async move { hit.then_some(()) }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "datacenter = \"east\"\n[ports]\nhttps = -1\n").unwrap();
+    let o = beacon(None, &["validate", good.to_str().unwrap()], None);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "Configuration is valid!");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "datacenter = \"east\"\nbogus_key = 1\n").unwrap();
+    let o = beacon(
+        None,
+        &["validate", good.to_str().unwrap(), bad.to_str().unwrap()],
+        None,
+    );
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("bogus_key"),
+        "{err}"
+    );
 }

@@ -21,6 +21,8 @@ struct Node {
     server: Server,
     args: Vec<String>,
     rpc: String,
+    /// Its LAN gossip address.
+    serf: String,
     dir: std::path::PathBuf,
 }
 
@@ -41,10 +43,12 @@ struct Cluster {
     config: Option<std::path::PathBuf>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn node_args(
     name: &str,
     dir: &std::path::Path,
     rpc: &str,
+    serf: &str,
     http: u16,
     join: &[String],
     expect: Option<usize>,
@@ -59,6 +63,8 @@ fn node_args(
         dir.display().to_string(),
         "--rpc-addr".into(),
         rpc.into(),
+        "--serf-lan-addr".into(),
+        serf.into(),
         "--http-addr".into(),
         format!("127.0.0.1:{http}"),
         "--dns-addr".into(),
@@ -68,7 +74,7 @@ fn node_args(
         args.extend(["--bootstrap-expect".into(), n.to_string()]);
     }
     for j in join {
-        args.extend(["--join".into(), j.clone()]);
+        args.extend(["--retry-join".into(), j.clone()]);
     }
     if let Some(c) = config {
         args.extend(["--config".into(), c.display().to_string()]);
@@ -88,28 +94,39 @@ impl Cluster {
         let rpcs: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
+        let serfs: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_udp_port()))
+            .collect();
         let mut spawned = Vec::new();
-        for (i, rpc) in rpcs.iter().enumerate() {
+        for (i, (rpc, serf)) in rpcs.iter().zip(&serfs).enumerate() {
             let dir = dirs.path().join(format!("n{i}"));
             let args = node_args(
                 &format!("n{i}"),
                 &dir,
                 rpc,
+                serf,
                 free_port(),
-                &rpcs,
+                &serfs,
                 Some(3),
                 config_path.as_deref(),
             );
-            spawned.push((Server::spawn(&args, &dir), args, rpc.clone(), dir));
+            spawned.push((
+                Server::spawn(&args, &dir),
+                args,
+                rpc.clone(),
+                serf.clone(),
+                dir,
+            ));
         }
         let nodes = spawned
             .into_iter()
-            .map(|(mut server, args, rpc, dir)| {
+            .map(|(mut server, args, rpc, serf, dir)| {
                 server.wait_ready();
                 Node {
                     server,
                     args,
                     rpc,
+                    serf,
                     dir,
                 }
             })
@@ -121,42 +138,60 @@ impl Cluster {
         }
     }
 
+    /// The servers' RPC addresses.
     fn join_addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.rpc.clone()).collect()
     }
 
-    /// Adds a server that knows no cluster member (its `--join` points nowhere) and is brought
-    /// in with `beacon join` run against an existing server, as an operator would.
+    /// The servers' gossip addresses.
+    fn serf_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.serf.clone()).collect()
+    }
+
+    /// Adds a server that knows no cluster member (its `--retry-join` points nowhere) and is
+    /// brought in with `beacon join` (the gossip address of server `via`) run against it, as an
+    /// operator would.
     fn add_node_with_cli_join(&mut self, via: usize) -> usize {
         let i = self.nodes.len();
         let dir = self._dirs.path().join(format!("n{i}"));
         let rpc = format!("127.0.0.1:{}", free_port());
-        let nowhere = vec![format!("127.0.0.1:{}", free_port())];
+        let serf = format!("127.0.0.1:{}", free_udp_port());
+        let nowhere = vec![format!("127.0.0.1:{}", free_udp_port())];
         let args = node_args(
             &format!("n{i}"),
             &dir,
             &rpc,
+            &serf,
             free_port(),
             &nowhere,
             None,
             self.config.as_deref(),
         );
         let mut server = Server::spawn(&args, &dir);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_beacon"))
-            .args([
-                "join",
-                &rpc,
-                "--http-addr",
-                &self.nodes[via].server.http.to_string(),
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "beacon join: {out:?}");
+        // The new server's API may not be up yet: try until it answers.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_beacon"))
+                .args([
+                    "join",
+                    &self.nodes[via].serf,
+                    "--http-addr",
+                    &server.http.to_string(),
+                ])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "beacon join: {out:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         server.wait_ready();
         self.nodes.push(Node {
             server,
             args,
             rpc,
+            serf,
             dir,
         });
         i
@@ -592,12 +627,13 @@ async fn join_via_snapshot_leave_and_dead_server_cleanup() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let http_addr = c.nodes[live].server.http.to_string();
-    let members = cli(&["members", "--http-addr", &http_addr]);
-    assert_eq!(
-        members.lines().filter(|l| l.contains("alive")).count(),
-        2,
-        "{members}"
-    );
+    // The killed server is failed in the gossip pool once suspicion runs out, the leaver left.
+    eventually("members shows two alive servers", || async {
+        let members = cli(&["members", "--http-addr", &http_addr]);
+        let alive = members.lines().filter(|l| l.contains("alive")).count();
+        (alive == 2 && members.contains("left") && members.contains("failed")).then_some(())
+    })
+    .await;
     let peers = cli(&["operator", "raft", "list-peers", "--http-addr", &http_addr]);
     assert_eq!(
         peers.lines().filter(|l| l.contains("leader")).count(),
@@ -706,8 +742,9 @@ async fn snapshot_save_and_restore_into_a_fresh_cluster_and_foreign_data_dirs_ar
         "intruder",
         &a_nodes[0].dir,
         &format!("127.0.0.1:{}", free_port()),
+        &format!("127.0.0.1:{}", free_udp_port()),
         free_port(),
-        &b.join_addrs(),
+        &b.serf_addrs(),
         None,
         None,
     );
@@ -859,6 +896,7 @@ async fn bad_rpc_frames_close_their_connection_and_the_server_keeps_serving() {
     let foreign = beacon::transport::Pool::new(
         std::sync::Arc::new(|| "another-cluster".to_string()),
         beacon::transport::Limits::default(),
+        None,
     );
     let refused = foreign
         .call(
@@ -896,6 +934,7 @@ async fn rpc_info(rpc_addr: &str) -> Option<beacon::raft::ServerInfo> {
     let pool = beacon::transport::Pool::new(
         std::sync::Arc::new(String::new),
         beacon::transport::Limits::default(),
+        None,
     );
     let reply = pool
         .call(

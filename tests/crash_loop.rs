@@ -62,6 +62,9 @@ fn start_cluster(root: &Path) -> Vec<Member> {
     let rpcs: Vec<String> = (0..SERVERS)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
+    let serfs: Vec<String> = (0..SERVERS)
+        .map(|_| format!("127.0.0.1:{}", free_udp_port()))
+        .collect();
     let mut spawned = Vec::new();
     for (i, rpc) in rpcs.iter().enumerate() {
         let name = format!("n{i}");
@@ -86,8 +89,9 @@ fn start_cluster(root: &Path) -> Vec<Member> {
         .map(|s| s.to_string())
         .collect();
         args.extend(["--config".to_string(), config.display().to_string()]);
-        for r in &rpcs {
-            args.extend(["--join".to_string(), r.clone()]);
+        args.extend(["--serf-lan-addr".to_string(), serfs[i].clone()]);
+        for r in &serfs {
+            args.extend(["--retry-join".to_string(), r.clone()]);
         }
         let server = Server::spawn(&args, &dir);
         spawned.push((name, rpc.clone(), args, dir, server));

@@ -109,7 +109,7 @@ async fn single_server(db: Arc<redb::Database>, view: View, tasks: &Tasks) -> Ra
         rpc_addr: "127.0.0.1:1".into(),
         name: "solo".into(),
     };
-    let node = RaftNode::start(id, me, db, view, &Timing::default(), tasks)
+    let node = RaftNode::start(id, me, db, view, &Timing::default(), None, tasks)
         .await
         .unwrap();
     node.bootstrap_single().await.unwrap();

@@ -114,10 +114,27 @@ pub fn start_dev(dir: &Path, envs: &[(&str, String)]) -> Beacon {
     ready(child, String::new())
 }
 
+/// A UDP port free on loopback now (for gossip addresses).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Three servers forming a cluster with `--bootstrap-expect 3`.
 pub fn start_cluster(dir: &Path) -> Vec<Beacon> {
+    start_cluster_with(dir, |_| Vec::new())
+}
+
+/// [`start_cluster`] with `extra(i)` appended to server `i`'s arguments.
+pub fn start_cluster_with(dir: &Path, extra: impl Fn(usize) -> Vec<String>) -> Vec<Beacon> {
     let rpcs: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let serfs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_udp_port()))
         .collect();
     let mut children = Vec::new();
     for (i, rpc) in rpcs.iter().enumerate() {
@@ -136,10 +153,13 @@ pub fn start_cluster(dir: &Path) -> Vec<Beacon> {
             "127.0.0.1:0".into(),
             "--data-dir".into(),
             dir.join(format!("n{i}")).display().to_string(),
+            "--serf-lan-addr".into(),
+            serfs[i].clone(),
         ];
-        for r in &rpcs {
-            args.extend(["--join".into(), r.clone()]);
+        for r in &serfs {
+            args.extend(["--retry-join".into(), r.clone()]);
         }
+        args.extend(extra(i));
         children.push((
             command(&args, &[]).spawn().expect("spawn beacon"),
             rpc.clone(),
@@ -165,4 +185,41 @@ pub async fn leader(client: &reqwest::Client, servers: &[Beacon]) -> usize {
         .iter()
         .position(|s| s.rpc == addr)
         .expect("leader among servers")
+}
+
+/// Spawns `beacon` with `args` (it runs until dropped); `ready_agent` waits for it.
+pub fn spawn_agent(args: &[String]) -> Child {
+    command(args, &[]).spawn().expect("spawn beacon")
+}
+
+/// Waits until an agent spawned by `spawn_agent` is ready; `rpc` is its RPC address, if any.
+pub fn ready_agent(child: Child, rpc: String) -> Beacon {
+    ready(child, rpc)
+}
+
+/// One UDP query for `name` (type `rtype`, message ID `id`) to `server`: the reply, or None on
+/// a send or receive error (the socket's read timeout included) or an undecodable reply.
+pub fn dns_query(
+    sock: &std::net::UdpSocket,
+    server: SocketAddr,
+    name: &str,
+    rtype: hickory_proto::rr::RecordType,
+    id: u16,
+) -> Option<hickory_proto::op::Message> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(
+        hickory_proto::rr::Name::from_ascii(name).ok()?,
+        rtype,
+    ));
+    sock.send_to(&m.to_vec().ok()?, server).ok()?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        let reply = Message::from_vec(&buf[..n]).ok()?;
+        // An answer to an earlier, timed-out query: keep reading.
+        if reply.metadata.id == id {
+            return Some(reply);
+        }
+    }
 }

@@ -5,7 +5,9 @@
 //! restarted agent rebuilds its runners from its own node's entries. Check results go through
 //! the same `Writer` as any other write, and only when a status changes.
 
+pub mod local;
 mod probe;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,9 +69,10 @@ struct Inner {
     runners: Mutex<HashMap<String, Runner>>,
     /// When each of our checks was first seen critical, for the reaper.
     critical_since: Mutex<HashMap<String, Instant>>,
-    http: reqwest::Client,
+    /// Built on the first HTTP check: an agent without one never loads TLS and its roots.
+    http: std::sync::OnceLock<reqwest::Client>,
     /// For checks with `TLSSkipVerify`.
-    http_insecure: reqwest::Client,
+    http_insecure: std::sync::OnceLock<reqwest::Client>,
     tasks: Tasks,
     /// Service names already warned about as not servable by DNS (bounded).
     undiscoverable: Mutex<std::collections::HashSet<String>>,
@@ -90,14 +93,6 @@ impl Drop for Runner {
 
 impl Agent {
     pub fn new(node: NodeIdentity, writer: Arc<dyn Writer>, view: View, tasks: Tasks) -> Self {
-        let client = |insecure: bool| {
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::limited(10))
-                .tls_danger_accept_invalid_certs(insecure)
-                .build()
-                .expect("HTTP client with default TLS builds")
-        };
-        let (http, http_insecure) = (client(false), client(true));
         Agent {
             inner: Arc::new(Inner {
                 node,
@@ -106,8 +101,8 @@ impl Agent {
                 runners: Mutex::new(HashMap::new()),
                 undiscoverable: Mutex::new(Default::default()),
                 critical_since: Mutex::new(HashMap::new()),
-                http,
-                http_insecure,
+                http: std::sync::OnceLock::new(),
+                http_insecure: std::sync::OnceLock::new(),
                 tasks,
             }),
         }
@@ -159,12 +154,32 @@ impl Agent {
         };
         self.write(Command::Register(Box::new(registration)))
             .await?;
+        self.start_runners();
+        Ok(())
+    }
+
+    /// A client agent's start: registers this node in its local state (anti-entropy takes it
+    /// to the servers, and the leader adds `serfHealth` from the gossip pool), then starts
+    /// runners for the checks restored from the data dir.
+    pub async fn start_client(&self) -> Result<(), AgentError> {
+        let registration = Registration {
+            node: self.node_registration(),
+            ..Registration::default()
+        };
+        self.write(Command::Register(Box::new(registration)))
+            .await?;
+        self.start_runners();
+        Ok(())
+    }
+
+    /// Starts runners for the checks this node owns (after a restart: the ones it had) and the
+    /// reaper of services critical for too long.
+    fn start_runners(&self) {
         self.reconcile();
         let agent = self.clone();
         self.inner
             .tasks
             .spawn_essential("agent-reaper", async move { agent.reap_loop().await });
-        Ok(())
     }
 
     /// Registers (or replaces) a service on this node with its checks.
@@ -462,11 +477,18 @@ impl Agent {
         let mut failures = 0u32;
         let mut first = true;
         loop {
-            let client = if def.tls_skip_verify {
-                &self.inner.http_insecure
+            let (cell, insecure) = if def.tls_skip_verify {
+                (&self.inner.http_insecure, true)
             } else {
-                &self.inner.http
+                (&self.inner.http, false)
             };
+            let client = cell.get_or_init(|| {
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::limited(10))
+                    .tls_danger_accept_invalid_certs(insecure)
+                    .build()
+                    .expect("HTTP client with default TLS builds")
+            });
             let (result, output) = probe::run(client, &def, timeout).await;
             let next = match result {
                 CheckStatus::Passing => {

@@ -179,18 +179,6 @@ impl State {
 
     pub fn to_rows(&self) -> Rows {
         Rows {
-            nodes: self.nodes.values().map(|n| (**n).clone()).collect(),
-            services: self
-                .services
-                .iter()
-                .map(|((n, _), s)| (n.clone(), (**s).clone()))
-                .collect(),
-            checks: self.checks.values().map(|c| (**c).clone()).collect(),
-            service_indexes: self
-                .service_indexes
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
             kv: self.kv.values().cloned().collect(),
             sessions: self.sessions.values().cloned().collect(),
             lock_delays: self
@@ -203,6 +191,30 @@ impl State {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            ..self.catalog_rows()
+        }
+    }
+
+    /// The nodes, services and checks only (no KV, sessions or tombstones): what a client
+    /// agent's copy of the catalog holds.
+    pub fn catalog_rows(&self) -> Rows {
+        Rows {
+            nodes: self.nodes.values().map(|n| (**n).clone()).collect(),
+            services: self
+                .services
+                .iter()
+                .map(|((n, _), s)| (n.clone(), (**s).clone()))
+                .collect(),
+            checks: self.checks.values().map(|c| (**c).clone()).collect(),
+            service_indexes: self
+                .service_indexes
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            kv: Vec::new(),
+            sessions: Vec::new(),
+            lock_delays: Vec::new(),
+            kv_tombstones: Vec::new(),
             cluster_id: self.cluster_id.clone(),
             indexes: self.indexes,
         }

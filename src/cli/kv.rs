@@ -11,9 +11,8 @@ use serde_json::Value;
 
 #[derive(Args)]
 pub struct KvArgs {
-    /// The agent's HTTP address (else BEACON_HTTP_ADDR, CONSUL_HTTP_ADDR, 127.0.0.1:8500).
-    #[arg(long, global = true, value_name = "ADDR")]
-    http_addr: Option<String>,
+    #[command(flatten)]
+    http: super::HttpArgs,
     #[command(subcommand)]
     command: KvCommand,
 }
@@ -184,11 +183,10 @@ impl Client {
             url = format!("{url}?{}", qs.join("&"));
         }
         let request = self.http.request(method, &url);
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| format!("Error querying Consul agent: {e}"))?;
+        let response =
+            request.body(body).send().await.map_err(|e| {
+                format!("Error querying Consul agent: {}", beacon::report::chain(&e))
+            })?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(|e| e.to_string())?.to_vec();
         Ok((status, bytes))
@@ -239,10 +237,8 @@ fn value_line(bytes: &[u8], base64: bool) -> Vec<u8> {
 }
 
 pub async fn run(args: KvArgs) -> CliResult {
-    let client = Client {
-        base: super::base_url(args.http_addr.as_deref()),
-        http: reqwest::Client::new(),
-    };
+    let (base, http) = args.http.connect()?;
+    let client = Client { base, http };
     match args.command {
         KvCommand::Get {
             recurse,

@@ -1,7 +1,173 @@
-//! Client subcommands that talk to a running agent over its HTTP API.
+//! Client subcommands that talk to a running agent over its HTTP API (`kv`, `ops`), and the
+//! certificate tooling (`tls`, `tlsgen`).
 
+pub mod agent;
+pub mod catalog;
 pub mod kv;
 pub mod ops;
+pub mod tls;
+mod tlsgen;
+
+use std::path::{Path, PathBuf};
+
+/// How every client subcommand reaches the agent's HTTP API: its address and, for HTTPS,
+/// Consul's TLS flags. Each flag falls back to Consul's environment variable.
+#[derive(clap::Args, Debug, Default)]
+pub struct HttpArgs {
+    /// The agent's HTTP address, `https://` for TLS (else BEACON_HTTP_ADDR, CONSUL_HTTP_ADDR,
+    /// 127.0.0.1:8500; CONSUL_HTTP_SSL=true makes a scheme-less address HTTPS).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// PEM file of the CA that signed the agent's certificate (else CONSUL_CACERT).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A directory of PEM CA certificates (else CONSUL_CAPATH).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub ca_path: Option<PathBuf>,
+    /// PEM client certificate, for agents with verify_incoming (else CONSUL_CLIENT_CERT).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM key of --client-cert (else CONSUL_CLIENT_KEY).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
+    /// The name to verify the agent's certificate against instead of the address's host
+    /// (else CONSUL_TLS_SERVER_NAME), e.g. server.dc1.consul.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// An ACL token, sent as `X-Consul-Token` (else CONSUL_HTTP_TOKEN). Beacon has no ACLs
+    /// yet and ignores it; it is accepted so Consul scripts run unchanged.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("Error reading {}: {e}", path.display()))
+}
+
+impl HttpArgs {
+    /// The base URL (scheme, host, port) and an HTTP client set up for it. Errors name the
+    /// file or setting at fault.
+    pub fn connect(&self) -> Result<(String, reqwest::Client), String> {
+        let ssl = env("CONSUL_HTTP_SSL").and_then(|v| go_bool(&v)) == Some(true);
+        let mut base = base_url(self.http_addr.as_deref());
+        if ssl && base.starts_with("http://") && !has_scheme(self.http_addr.as_deref()) {
+            base = base.replacen("http://", "https://", 1);
+        }
+        let mut builder = reqwest::Client::builder();
+        if let Some(token) = self.token.clone().or_else(|| env("CONSUL_HTTP_TOKEN")) {
+            let mut headers = reqwest::header::HeaderMap::new();
+            let value = reqwest::header::HeaderValue::from_str(&token)
+                .map_err(|_| "the token is not a valid header value".to_string())?;
+            headers.insert("X-Consul-Token", value);
+            builder = builder.default_headers(headers);
+        }
+        if !base.starts_with("https://") {
+            return Ok((base, builder.build().map_err(|e| e.to_string())?));
+        }
+        let ca_file = self
+            .ca_file
+            .clone()
+            .or_else(|| env("CONSUL_CACERT").map(PathBuf::from));
+        let ca_path = self
+            .ca_path
+            .clone()
+            .or_else(|| env("CONSUL_CAPATH").map(PathBuf::from));
+        let roots = beacon::tls::read_ca_certs(ca_file.as_deref(), ca_path.as_deref())
+            .map_err(|e| format!("Error loading CA: {e}"))?
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("Error loading CA: {e}"))?;
+        if !roots.is_empty() {
+            // As Consul: the given CA replaces the system's roots.
+            builder = builder.tls_certs_only(roots);
+        }
+        let cert = self
+            .client_cert
+            .clone()
+            .or_else(|| env("CONSUL_CLIENT_CERT").map(PathBuf::from));
+        let key = self
+            .client_key
+            .clone()
+            .or_else(|| env("CONSUL_CLIENT_KEY").map(PathBuf::from));
+        match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(&cert)?;
+                pem.push(b'\n');
+                pem.extend(read(&key)?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    format!("Error loading client certificate {}: {e}", cert.display())
+                })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => return Err("--client-cert and --client-key go together".into()),
+        }
+        if env("CONSUL_HTTP_SSL_VERIFY").and_then(|v| go_bool(&v)) == Some(false) {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        if let Some(name) = self
+            .tls_server_name
+            .clone()
+            .or_else(|| env("CONSUL_TLS_SERVER_NAME"))
+        {
+            // reqwest verifies the URL's host: ask for `name` and resolve it to the real address.
+            let url = reqwest::Url::parse(&base).map_err(|e| format!("Bad address {base}: {e}"))?;
+            let port = url.port_or_known_default().unwrap_or(443);
+            let host = url
+                .host_str()
+                .unwrap_or("127.0.0.1")
+                .trim_matches(['[', ']']);
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+                .map_err(|e| format!("Cannot resolve {host}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("Cannot resolve {host}"))?;
+            builder = builder.resolve(&name, addr);
+            base = format!("https://{name}:{port}");
+        }
+        Ok((base, builder.build().map_err(|e| e.to_string())?))
+    }
+}
+
+/// Columns padded to their widest cell, two spaces apart (Consul's `columnize` output).
+pub(crate) fn table(rows: Vec<Vec<String>>) -> String {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A boolean as Go's `strconv.ParseBool` reads it (Consul parses its environment so).
+fn go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn has_scheme(flag: Option<&str>) -> bool {
+    let given = flag
+        .map(str::to_string)
+        .or_else(|| env("BEACON_HTTP_ADDR"))
+        .or_else(|| env("CONSUL_HTTP_ADDR"));
+    given.is_some_and(|a| a.starts_with("http://") || a.starts_with("https://"))
+}
 
 /// The agent's HTTP address: `--http-addr` > `BEACON_HTTP_ADDR` > `CONSUL_HTTP_ADDR` >
 /// `127.0.0.1:8500`, with or without a scheme.

@@ -1,22 +1,46 @@
-//! Cluster and operator subcommands: `leave`, `join`, `members`, `operator raft …`,
-//! `snapshot save|restore`.
+//! Cluster and operator subcommands: `leave`, `join`, `members`, `force-leave`, `keyring`,
+//! `operator raft …`, `snapshot save|restore`.
 
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-#[derive(Args)]
-pub struct AddrArgs {
-    /// The agent's HTTP address (else BEACON_HTTP_ADDR, CONSUL_HTTP_ADDR, 127.0.0.1:8500).
-    #[arg(long, global = true, value_name = "ADDR")]
-    http_addr: Option<String>,
-}
+pub use super::HttpArgs as AddrArgs;
 
 #[derive(Args)]
 pub struct JoinArgs {
     #[command(flatten)]
     addr: AddrArgs,
-    /// The RPC address of a server in the cluster to join.
+    /// The gossip address (host or host:port, port 8301 by default) of any agent of the pool.
     address: String,
+}
+
+#[derive(Args)]
+pub struct ForceLeaveArgs {
+    #[command(flatten)]
+    addr: AddrArgs,
+    /// Also forget the member at once instead of listing it as left for 24 h.
+    #[arg(long)]
+    prune: bool,
+    /// The failed member's node name.
+    node: String,
+}
+
+#[derive(Args)]
+pub struct KeyringArgs {
+    #[command(flatten)]
+    addr: AddrArgs,
+    /// List the keys installed in the pool and how many members hold each.
+    #[arg(long)]
+    list: bool,
+    /// Install a new key on every member.
+    #[arg(long, value_name = "KEY")]
+    install: Option<String>,
+    /// Make an installed key the primary (encrypting) key everywhere.
+    #[arg(long = "use", value_name = "KEY")]
+    use_key: Option<String>,
+    /// Remove a key that is not the primary from every member.
+    #[arg(long, value_name = "KEY")]
+    remove: Option<String>,
 }
 
 #[derive(Args)]
@@ -65,19 +89,25 @@ enum SnapshotCommand {
     Restore { file: String },
 }
 
-async fn request(
+pub(super) async fn request(
     addr: &AddrArgs,
     method: reqwest::Method,
     path: &str,
     body: Vec<u8>,
 ) -> Result<Vec<u8>, String> {
-    let url = format!("{}{path}", super::base_url(addr.http_addr.as_deref()));
-    let response = reqwest::Client::new()
+    let (base, client) = addr.connect()?;
+    let url = format!("{base}{path}");
+    let response = client
         .request(method, &url)
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("Error connecting to Beacon agent: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "Error connecting to Beacon agent: {}",
+                beacon::report::chain(&e)
+            )
+        })?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(|e| e.to_string())?.to_vec();
     if !status.is_success() {
@@ -108,46 +138,119 @@ pub async fn join(args: JoinArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn table(rows: Vec<Vec<String>>) -> String {
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+pub async fn force_leave(args: ForceLeaveArgs) -> Result<(), String> {
+    let query = if args.prune { "?prune=1" } else { "" };
+    request(
+        &args.addr,
+        reqwest::Method::PUT,
+        &format!("/v1/agent/force-leave/{}{query}", args.node),
+        Vec::new(),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn keyring(args: KeyringArgs) -> Result<(), String> {
+    let given = [
+        args.list,
+        args.install.is_some(),
+        args.use_key.is_some(),
+        args.remove.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err("Exactly one of -list, -install, -use, or -remove must be provided".into());
+    }
+    let body =
+        |key: &str| serde_json::to_vec(&serde_json::json!({ "Key": key })).unwrap_or_default();
+    let (method, key, done) = match (&args.install, &args.use_key, &args.remove) {
+        (Some(k), _, _) => (
+            reqwest::Method::POST,
+            k,
+            "Installing new gossip encryption key...",
+        ),
+        (_, Some(k), _) => (
+            reqwest::Method::PUT,
+            k,
+            "Changing primary gossip encryption key...",
+        ),
+        (_, _, Some(k)) => (
+            reqwest::Method::DELETE,
+            k,
+            "Removing gossip encryption key...",
+        ),
+        _ => {
+            let reply = request(
+                &args.addr,
+                reqwest::Method::GET,
+                "/v1/operator/keyring",
+                Vec::new(),
+            )
+            .await?;
+            let pools: Vec<Value> = serde_json::from_slice(&reply).map_err(|e| e.to_string())?;
+            println!("==> Gathering installed encryption keys...");
+            for pool in pools {
+                let dc = pool["Datacenter"].as_str().unwrap_or("");
+                let members = pool["NumNodes"].as_u64().unwrap_or(0);
+                println!("\n{dc} (LAN):");
+                if let Some(keys) = pool["Keys"].as_object() {
+                    for (key, count) in keys {
+                        println!("  {key} [{count}/{members}]");
+                    }
+                }
+                if let Some(primary) = pool["PrimaryKeys"].as_object() {
+                    println!("Primary keys:");
+                    for (key, count) in primary {
+                        println!("  {key} [{count}/{members}]");
+                    }
+                }
+            }
+            return Ok(());
+        }
+    };
+    println!("==> {done}");
+    request(&args.addr, method, "/v1/operator/keyring", body(key)).await?;
+    Ok(())
 }
 
 pub async fn members(args: AddrArgs) -> Result<(), String> {
     let body = request(&args, reqwest::Method::GET, "/v1/agent/members", Vec::new()).await?;
     let members: Vec<Value> = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     let mut rows = vec![
-        ["Node", "Address", "Status", "Type", "DC"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "Node", "Address", "Status", "Type", "Build", "Protocol", "DC",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for m in members {
+        let tags = &m["Tags"];
         rows.push(vec![
             m["Name"].as_str().unwrap_or("").to_string(),
             format!("{}:{}", m["Addr"].as_str().unwrap_or(""), m["Port"]),
-            if m["Status"] == 1 {
-                "alive".into()
+            match m["Status"].as_u64() {
+                Some(1) => "alive",
+                Some(2) => "leaving",
+                Some(3) => "left",
+                Some(4) => "failed",
+                _ => "none",
+            }
+            .into(),
+            if tags["role"] == "node" {
+                "client"
             } else {
-                "failed".into()
-            },
-            "server".into(),
-            m["Tags"]["dc"].as_str().unwrap_or("").to_string(),
+                "server"
+            }
+            .into(),
+            tags["build"]
+                .as_str()
+                .and_then(|b| b.split(':').next())
+                .unwrap_or("")
+                .to_string(),
+            tags["vsn"].as_str().unwrap_or("2").to_string(),
+            tags["dc"].as_str().unwrap_or("").to_string(),
         ]);
     }
-    println!("{}", table(rows));
+    println!("{}", super::table(rows));
     Ok(())
 }
 
@@ -183,7 +286,7 @@ pub async fn operator(args: OperatorArgs) -> Result<(), String> {
                     "3".into(),
                 ]);
             }
-            println!("{}", table(rows));
+            println!("{}", super::table(rows));
             Ok(())
         }
         OperatorCommand::Raft {

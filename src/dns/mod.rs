@@ -369,6 +369,8 @@ async fn forwarded<R: ResponseHandler>(
 pub struct Listeners {
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: TcpListener,
+    /// DNS over TLS (RFC 7858), with the certificate to serve; bound by the caller.
+    pub tls: Option<(TcpListener, Arc<dyn rustls::server::ResolvesServerCert>)>,
 }
 
 /// Binds `udp_workers` UDP sockets and a TCP listener on the same port (port 0 picks one free
@@ -379,7 +381,13 @@ pub async fn bind(addr: SocketAddr, udp_workers: usize) -> std::io::Result<Liste
         let udp = udp::bind(addr, udp_workers)?;
         let local = udp[0].local_addr()?;
         match TcpListener::bind(local).await {
-            Ok(tcp) => return Ok(Listeners { udp, tcp }),
+            Ok(tcp) => {
+                return Ok(Listeners {
+                    udp,
+                    tcp,
+                    tls: None,
+                });
+            }
             Err(e) if addr.port() == 0 => last_err = Some(e),
             Err(e) => return Err(e),
         }
@@ -387,7 +395,7 @@ pub async fn bind(addr: SocketAddr, udp_workers: usize) -> std::io::Result<Liste
     Err(last_err.unwrap_or_else(|| std::io::Error::other("no free port for DNS")))
 }
 
-/// The running DNS server: our UDP receive loops, and hickory's server for TCP.
+/// The running DNS server: our UDP receive loops, and hickory's server for TCP and TLS.
 pub struct DnsServer {
     udp: UdpServer,
     tcp: Server<SharedHandler>,
@@ -420,6 +428,11 @@ pub fn serve(
     )?;
     let mut tcp = Server::new(SharedHandler(handler));
     tcp.register_listener(listeners.tcp, TCP_IDLE_TIMEOUT, 65535);
+    if let Some((listener, certs)) = listeners.tls {
+        // hickory's DoT listener answers through the same handler as TCP; the resolver picks
+        // the certificate per handshake, so a reload reaches new connections.
+        tcp.register_tls_listener(listener, TCP_IDLE_TIMEOUT, certs)?;
+    }
     Ok(DnsServer { udp, tcp })
 }
 

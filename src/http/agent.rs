@@ -12,7 +12,7 @@ use super::filter::schemas;
 use super::{Api, ApiError, Params, json, keep};
 use crate::agent::SERF_HEALTH;
 use crate::catalog::aggregate;
-use crate::cluster::Member;
+use crate::cluster::{Member, PoolError, PoolMember};
 use crate::model::CheckStatus;
 
 fn ok() -> Response {
@@ -235,13 +235,22 @@ pub async fn health_by_name(
 
 pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
     let node = api.agent.node();
-    let me = api
-        .cluster
-        .members()
-        .into_iter()
-        .find(|m| m.id == api.cluster.id())
-        .map(|m| member_json(&api, &m))
-        .unwrap_or(Value::Null);
+    let me = match &api.gossip {
+        Some(gossip) => gossip
+            .members()
+            .iter()
+            .find(|m| m.name == node.name)
+            .map(pool_member_json)
+            .unwrap_or(Value::Null),
+        None => api
+            .cluster
+            .members()
+            .into_iter()
+            .find(|m| m.id == api.cluster.id())
+            .map(|m| member_json(&api, &m))
+            .unwrap_or(Value::Null),
+    };
+    let server = api.forward.is_none();
     let meta = api
         .view
         .load()
@@ -253,7 +262,7 @@ pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
             "Datacenter": api.datacenter,
             "NodeName": node.name,
             "NodeID": node.id,
-            "Server": true,
+            "Server": server,
             "Revision": "",
             "Version": env!("CARGO_PKG_VERSION"),
         },
@@ -261,7 +270,7 @@ pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
             "Datacenter": api.datacenter,
             "NodeName": node.name,
             "NodeID": node.id,
-            "ServerMode": true,
+            "ServerMode": server,
             "Version": env!("CARGO_PKG_VERSION"),
         },
         "Member": me,
@@ -269,7 +278,7 @@ pub async fn self_info(State(api): State<Api>, params: Params) -> Response {
         "Stats": {
             "raft": api.cluster.stats(),
             "consul": {
-                "server": "true",
+                "server": server.to_string(),
                 "leader": if api.cluster.is_leader() { "true" } else { "false" },
                 "leader_addr": api.cluster.leader().unwrap_or_default(),
                 "known_datacenters": "1",
@@ -303,24 +312,56 @@ fn member_json(api: &Api, m: &Member) -> Value {
     })
 }
 
-/// `GET /v1/agent/members`: the servers (Beacon's only members). With `?wan`, the WAN pool,
-/// where Consul names a server `<node>.<datacenter>`.
+/// A gossip pool member as Consul's `/v1/agent/members` shows it: Serf's tags and statuses
+/// (1 alive, 2 leaving, 3 left, 4 failed), memberlist's protocol versions.
+fn pool_member_json(m: &PoolMember) -> Value {
+    json!({
+        "Name": m.name,
+        "Addr": m.addr.ip().to_string(),
+        "Port": m.addr.port(),
+        "Tags": m.tags,
+        "Status": m.status,
+        "ProtocolMin": 1,
+        "ProtocolMax": 5,
+        "ProtocolCur": 2,
+        "DelegateMin": 2,
+        "DelegateMax": 5,
+        "DelegateCur": 4,
+    })
+}
+
+/// `GET /v1/agent/members`: the LAN gossip pool (without one, a dev agent lists its Raft
+/// servers). With `?wan`, the WAN pool: servers only, named `<node>.<datacenter>`.
 pub async fn members(State(api): State<Api>, params: Params) -> Result<Response, ApiError> {
     let filter = params.filter(&schemas::MEMBER)?;
     let wan = params.bool("wan")?.unwrap_or(false);
-    let all: Vec<Value> = api
-        .cluster
-        .members()
-        .iter()
-        .map(|m| {
-            let mut v = member_json(&api, m);
-            if wan {
-                v["Name"] = json!(format!("{}.{}", m.name, api.datacenter));
-            }
-            v
-        })
-        .filter(|v| keep(&filter, v))
-        .collect();
+    let all: Vec<Value> = match &api.gossip {
+        Some(gossip) => gossip
+            .members()
+            .iter()
+            .filter(|m| !wan || m.is_server())
+            .map(|m| {
+                let mut v = pool_member_json(m);
+                if wan {
+                    v["Name"] = json!(format!("{}.{}", m.name, api.datacenter));
+                }
+                v
+            })
+            .collect(),
+        None => api
+            .cluster
+            .members()
+            .iter()
+            .map(|m| {
+                let mut v = member_json(&api, m);
+                if wan {
+                    v["Name"] = json!(format!("{}.{}", m.name, api.datacenter));
+                }
+                v
+            })
+            .collect(),
+    };
+    let all: Vec<Value> = all.into_iter().filter(|v| keep(&filter, v)).collect();
     Ok(json(
         api.view.load().indexes().last,
         &Value::Array(all),
@@ -328,24 +369,44 @@ pub async fn members(State(api): State<Api>, params: Params) -> Result<Response,
     ))
 }
 
-/// `PUT /v1/agent/leave`: leave the voter set gracefully, then shut down.
+/// `PUT /v1/agent/leave`: a server leaves the voter set gracefully; every agent then leaves
+/// the gossip pool (members see it left, not failed) and shuts down.
 pub async fn leave(State(api): State<Api>) -> Result<Response, ApiError> {
-    api.cluster
-        .leave()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if api.forward.is_none() {
+        api.cluster
+            .leave()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    if let Some(gossip) = &api.gossip {
+        gossip.leave().await;
+    }
     api.leave.cancel();
     Ok(ok())
 }
 
-/// `PUT /v1/agent/join/:address`: join the cluster of the server at that RPC address, or,
-/// when this server already leads a cluster and that one is new, bring it in.
+/// `PUT /v1/agent/join/:address`: joins the gossip pool through the agent at that gossip
+/// address (`host` or `host:port`, port 8301 by default); 500 with the reason when it does not
+/// answer. A dev agent without a pool keeps the old meaning: a server's RPC address.
 pub async fn join(
     State(api): State<Api>,
     Path(address): Path<String>,
 ) -> Result<Response, ApiError> {
-    api.cluster.join(&address).await?;
+    match &api.gossip {
+        Some(gossip) => {
+            gossip.join(&[address]).await.map_err(pool_error)?;
+        }
+        None => api.cluster.join(&address).await?,
+    }
     Ok(ok())
+}
+
+fn pool_error(e: PoolError) -> ApiError {
+    match e {
+        PoolError::BadRequest(m) => ApiError::BadRequest(m),
+        PoolError::NotFound(m) => ApiError::Internal(m),
+        other => ApiError::Internal(other.to_string()),
+    }
 }
 
 /// `PUT /v1/agent/force-leave/:node`: removes a *failed* server from the Raft configuration
@@ -355,7 +416,22 @@ pub async fn join(
 pub async fn force_leave(
     State(api): State<Api>,
     Path(name): Path<String>,
+    params: Params,
 ) -> Result<Response, ApiError> {
+    if let Some(gossip) = &api.gossip {
+        let prune = params.bool("prune")?.unwrap_or(false);
+        gossip.force_leave(&name, prune).map_err(pool_error)?;
+        // A failed server also leaves the Raft configuration (the leader's reconciliation
+        // would do it when it sees the member left; doing it here answers at once).
+        if api.forward.is_none()
+            && let Some(server) = api.cluster.members().into_iter().find(|m| {
+                m.name.eq_ignore_ascii_case(&name) && !m.alive && m.id != api.cluster.id()
+            })
+        {
+            let _ = api.cluster.remove_server(server.id).await;
+        }
+        return Ok(ok());
+    }
     let Some(member) = api
         .cluster
         .members()
@@ -387,10 +463,14 @@ pub async fn reload(State(api): State<Api>) -> Result<Response, ApiError> {
     };
     // Reading the configuration and zone files is blocking work.
     let reload = reload.clone();
-    tokio::task::spawn_blocking(move || reload())
-        .await
-        .map_err(|e| ApiError::Internal(format!("Failed to reload configs: {e}")))?
-        .map_err(|e| ApiError::Internal(format!("Failed to reload configs: {e}")))?;
+    let outcome = match tokio::task::spawn_blocking(move || reload()).await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = outcome {
+        tracing::error!(error = %e, "reload failed; keeping the previous configuration");
+        return Err(ApiError::Internal(format!("Failed to reload configs: {e}")));
+    }
     Ok(ok())
 }
 

@@ -44,6 +44,30 @@ fn collect(api: &Api) -> Vec<Metric> {
             load(&crate::metrics::WRITES.rejected_busy),
         ),
         counter(
+            "beacon_gossip_packets_sent_total",
+            "LAN gossip UDP packets sent.",
+            &[],
+            load(&crate::metrics::GOSSIP.packets_sent),
+        ),
+        counter(
+            "beacon_gossip_bytes_sent_total",
+            "LAN gossip bytes sent (UDP payloads, encrypted when encryption is on).",
+            &[],
+            load(&crate::metrics::GOSSIP.bytes_sent),
+        ),
+        counter(
+            "beacon_gossip_packets_received_total",
+            "LAN gossip UDP packets received.",
+            &[],
+            load(&crate::metrics::GOSSIP.packets_received),
+        ),
+        counter(
+            "beacon_gossip_bytes_received_total",
+            "LAN gossip bytes received.",
+            &[],
+            load(&crate::metrics::GOSSIP.bytes_received),
+        ),
+        counter(
             "beacon_dns_udp_queries_received_total",
             "UDP DNS queries received.",
             &[],

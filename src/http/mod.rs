@@ -26,7 +26,7 @@ use serde_json::Value;
 pub use error::ApiError;
 
 use crate::agent::Agent;
-use crate::cluster::{Cluster, Writer};
+use crate::cluster::{Cluster, Forward, Gossip, HttpCall, HttpReply, LocalApi, Writer};
 use crate::metrics::DnsMetrics;
 use crate::view::View;
 
@@ -50,12 +50,54 @@ pub struct Api {
     /// Re-reads the configuration and applies what can change at run time (SIGHUP and
     /// `PUT /v1/agent/reload`); None when the agent was started without one to re-read.
     pub reload: Option<Reloader>,
+    /// The LAN gossip pool; None for a dev agent without one.
+    pub gossip: Option<Arc<dyn Gossip>>,
+    /// On a client agent: where everything but the agent's own endpoints goes (a server).
+    /// None on a server.
+    pub forward: Option<Arc<dyn Forward>>,
 }
 
 /// See `Api::reload`; the error is the reason, for the log and the HTTP answer.
 pub type Reloader = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// The API: on a server, every endpoint; on a client agent (`Api::forward`), the agent's own
+/// endpoints, with everything else forwarded to a server.
 pub fn router(api: Api) -> Router {
+    let routes = if api.forward.is_some() {
+        // Read modes and blocking apply to what this agent answers itself; a forwarded request
+        // gets them on the server, whose answer (and `X-Consul-*` headers) comes back as it is.
+        agent_routes()
+            .layer(middleware::from_fn_with_state(
+                api.clone(),
+                read::read_modes,
+            ))
+            .fallback(forward)
+    } else {
+        agent_routes()
+            .merge(server_routes())
+            .fallback(not_found)
+            .layer(middleware::from_fn_with_state(
+                api.clone(),
+                read::read_modes,
+            ))
+    };
+    finish(routes, api)
+}
+
+/// The layers every router shares, and its state.
+fn finish(routes: Router<Api>, api: Api) -> Router {
+    routes
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            check_datacenter,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
+}
+
+/// What every agent answers itself: its services and checks, its view of the gossip pool,
+/// its configuration, metrics and logs.
+fn agent_routes() -> Router<Api> {
     Router::new()
         .route("/v1/agent/service/register", put(agent::register_service))
         .route(
@@ -86,6 +128,24 @@ pub fn router(api: Api) -> Router {
         .route("/v1/agent/self", get(agent::self_info))
         .route("/v1/agent/metrics", get(metrics::metrics))
         .route("/v1/agent/members", get(agent::members))
+        .route("/v1/agent/leave", put(agent::leave))
+        .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
+        .route("/v1/agent/reload", put(agent::reload))
+        .route("/v1/agent/monitor", get(agent::monitor))
+        .route("/v1/agent/token/{*kind}", put(agent::token))
+        .route("/v1/agent/join/{*address}", put(agent::join))
+        .route(
+            "/v1/operator/keyring",
+            get(operator::keyring_list)
+                .post(operator::keyring_install)
+                .put(operator::keyring_use)
+                .delete(operator::keyring_remove),
+        )
+}
+
+/// What only servers answer (a client agent forwards these).
+fn server_routes() -> Router<Api> {
+    Router::new()
         .route("/v1/catalog/register", put(catalog::register))
         .route("/v1/catalog/deregister", put(catalog::deregister))
         .route("/v1/catalog/services", get(catalog::services))
@@ -120,16 +180,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/session/info/{*id}", get(session::info))
         .route("/v1/session/list", get(session::list))
         .route("/v1/session/node/{*node}", get(session::node))
-        .route("/v1/agent/leave", put(agent::leave))
-        .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
-        .route("/v1/agent/reload", put(agent::reload))
-        .route("/v1/agent/monitor", get(agent::monitor))
-        .route("/v1/agent/token/{*kind}", put(agent::token))
         .route(
             "/v1/operator/raft/transfer-leader",
             axum::routing::post(operator::transfer_leader),
         )
-        .route("/v1/agent/join/{*address}", put(agent::join))
         .route(
             "/v1/operator/raft/configuration",
             get(operator::raft_configuration),
@@ -146,17 +200,189 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            api.clone(),
-            read::read_modes,
-        ))
-        .layer(middleware::from_fn_with_state(
-            api.clone(),
-            check_datacenter,
-        ))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(api)
+}
+
+/// Headers that describe one hop's connection, not the request (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// A client agent's fallback: the request goes to a server over server RPC, and the server's
+/// answer comes back as it is (status, `X-Consul-*` headers, body). A blocking query may wait
+/// up to its `wait` (Consul caps it at 10 minutes) plus Consul's jitter.
+async fn forward(State(api): State<Api>, request: Request) -> Response {
+    let Some(forward) = api.forward.clone() else {
+        return not_found().await.into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let limit = if parts.uri.path() == "/v1/snapshot" {
+        operator::MAX_SNAPSHOT
+    } else {
+        MAX_BODY
+    };
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request body too large: {e}"),
+            )
+                .into_response();
+        }
+    };
+    // A session is created for the agent's own node unless the body names one (Consul's
+    // client agent fills it in before forwarding).
+    let body = if parts.uri.path() == "/v1/session/create" {
+        with_node(&body, &api.agent.node().name)
+    } else {
+        body.to_vec()
+    };
+    let call = HttpCall {
+        method: parts.method.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| parts.uri.path().to_string()),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    serde_bytes::ByteBuf::from(value.as_bytes().to_vec()),
+                )
+            })
+            .collect(),
+        body: serde_bytes::ByteBuf::from(body),
+    };
+    let params = Params::parse(parts.uri.query());
+    let blocking = params.get("index").is_some();
+    let timeout = if blocking {
+        std::time::Duration::from_secs(11 * 60)
+    } else {
+        std::time::Duration::from_secs(60)
+    };
+    match forward.http(call, timeout).await {
+        Ok(reply) => reply_response(reply),
+        Err(e) => ApiError::Internal(format!("rpc error: {e}")).into_response(),
+    }
+}
+
+/// The session-create body with `Node` set to `node` when it names none; a body that is not a
+/// JSON object goes as it is (the server answers it).
+fn with_node(body: &[u8], node: &str) -> Vec<u8> {
+    let mut object = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(o)) => o,
+            _ => return body.to_vec(),
+        }
+    };
+    let named = object
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("node") && v.as_str().is_some_and(|s| !s.is_empty()));
+    if !named {
+        object.retain(|k, _| !k.eq_ignore_ascii_case("node"));
+        object.insert("Node".into(), Value::String(node.to_string()));
+    }
+    serde_json::to_vec(&Value::Object(object)).unwrap_or_else(|_| body.to_vec())
+}
+
+fn reply_response(reply: HttpReply) -> Response {
+    let mut response = Response::new(axum::body::Body::from(reply.body.into_vec()));
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in reply.headers {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// The largest answer a server sends back for a forwarded call (the transport's frame limit
+/// is 64 MiB; the rest is room for the envelope).
+const MAX_FORWARDED_REPLY: usize = 60 << 20;
+
+/// Answers client agents' forwarded calls with this server's own API: the server endpoints
+/// only (a client answers its agent endpoints itself), with the same read modes and limits.
+pub fn local_api(api: Api) -> LocalApi {
+    let router = finish(
+        server_routes()
+            .fallback(not_found)
+            .layer(middleware::from_fn_with_state(
+                api.clone(),
+                read::read_modes,
+            )),
+        api,
+    );
+    Arc::new(move |call: HttpCall| {
+        let router = router.clone();
+        Box::pin(async move {
+            use tower::ServiceExt;
+            let mut builder = axum::http::Request::builder()
+                .method(call.method.as_str())
+                .uri(call.uri.as_str());
+            for (name, value) in &call.headers {
+                builder = builder.header(name.as_str(), value.as_slice());
+            }
+            let request = match builder.body(axum::body::Body::from(call.body.into_vec())) {
+                Ok(r) => r,
+                Err(e) => {
+                    return HttpReply {
+                        status: 400,
+                        headers: Vec::new(),
+                        body: serde_bytes::ByteBuf::from(format!("bad forwarded request: {e}")),
+                    };
+                }
+            };
+            let response = match router.oneshot(request).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            let (parts, body) = response.into_parts();
+            // Blocking queries end on their own (10 minutes at most); streaming endpoints are
+            // agent endpoints, which are not served here.
+            let body = match axum::body::to_bytes(body, MAX_FORWARDED_REPLY).await {
+                Ok(b) => b.to_vec(),
+                Err(e) => {
+                    return HttpReply {
+                        status: 500,
+                        headers: Vec::new(),
+                        body: serde_bytes::ByteBuf::from(format!(
+                            "the answer is too large to forward to a client agent: {e}"
+                        )),
+                    };
+                }
+            };
+            HttpReply {
+                status: parts.status.as_u16(),
+                headers: parts
+                    .headers
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.to_string(),
+                            serde_bytes::ByteBuf::from(v.as_bytes().to_vec()),
+                        )
+                    })
+                    .collect(),
+                body: serde_bytes::ByteBuf::from(body),
+            }
+        }) as futures_util::future::BoxFuture<'static, HttpReply>
+    })
 }
 
 async fn not_found() -> ApiError {
@@ -320,6 +546,100 @@ pub async fn serve(
     axum::serve(listener, router(api).into_make_service())
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+const PLAIN_HTTP_ON_HTTPS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// How long a client may take over its TLS handshake before the HTTPS listener drops it.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the same API over HTTPS (HTTP/1.1 and HTTP/2 by ALPN) until `shutdown`, then lets
+/// open connections finish. Each connection takes the certificates current when it arrives
+/// (`Tls::https`), so a reload reaches new connections without dropping open ones. A failed
+/// handshake (no client certificate where `verify_incoming` asks for one, a foreign CA) closes
+/// that connection only, logged at debug.
+///
+/// axum's `serve` takes only plain TCP, so the accept loop is hyper-util's, as axum's own
+/// TLS example does.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    tls: std::sync::Arc<crate::tls::Tls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let app = router(api);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        crate::transport::MAX_HANDSHAKES,
+    ));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Typically out of file descriptors: pause rather than spin.
+                    tracing::warn!(error = %e, "https accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(config) = tls.https() else {
+            continue;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many HTTPS connections in their handshake; closing this one");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // Plain HTTP on the HTTPS port gets Go's answer (as Consul gives it), not silence.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                Ok(Ok(1)) if first[0] != 0x16 => {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut tcp = tcp;
+                    // The request is read first: closing with it unread would reset the
+                    // connection before the client reads the answer.
+                    let mut request = [0u8; 4096];
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        tcp.read(&mut request),
+                    )
+                    .await;
+                    let _ = tcp.write_all(PLAIN_HTTP_ON_HTTPS).await;
+                    let _ = tcp.shutdown().await;
+                    return;
+                }
+                Ok(Ok(1)) => {}
+                _ => return,
+            }
+            let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await;
+            drop(permit);
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "https handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let builder = Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "https connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }
 
 /// Whether `item` passes the request's `?filter=` (no filter: every item does).

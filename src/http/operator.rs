@@ -151,3 +151,92 @@ pub async fn transfer_leader(State(api): State<Api>) -> ApiError {
         )
     }
 }
+
+/// The body of Consul's keyring operations: `{"Key": "<base64>"}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBody {
+    #[serde(rename = "Key")]
+    key: String,
+}
+
+fn gossip(api: &Api) -> Result<&std::sync::Arc<dyn crate::cluster::Gossip>, ApiError> {
+    api.gossip.as_ref().ok_or_else(|| {
+        ApiError::Internal("this agent runs no gossip pool, so it has no keyring".into())
+    })
+}
+
+fn keyring_error(e: crate::cluster::PoolError) -> ApiError {
+    match e {
+        crate::cluster::PoolError::BadRequest(m) => ApiError::BadRequest(m),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn key_body(body: &[u8]) -> Result<String, ApiError> {
+    serde_json::from_slice::<KeyBody>(body)
+        .map(|b| b.key)
+        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
+}
+
+/// `GET /v1/operator/keyring`: the keys installed across the LAN pool, with how many members
+/// hold each (Consul's `KeyringResponse` list; Beacon has no WAN pool yet).
+pub async fn keyring_list(State(api): State<Api>) -> Result<Response, ApiError> {
+    let report = gossip(&api)?.keyring_list().map_err(keyring_error)?;
+    let body = serde_json::json!([{
+        "WAN": false,
+        "Datacenter": api.datacenter,
+        "Segment": "",
+        "Partition": "",
+        "Keys": report.keys,
+        "PrimaryKeys": report.primary,
+        "NumNodes": report.members,
+        "Messages": {},
+    }]);
+    Ok(axum::Json(body).into_response())
+}
+
+/// `POST /v1/operator/keyring`: installs a key on every member.
+pub async fn keyring_install(
+    State(api): State<Api>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let key = key_body(&body)?;
+    let pool = gossip(&api)?.clone();
+    // Each member writes its keyring file: blocking work.
+    tokio::task::spawn_blocking(move || pool.keyring_install(&key))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(keyring_error)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/operator/keyring`: makes an installed key the primary (encrypting) key everywhere.
+pub async fn keyring_use(
+    State(api): State<Api>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let key = key_body(&body)?;
+    let pool = gossip(&api)?.clone();
+    // Each member writes its keyring file: blocking work.
+    tokio::task::spawn_blocking(move || pool.keyring_use(&key))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(keyring_error)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `DELETE /v1/operator/keyring`: removes a key that is not the primary from every member.
+pub async fn keyring_remove(
+    State(api): State<Api>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let key = key_body(&body)?;
+    let pool = gossip(&api)?.clone();
+    // Each member writes its keyring file: blocking work.
+    tokio::task::spawn_blocking(move || pool.keyring_remove(&key))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(keyring_error)?;
+    Ok(StatusCode::OK.into_response())
+}

@@ -1,5 +1,6 @@
 //! `/v1/session/*`: sessions, the owners of KV locks.
 
+use crate::agent::SERF_HEALTH;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -46,11 +47,11 @@ struct CreateIn {
     lock_delay: Option<GoDuration>,
     behavior: String,
     ttl: Option<String>,
-    checks: Vec<String>,
+    checks: Option<Vec<String>>,
     #[serde(rename = "nodechecks")]
-    node_checks: Vec<String>,
+    node_checks: Option<Vec<String>>,
     #[serde(rename = "servicechecks")]
-    service_checks: Vec<ServiceCheckIn>,
+    service_checks: Option<Vec<ServiceCheckIn>>,
 }
 
 pub fn session_json(s: &Session) -> Value {
@@ -105,8 +106,16 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, Api
         Some(GoDuration(d)) => d,
     }
     .min(LOCK_DELAY_MAX);
-    let mut node_checks = input.node_checks;
-    node_checks.extend(input.checks);
+    // As Consul: a session that names no checks at all is linked to the node's `serfHealth`,
+    // so it is invalidated when the node fails in the gossip pool.
+    let node_checks = match (input.node_checks, input.checks, &input.service_checks) {
+        (None, None, None) => vec![SERF_HEALTH.to_string()],
+        (node_checks, checks, _) => {
+            let mut all = node_checks.unwrap_or_default();
+            all.extend(checks.unwrap_or_default());
+            all
+        }
+    };
     let session = Session {
         id: uuid::Uuid::new_v4().to_string(),
         name: input.name,
@@ -119,7 +128,12 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, Api
         behavior,
         ttl,
         node_checks,
-        service_checks: input.service_checks.into_iter().map(|c| c.id).collect(),
+        service_checks: input
+            .service_checks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect(),
         create_index: 0,
         modify_index: 0,
     };

@@ -3,13 +3,18 @@
 //! - cluster naming: the cluster ID is written once, right after the cluster forms;
 //! - session expiry: the leader's TTL timers ([`SessionTimers`]) destroy expired sessions;
 //! - autopilot: servers the leader has not reached for `dead_server_threshold` are removed, if
-//!   a healthy majority remains (Consul's `cleanup_dead_servers`).
+//!   a healthy majority remains (Consul's `cleanup_dead_servers`);
+//! - reconciliation (`reconcile`): the catalog and the Raft configuration follow the gossip
+//!   pool.
 //!
 //! The supervisor follows Raft's own leadership signal (its metrics), so duties never run on two
 //! servers of one term, and a new leader starts them from scratch (Consul's
 //! `establishLeadership` / `revokeLeadership`).
 
+mod reconcile;
 mod sessions;
+
+pub use reconcile::Memory as PoolMemory;
 
 pub use sessions::{SCAN_EVERY, SessionTimers, TTL_MULTIPLIER};
 
@@ -22,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Command;
-use crate::cluster::Writer;
+use crate::cluster::{Gossip, Writer};
 use crate::config::Autopilot;
 use crate::raft::{LEADER_HOLD, RaftNode};
 use crate::tasks::Tasks;
@@ -43,6 +48,13 @@ pub struct Duties {
     pub writer: Arc<dyn Writer>,
     pub autopilot: Autopilot,
     pub sessions: SessionTimers,
+    /// The LAN gossip pool, when this server runs one.
+    pub gossip: Option<Arc<dyn Gossip>>,
+    pub datacenter: String,
+    /// How long a failed member stays before it is reaped.
+    pub reconnect_timeout: Duration,
+    /// What reconciliation remembers across terms.
+    pub pool_memory: Arc<PoolMemory>,
 }
 
 /// Starts the supervisor: it runs the duties for every term this server leads, until shutdown.
@@ -113,8 +125,25 @@ async fn run(duties: Duties, term: CancellationToken) {
         }
     });
     let graveyard = reap_tombstones(&duties);
+    let pool = async {
+        match &duties.gossip {
+            Some(gossip) => {
+                reconcile::Reconciler {
+                    node: duties.node.clone(),
+                    writer: duties.writer.clone(),
+                    gossip: gossip.clone(),
+                    datacenter: duties.datacenter.clone(),
+                    reconnect_timeout: duties.reconnect_timeout,
+                    memory: duties.pool_memory.clone(),
+                }
+                .run()
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let _ = until_cancelled(&term, async {
-        tokio::join!(naming, expiry, autopilot, graveyard)
+        tokio::join!(naming, expiry, autopilot, graveyard, pool)
     })
     .await;
 }

@@ -1,7 +1,8 @@
 //! Cluster formation and membership by request: `--bootstrap-expect` and `--join` at start,
 //! `join` and `leave` asked of a running server.
 //!
-//! A new server asks each `--join` address who it is. If one already belongs to a cluster, this
+//! The servers to ask come from the gossip pool (its alive servers of this datacenter), read
+//! afresh each round. A new server asks each of them who it is. If one already belongs to a cluster, this
 //! server asks that cluster's leader to add it (as a learner, then a voter once caught up).
 //! Otherwise, once `bootstrap_expect` uninitialized servers know each other, the one with the
 //! lowest RPC address initializes the cluster with all of them — exactly one server does, with
@@ -19,6 +20,10 @@ use crate::cluster::ClusterError;
 
 const RETRY: Duration = Duration::from_millis(300);
 
+/// How long a restarted server waits for the gossip pool to name another server before it
+/// starts without having checked that they share its cluster.
+const PEERS_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum FormationError {
     #[error(
@@ -33,20 +38,25 @@ pub enum FormationError {
     Cancelled,
 }
 
-/// Returns once this server belongs to a cluster.
+/// Returns once this server belongs to a cluster. `servers` lists the other servers' RPC
+/// addresses as currently known (from the gossip pool).
 pub async fn form(
     cluster: &RaftNode,
-    join: &[String],
+    servers: &(dyn Fn() -> Vec<String> + Send + Sync),
     bootstrap_expect: usize,
     shutdown: &CancellationToken,
 ) -> Result<(), FormationError> {
     let me = cluster.me().clone();
     let mut logged_wait = false;
+    // When a refused join was last logged: it is retried every round, logged every 30 s.
+    let mut join_warned: Option<tokio::time::Instant> = None;
     // When each join address last had its failure logged: once at first, then every 30 s.
     let mut warned: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    let started = tokio::time::Instant::now();
     loop {
         let ours = cluster.view().load().cluster_id().to_string();
         let mut peers: Vec<(String, ServerInfo)> = Vec::new();
+        let join = servers();
         for addr in join.iter().filter(|a| **a != me.rpc_addr) {
             let probed = cluster.client().info(addr).await;
             if let Err(e) = &probed {
@@ -69,7 +79,10 @@ pub async fn form(
                 peers.push((addr.clone(), info));
             }
         }
-        if cluster.is_initialized().await {
+        // A restarted server checks its peers' cluster before serving: give the gossip pool
+        // a moment to list them.
+        if cluster.is_initialized().await && (!peers.is_empty() || started.elapsed() >= PEERS_GRACE)
+        {
             return Ok(());
         }
 
@@ -88,7 +101,12 @@ pub async fn form(
                     wait_initialized(cluster, shutdown).await?;
                     return Ok(());
                 }
-                Err(e) => tracing::warn!(target = %target, error = %e, "join failed, retrying"),
+                Err(e) => {
+                    if join_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
+                        tracing::warn!(target = %target, error = %e, "join failed, retrying (logged every 30 s)");
+                        join_warned = Some(tokio::time::Instant::now());
+                    }
+                }
             }
         } else if bootstrap_expect > 0 {
             let mut known = BTreeMap::from([(cluster.id(), me.clone())]);

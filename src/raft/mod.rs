@@ -75,6 +75,7 @@ impl RaftNode {
         db: Arc<Database>,
         view: View,
         timing: &Timing,
+        tls: Option<Arc<crate::tls::Tls>>,
         tasks: &Tasks,
     ) -> Result<RaftNode, StartError> {
         let config = openraft::Config {
@@ -96,8 +97,8 @@ impl RaftNode {
         );
         let log = LogStore::new(db.clone());
         let sm = StateMachineStore::load(db, view.clone())?;
-        let pool = Pool::new(cluster_id(&view), Limits::default());
-        let anyone = Pool::new(Arc::new(String::new), Limits::default());
+        let pool = Pool::new(cluster_id(&view), Limits::default(), tls.clone());
+        let anyone = Pool::new(Arc::new(String::new), Limits::default(), tls);
         let contacts = Contacts::default();
         let network = network::Network {
             pool: pool.clone(),

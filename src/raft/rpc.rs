@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use super::RaftNode;
 use crate::catalog::{Outcome, Request};
-use crate::cluster::{ClusterError, WriteError};
+use crate::cluster::{ClusterError, HttpCall, HttpReply, LocalApi, WriteError};
 use crate::store::types::{NodeId, ServerNode, TypeConfig};
 use crate::transport::{BoxFuture, CallError, Handler, Pool};
+use crate::view::watch::Topic;
 
 /// The leader's session timers, as the RPC listener reaches them (implemented by
 /// `leader::SessionTimers`; defined here so `raft` does not depend on `leader`).
@@ -53,6 +54,21 @@ pub enum Method {
     Backup = 14,
     /// session ID → `Result<bool, ClusterError>`.
     SessionRenew = 15,
+    /// `HttpCall` → `Result<HttpReply, String>`: a client agent's HTTP request, answered by
+    /// this server's API.
+    Http = 20,
+    /// `CatalogWait` → `Rows` without KV and sessions: this server's nodes, services and
+    /// checks once their index passes `after` (or `wait` ends), for a client agent's DNS.
+    CatalogRows = 21,
+}
+
+/// A client agent's long poll for the catalog (`Method::CatalogRows`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct CatalogWait {
+    /// Answer once the catalog's index is above this (0: at once).
+    pub after: u64,
+    /// Answer after this long (milliseconds) even if nothing changed.
+    pub wait_ms: u64,
 }
 
 impl Method {
@@ -68,6 +84,8 @@ impl Method {
             Membership,
             Backup,
             SessionRenew,
+            Http,
+            CatalogRows,
         ]
         .into_iter()
         .find(|m| *m as u16 == n)
@@ -144,11 +162,22 @@ pub enum SnapshotFailure {
 pub struct Rpc {
     node: RaftNode,
     sessions: Arc<dyn SessionRenewal>,
+    /// This server's HTTP API, for client agents' forwarded calls; set once it exists.
+    api: Arc<std::sync::OnceLock<LocalApi>>,
 }
 
 impl Rpc {
     pub fn new(node: RaftNode, sessions: Arc<dyn SessionRenewal>) -> Rpc {
-        Rpc { node, sessions }
+        Rpc {
+            node,
+            sessions,
+            api: Arc::default(),
+        }
+    }
+
+    /// Where forwarded HTTP calls go; calls before this is set are refused.
+    pub fn set_api(&self, api: LocalApi) {
+        let _ = self.api.set(api);
     }
 
     async fn dispatch(self, method: u16, body: Bytes) -> Result<Bytes, String> {
@@ -223,11 +252,33 @@ impl Rpc {
                 let id: String = decode(&body)?;
                 encode(&renew_as_leader(node, self.sessions.as_ref(), &id).await)
             }
+            Method::Http => {
+                let call: HttpCall = decode(&body)?;
+                let reply: Result<HttpReply, String> = match self.api.get() {
+                    Some(api) => Ok(api(call).await),
+                    None => Err("this server's HTTP API is not running yet".into()),
+                };
+                encode(&reply)
+            }
+            Method::CatalogRows => {
+                let wait: CatalogWait = decode(&body)?;
+                encode(&catalog_rows(node.view(), wait).await)
+            }
         }
     }
 }
 
 impl Handler for Rpc {
+    /// Raft's own calls, membership changes and full backups need a server's certificate
+    /// when `verify_server_hostname` is in force; client agents forward writes and HTTP.
+    fn server_only(&self, method: u16) -> bool {
+        use Method::*;
+        matches!(
+            Method::from_u16(method),
+            Some(Append | Vote | InstallSnapshot | Membership | Backup)
+        )
+    }
+
     fn call(&self, method: u16, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
         Box::pin(self.clone().dispatch(method, body))
     }
@@ -238,6 +289,35 @@ impl Handler for Rpc {
         _body: Bytes,
     ) -> BoxFuture<'static, Result<tokio::sync::mpsc::Receiver<Bytes>, String>> {
         Box::pin(async move { Err(format!("no stream for method {method}")) })
+    }
+}
+
+/// The catalog's index as a client agent's DNS copy follows it.
+fn catalog_index(state: &crate::catalog::State) -> u64 {
+    let i = state.indexes();
+    i.nodes.max(i.services).max(i.checks)
+}
+
+/// Waits until the catalog's index passes `wait.after` (or the wait ends), then returns the
+/// nodes, services and checks.
+async fn catalog_rows(view: &crate::view::View, wait: CatalogWait) -> crate::catalog::Rows {
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(wait.wait_ms.min(10 * 60 * 1000));
+    let topics =
+        [Topic::Nodes, Topic::Services, Topic::Checks].map(|t| view.watchers().subscribe(t));
+    loop {
+        let notified = topics
+            .iter()
+            .map(|n| Box::pin(n.notified()))
+            .collect::<Vec<_>>();
+        let state = view.load();
+        if catalog_index(&state) > wait.after || tokio::time::Instant::now() >= deadline {
+            return state.catalog_rows();
+        }
+        tokio::select! {
+            _ = futures_util::future::select_all(notified) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The composition root: runs an agent in four phases.
 //!
-//! 1. **bind**: every listener (HTTP, DNS UDP and TCP, server RPC), before anything is created
-//!    in the data dir, so a taken port fails start-up without side effects;
+//! 1. **bind**: every listener (HTTP, HTTPS, DNS UDP, TCP and TLS, server RPC) and the TLS
+//!    certificates, before anything is created in the data dir, so a taken port or a bad
+//!    certificate fails start-up without side effects;
 //! 2. **start**: the store, Raft, the leader supervisor, the agent, DNS and HTTP, every task
 //!    owned by one `Tasks` tracker;
 //! 3. **serve**: form or join the cluster, register this server, then wait for a shutdown
@@ -14,6 +15,8 @@
 //!
 //! `port` implements the cluster port (`crate::cluster`) over the Raft node.
 
+mod client;
+pub mod pool;
 pub mod port;
 
 use std::future::Future;
@@ -28,6 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, NodeIdentity};
+use crate::cluster::Gossip;
 use crate::config::{Config, Mode};
 use crate::dns::{self, DnsHandler, DnsServer, ZoneSettings};
 use crate::http::{self, Api, Reloader};
@@ -37,6 +41,7 @@ use crate::raft::{self, RaftNode, formation, rpc};
 use crate::store;
 use crate::store::types::ServerNode;
 use crate::tasks::Tasks;
+use crate::tls::Tls;
 use crate::transport::{self, Limits};
 use crate::view::View;
 use port::ServerCluster;
@@ -60,8 +65,21 @@ pub async fn run(
 }
 
 /// [`run`] on listeners bound by [`bind`]: in-process callers (tests) bind on port 0 first to
-/// learn the addresses.
+/// learn the addresses. A client agent or a server, by `config.mode`.
 pub async fn run_bound(
+    config: Config,
+    bound: Bound,
+    reload: Option<Reload>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if config.mode == Mode::Client {
+        client::run(config, bound, reload, shutdown).await
+    } else {
+        run_server(config, bound, reload, shutdown).await
+    }
+}
+
+async fn run_server(
     config: Config,
     bound: Bound,
     reload: Option<Reload>,
@@ -87,18 +105,32 @@ pub async fn run_bound(
 
 /// Phase 1's result: every listener, bound before the data dir is touched.
 pub struct Bound {
-    http: TcpListener,
+    /// None when `ports.http = -1`.
+    http: Option<TcpListener>,
+    https: Option<TcpListener>,
     dns: dns::Listeners,
     /// None in dev mode without `--rpc-addr`.
     rpc: Option<TcpListener>,
     /// The RPC address this server reports (the bound one, or the configured one).
     rpc_addr: SocketAddr,
+    /// The certificates, loaded when any TLS setting is given.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Bound {
     /// The HTTP API's bound address.
     pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
-        self.http.local_addr()
+        match &self.http {
+            Some(l) => l.local_addr(),
+            None => Err(std::io::Error::other(
+                "the HTTP API is off (ports.http = -1)",
+            )),
+        }
+    }
+
+    /// The HTTPS API's bound address, when it is on.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The DNS (UDP and TCP) bound address.
@@ -107,14 +139,41 @@ impl Bound {
     }
 }
 
-/// Phase 1: binds every listener of `config` (port 0 picks a free one), creating nothing on
-/// disk. Errors name the listener that could not be bound.
-pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
-    let http = TcpListener::bind(config.http_addr)
+async fn bind_tcp(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding http on {}", config.http_addr))?;
-    tracing::info!("listening http on {}", http.local_addr()?);
-    let dns = dns::bind(config.dns_addr, config.dns.udp_loops())
+        .with_context(|| format!("binding {what} on {addr}"))?;
+    tracing::info!("listening {what} on {}", listener.local_addr()?);
+    Ok(listener)
+}
+
+/// Phase 1: binds every listener of `config` (port 0 picks a free one) and loads the TLS
+/// certificates, creating nothing on disk. Errors name the listener or file at fault.
+pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
+    let tls = if config.tls.enabled() {
+        let tls = Tls::load(&config.tls, &config.datacenter, &config.domain)
+            .context("loading TLS certificates")?;
+        let server = matches!(config.mode, Mode::Server);
+        if server && config.tls.verify_server_hostname && tls.rpc_cert_names_server() == Some(false)
+        {
+            tracing::warn!(
+                name = tls.server_name(),
+                "this server's certificate does not name it as a server: with verify_server_hostname, agents and servers will refuse it (make it with `beacon tls cert create -server`)"
+            );
+        }
+        Some(Arc::new(tls))
+    } else {
+        None
+    };
+    let http = match config.http_addr {
+        Some(addr) => Some(bind_tcp("http", addr).await?),
+        None => None,
+    };
+    let https = match config.https_addr {
+        Some(addr) => Some(bind_tcp("https", addr).await?),
+        None => None,
+    };
+    let mut dns = dns::bind(config.dns_addr, config.dns.udp_loops())
         .await
         .with_context(|| format!("binding dns on {}", config.dns_addr))?;
     tracing::info!(
@@ -123,12 +182,11 @@ pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
         dns.udp[0].local_addr()?
     );
     tracing::info!("listening dns-tcp on {}", dns.tcp.local_addr()?);
+    if let (Some(addr), Some(tls)) = (config.dns_tls_addr, &tls) {
+        dns.tls = Some((bind_tcp("dns-tls", addr).await?, tls.dot_certs()));
+    }
     let rpc = if config.mode == Mode::Server || config.rpc_listen {
-        let rpc = TcpListener::bind(config.rpc_addr)
-            .await
-            .with_context(|| format!("binding rpc on {}", config.rpc_addr))?;
-        tracing::info!("listening rpc on {}", rpc.local_addr()?);
-        Some(rpc)
+        Some(bind_tcp("rpc", config.rpc_addr).await?)
     } else {
         None
     };
@@ -138,9 +196,11 @@ pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
     };
     Ok(Bound {
         http,
+        https,
         dns,
         rpc,
         rpc_addr,
+        tls,
     })
 }
 
@@ -154,6 +214,7 @@ struct Running {
     rpc_addr: SocketAddr,
     /// Cancelled when this server has left its cluster.
     leave: CancellationToken,
+    gossip: Option<Arc<dyn Gossip>>,
     /// Dev mode without `--data-dir`: removed when this is dropped, after drain.
     _temp: Option<tempfile::TempDir>,
 }
@@ -185,13 +246,54 @@ async fn start(
         rpc_addr: bound.rpc_addr.to_string(),
         name: config.node_name.clone(),
     };
-    let node = RaftNode::start(node_id, me, db, view.clone(), &config.raft, tasks).await?;
+    let node = RaftNode::start(
+        node_id,
+        me,
+        db,
+        view.clone(),
+        &config.raft,
+        bound.tls.clone(),
+        tasks,
+    )
+    .await?;
+    // The catalog's node ID: kept from the catalog across restarts.
+    let catalog_id = view
+        .load()
+        .node(&config.node_name)
+        .map(|n| n.id.clone())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(new_node_id);
+    let gossip: Option<Arc<dyn Gossip>> = match &config.gossip {
+        Some(settings) => {
+            let tags = pool::tags(config, &catalog_id, bound.rpc_addr.port());
+            match pool::start(
+                settings,
+                &config.node_name,
+                tags,
+                &data_dir,
+                tasks.stop().clone(),
+            )
+            .await
+            {
+                Ok(p) => Some(Arc::new(pool::PoolPort::new(p))),
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     let services = Services {
         view,
         handler,
         rpc: bound.rpc,
         http: bound.http,
+        https: bound.https,
+        tls: bound.tls,
         dns: bound.dns,
+        gossip: gossip.clone(),
+        catalog_id,
     };
     match start_services(config, node.clone(), services, reload, tasks).await {
         Ok((agent, dns, leave, http)) => Ok(Running {
@@ -201,6 +303,7 @@ async fn start(
             http,
             rpc_addr: bound.rpc_addr,
             leave,
+            gossip,
             _temp: temp,
         }),
         Err(e) => {
@@ -216,8 +319,13 @@ struct Services {
     view: View,
     handler: Arc<DnsHandler>,
     rpc: Option<TcpListener>,
-    http: TcpListener,
+    http: Option<TcpListener>,
+    https: Option<TcpListener>,
+    tls: Option<Arc<Tls>>,
     dns: dns::Listeners,
+    gossip: Option<Arc<dyn Gossip>>,
+    /// This server's node ID in the catalog.
+    catalog_id: String,
 }
 
 /// The rest of phase 2, once Raft runs: RPC, the leader supervisor, the agent, DNS, HTTP.
@@ -233,7 +341,11 @@ async fn start_services(
         handler,
         rpc,
         http: http_listener,
+        https: https_listener,
+        tls,
         dns: dns_listeners,
+        gossip,
+        catalog_id,
     } = services;
     let rpc_addr: SocketAddr = node.me().rpc_addr.parse()?;
     // Raft stopping on its own (a storage failure) must not leave a server answering stale data.
@@ -246,13 +358,20 @@ async fn start_services(
         }
     });
     let sessions = SessionTimers::new(view.clone());
+    let rpc_handler = Arc::new(rpc::Rpc::new(node.clone(), Arc::new(sessions.clone())));
     if let Some(listener) = rpc {
-        let handler = Arc::new(rpc::Rpc::new(node.clone(), Arc::new(sessions.clone())));
         let cluster = raft::cluster_id(&view);
         let stop = tasks.stop().clone();
         tasks.spawn_essential(
             "rpc-server",
-            transport::serve(listener, handler, cluster, Limits::default(), stop),
+            transport::serve(
+                listener,
+                rpc_handler.clone(),
+                cluster,
+                Limits::default(),
+                tls.clone(),
+                stop,
+            ),
         );
     }
 
@@ -263,45 +382,26 @@ async fn start_services(
             writer: node.leader_writer(),
             autopilot: config.autopilot.clone(),
             sessions: sessions.clone(),
+            gossip: gossip.clone(),
+            datacenter: config.datacenter.clone(),
+            reconnect_timeout: config
+                .gossip
+                .as_ref()
+                .map_or(Duration::MAX, |g| g.reconnect_timeout),
+            pool_memory: Arc::default(),
         },
         tasks,
     );
     let identity = NodeIdentity {
-        id: view
-            .load()
-            .node(&config.node_name)
-            .map(|n| n.id.clone())
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(new_node_id),
+        id: catalog_id,
         name: config.node_name.clone(),
         address: advertise_ip(rpc_addr.ip()).to_string(),
         datacenter: config.datacenter.clone(),
     };
     let agent = Agent::new(identity, writer.clone(), view.clone(), tasks.clone());
 
-    let dns_metrics = Arc::new(DnsMetrics::default());
-    let dns = dns::serve(
-        handler.clone(),
-        dns_listeners,
-        dns_metrics.clone(),
-        config.dns.max_queue_delay,
-        tasks,
-    )
-    .context("starting dns")?;
-    let reloader: Option<Reloader> = reload.map(|reload| {
-        let handler = handler.clone();
-        Arc::new(move || {
-            let config = reload().map_err(|e| e.to_string())?;
-            handler
-                .reload(zone_settings(&config))
-                .map_err(|e| e.to_string())?;
-            tracing::info!("reloaded DNS configuration and zone files");
-            Ok(())
-        }) as Reloader
-    });
-    if let Some(reloader) = reloader.clone() {
-        tasks.spawn(reload_on_sighup(reloader, tasks.stop().clone()));
-    }
+    let (dns, dns_metrics, reloader) =
+        serve_dns(config, handler, dns_listeners, reload, tls.clone(), tasks)?;
 
     let leave = CancellationToken::new();
     let api = Api {
@@ -317,15 +417,93 @@ async fn start_services(
         shutdown: tasks.serving().clone(),
         dns_metrics,
         reload: reloader,
+        gossip,
+        forward: None,
     };
-    let serving = tasks.serving().clone();
-    let http = tasks.spawn_essential("http-server", async move {
-        let stop = async move { serving.cancelled().await };
-        if let Err(e) = http::serve(http_listener, api, stop).await {
-            tracing::error!(error = %e, "http server failed");
-        }
-    });
+    rpc_handler.set_api(http::local_api(api.clone()));
+    let http = serve_http(http_listener, https_listener.zip(tls), api, tasks);
     Ok((agent, dns, leave, http))
+}
+
+/// DNS on its listeners, and the reloader of its settings and zone files (SIGHUP and
+/// `PUT /v1/agent/reload`): the same on servers and client agents.
+fn serve_dns(
+    config: &Config,
+    handler: Arc<DnsHandler>,
+    listeners: dns::Listeners,
+    reload: Option<Reload>,
+    tls: Option<Arc<Tls>>,
+    tasks: &Tasks,
+) -> anyhow::Result<(DnsServer, Arc<DnsMetrics>, Option<Reloader>)> {
+    let metrics = Arc::new(DnsMetrics::default());
+    let dns = dns::serve(
+        handler.clone(),
+        listeners,
+        metrics.clone(),
+        config.dns.max_queue_delay,
+        tasks,
+    )
+    .context("starting dns")?;
+    let reloader: Option<Reloader> = reload.map(|reload| {
+        Arc::new(move || {
+            let config = reload().map_err(|e| e.to_string())?;
+            // Everything is read and checked before anything changes: a bad certificate or
+            // zone file fails the reload and leaves the agent as it was.
+            let staged = match &tls {
+                Some(tls) => Some(
+                    tls.stage(&config.tls)
+                        .map_err(|e| format!("reloading TLS certificates: {e}"))?,
+                ),
+                None if config.tls.enabled() => {
+                    return Err("TLS was off at start-up; turning it on needs a restart".into());
+                }
+                None => None,
+            };
+            handler
+                .reload(zone_settings(&config))
+                .map_err(|e| e.to_string())?;
+            if let (Some(tls), Some(staged)) = (&tls, staged) {
+                tls.commit(staged);
+                tracing::info!("reloaded TLS certificates");
+            }
+            tracing::info!("reloaded DNS configuration and zone files");
+            Ok(())
+        }) as Reloader
+    });
+    if let Some(reloader) = reloader.clone() {
+        tasks.spawn(reload_on_sighup(reloader, tasks.stop().clone()));
+    }
+    Ok((dns, metrics, reloader))
+}
+
+/// The HTTP API on its listener until the agent stops serving; an essential task.
+/// The HTTP and HTTPS APIs (either may be off), as one task drained together.
+fn serve_http(
+    plain: Option<TcpListener>,
+    secure: Option<(TcpListener, Arc<Tls>)>,
+    api: Api,
+    tasks: &Tasks,
+) -> JoinHandle<()> {
+    let serving = tasks.serving().clone();
+    tasks.spawn_essential("http-server", async move {
+        let plain = async {
+            if let Some(listener) = plain {
+                let stop = serving.clone().cancelled_owned();
+                if let Err(e) = http::serve(listener, api.clone(), stop).await {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            }
+        };
+        let secure = async {
+            if let Some((listener, tls)) = secure {
+                let stop = serving.clone().cancelled_owned();
+                http::serve_tls(listener, api.clone(), tls, stop).await;
+            }
+        };
+        tokio::join!(plain, secure);
+        // With both off the API is simply absent; the task lives until shutdown.
+        serving.cancelled().await;
+    })
 }
 
 /// Phase 3: becomes ready (cluster formed, a leader known, this server registered), then waits
@@ -338,12 +516,27 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let node = &running.node;
     let stop = tasks.stop();
+    if let (Some(gossip), Some(settings)) = (&running.gossip, &config.gossip) {
+        tasks.spawn(pool::retry_join(
+            gossip.clone(),
+            config.join.clone(),
+            settings.retry_interval,
+            stop.clone(),
+        ));
+    }
     let ready = async {
-        match config.mode {
-            Mode::Dev => node.bootstrap_single().await?,
-            Mode::Server => {
-                formation::form(node, &config.join, config.bootstrap_expect, stop).await?
+        match (config.mode, &running.gossip) {
+            (Mode::Server, Some(gossip)) => {
+                let (gossip, dc) = (gossip.clone(), config.datacenter.clone());
+                let servers = move || {
+                    pool::servers(gossip.as_ref(), &dc)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect()
+                };
+                formation::form(node, &servers, config.bootstrap_expect, stop).await?
             }
+            _ => node.bootstrap_single().await?,
         }
         while !node.wait_for_leader(Duration::from_secs(5)).await {
             tracing::info!("waiting for a cluster leader");
@@ -363,7 +556,12 @@ async fn serve(
         _ = stop.cancelled() => return Ok(()),
     }
     tokio::select! {
-        _ = &mut shutdown => {}
+        _ = &mut shutdown => {
+            if config.leave_on_terminate && let Some(gossip) = &running.gossip {
+                tracing::info!("leaving the gossip pool before shutting down (leave_on_terminate)");
+                gossip.leave().await;
+            }
+        }
         _ = running.leave.cancelled() => tracing::info!("left the cluster"),
         _ = stop.cancelled() => {}
     }
@@ -394,13 +592,18 @@ async fn register(agent: &Agent, server_port: u16) {
 /// Phase 4: stop serving clients (blocking queries answer at once) while Raft still commits
 /// the writes in flight; then end every task; then stop Raft.
 async fn drain(running: Running, tasks: &Tasks) {
+    stop_serving(running.dns, running.http, tasks).await;
+    running.node.shutdown().await;
+    tracing::info!("stopped");
+}
+
+/// Stops serving clients (DNS closes, HTTP stops accepting, blocking queries answer at once),
+/// then ends every task, each step with a deadline: the same on servers and client agents.
+async fn stop_serving(dns: DnsServer, http: JoinHandle<()>, tasks: &Tasks) {
     tracing::info!("shutting down");
     tasks.serving().cancel();
-    running.dns.shutdown().await;
-    if tokio::time::timeout(DRAIN_DEADLINE, running.http)
-        .await
-        .is_err()
-    {
+    dns.shutdown().await;
+    if tokio::time::timeout(DRAIN_DEADLINE, http).await.is_err() {
         tracing::warn!("http requests still running after {DRAIN_DEADLINE:?}; stopping anyway");
     }
     if !tasks.drain(DRAIN_DEADLINE).await {
@@ -409,8 +612,6 @@ async fn drain(running: Running, tasks: &Tasks) {
             "tasks still running after {DRAIN_DEADLINE:?}; stopping anyway"
         );
     }
-    running.node.shutdown().await;
-    tracing::info!("stopped");
 }
 
 fn zone_settings(config: &Config) -> ZoneSettings {
@@ -434,8 +635,14 @@ async fn reload_on_sighup(reload: Reloader, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
                 got = hup.recv() => if got.is_none() { return },
             }
-            if let Err(e) = reload() {
-                tracing::error!(error = %e, "reload failed; keeping the previous DNS configuration");
+            // Reading the configuration, certificates and zone files is blocking work.
+            let reload = reload.clone();
+            match tokio::task::spawn_blocking(move || reload()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reload failed; keeping the previous configuration")
+                }
+                Err(e) => tracing::error!(error = %e, "reload failed"),
             }
         }
     }

@@ -173,7 +173,7 @@ impl Server {
         }
     }
 
-    fn wait_for_line(&mut self, needle: &str) -> SocketAddr {
+    pub fn wait_for_line(&mut self, needle: &str) -> SocketAddr {
         let line = self.wait_for_line_text(needle);
         let rest = &line[line.find(needle).unwrap() + needle.len()..];
         rest.split_whitespace().next().unwrap().parse().unwrap()
@@ -411,13 +411,33 @@ pub async fn http_target(status: u16) -> std::net::SocketAddr {
     addr
 }
 
-/// A port that was free a moment ago (for addresses that must be known before start-up).
+/// A response's `X-Consul-Index` header, for the next blocking query.
+pub fn consul_index(response: &reqwest::Response) -> String {
+    response.headers()["X-Consul-Index"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A port that was free a moment ago (for addresses that must be known before start-up), TCP
+/// and UDP alike. Taken below the kernel's ephemeral range (32768 and up on Linux), from where
+/// port-0 binds (every agent's HTTP and DNS in the tests) are served: a port chosen there can be
+/// handed to another socket before the agent binds it, which once failed a cluster test with
+/// "Address already in use".
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = rand::random_range(20_000..32_000);
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A UDP port free on loopback now (for gossip addresses); see [`free_port`].
+pub fn free_udp_port() -> u16 {
+    free_port()
 }
 
 /// The Python for the py-consul tests: `BEACON_TEST_PYTHON`, else the virtualenv `.ci/run`

@@ -1,6 +1,7 @@
-//! One validated `Config` from command-line flags and an optional TOML file using Consul's key
-//! names. Flags override the file. Any unknown key or bad value is a `ConfigError` naming it; the
-//! binary exits with status 64 on one.
+//! One validated `Config` from command-line flags and config files (JSON, HCL or TOML, with
+//! Consul's key names; `sources` reads and merges them). Flags override the files. Any unknown
+//! key or bad value is a `ConfigError` naming it (and its file); the binary exits with status 64
+//! on one. Consul keys for features Beacon lacks are warnings ([`Config::warnings`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,6 +12,8 @@ use serde::Deserialize;
 
 use crate::model::parse_duration;
 
+pub mod sources;
+pub use sources::Definition;
 mod tls;
 pub use tls::{TlsConfig, TlsSide, TlsVersion};
 
@@ -57,6 +60,7 @@ pub struct Config {
     /// Dev mode opens no RPC listener unless `--rpc-addr` was given.
     pub rpc_listen: bool,
     pub log_level: String,
+    pub log: LogConfig,
     pub dns: DnsConfig,
     pub raft: Timing,
     pub mode: Mode,
@@ -76,6 +80,32 @@ pub struct Config {
     /// A check whose output changes without a status change is synced at most this often
     /// (Consul's `check_update_interval`, 5 m).
     pub check_update_interval: Duration,
+    /// Service definitions from the config files (Consul's `service` and `services`), as
+    /// written: the agent decodes them as bodies of its registration endpoint.
+    pub services: Vec<Definition>,
+    /// Check definitions from the config files (Consul's `check` and `checks`).
+    pub checks: Vec<Definition>,
+    /// Serve the web UI at `/ui/` (`ui_config.enabled`, `ui`, `--ui`; always in `--dev`).
+    pub ui: bool,
+    /// One line per Consul key of the files that Beacon does not use ("FILE: KEY is …"),
+    /// logged as warnings at start.
+    pub warnings: Vec<String>,
+}
+
+/// Where the log goes besides stderr: Consul's `log_json`, `log_file` and `log_rotate_*`.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// One JSON object per line instead of text.
+    pub json: bool,
+    /// The active log file (a `log_file` naming a directory, or ending in `/`, gets
+    /// `beacon.log` in it; a name without an extension gets `.log`).
+    pub file: Option<PathBuf>,
+    /// Rotate before the file passes this many bytes (0: no size limit; Consul's default).
+    pub rotate_bytes: u64,
+    /// Rotate when the file is this old (Consul's default 24 h).
+    pub rotate_duration: Duration,
+    /// Rotated files kept (0: all, Consul's default; -1: none).
+    pub rotate_max_files: i64,
 }
 
 /// The LAN gossip pool's settings, with Consul's names and LAN defaults (`gossip_lan.*`,
@@ -343,10 +373,25 @@ pub struct Flags {
     /// Gossip encryption key: base64 of 16, 24 or 32 bytes (`beacon keygen` makes one).
     #[arg(long, value_name = "KEY")]
     pub encrypt: Option<String>,
-    /// TOML config file with Consul's key names; flags override it. `--config-file` is
-    /// Consul's name for it.
-    #[arg(long = "config", visible_alias = "config-file", value_name = "FILE")]
-    pub config_file: Option<PathBuf>,
+    /// A config file with Consul's key names: JSON (`.json`), HCL (`.hcl`) or TOML (any other
+    /// name); repeatable, merged in order; flags override files. `--config` is Beacon's older
+    /// name for it.
+    #[arg(long = "config-file", visible_alias = "config", value_name = "FILE")]
+    pub config_file: Vec<PathBuf>,
+    /// A directory whose `.json`, `.hcl` and `.toml` files are read in lexical order, after the
+    /// `--config-file`s; repeatable.
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Vec<PathBuf>,
+    /// Serve the web UI at `/ui/` (`ui_config.enabled`; always on in `--dev`).
+    #[arg(long)]
+    pub ui: bool,
+    /// Write the log as one JSON object per line (`log_json`).
+    #[arg(long)]
+    pub log_json: bool,
+    /// Also write the log to this file, rotated (`log_file`; a directory or a path ending in
+    /// `/` gets Consul's `consul-<timestamp>.log` names, else the name given).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     /// The IP the client interfaces (HTTP, HTTPS, DNS) bind (Consul's `-client`; the file's
     /// `client_addr`). A full `--http-addr`/`--dns-addr` wins over it.
     #[arg(long, value_name = "IP")]
@@ -460,6 +505,26 @@ struct FileConfig {
     verify_outgoing: Option<bool>,
     verify_server_hostname: Option<bool>,
     tls_min_version: Option<String>,
+    /// Consul's service definitions: `service` (one, or a list where HCL repeats the block)
+    /// and `services`; checked and registered by the agent (`http::dto::service_definition`).
+    service: Option<serde_json::Value>,
+    services: Option<Vec<serde_json::Value>>,
+    check: Option<serde_json::Value>,
+    checks: Option<Vec<serde_json::Value>>,
+    ui: Option<bool>,
+    #[serde(default)]
+    ui_config: FileUiConfig,
+    log_json: Option<bool>,
+    log_file: Option<PathBuf>,
+    log_rotate_bytes: Option<u64>,
+    log_rotate_duration: Option<String>,
+    log_rotate_max_files: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUiConfig {
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -538,37 +603,49 @@ struct FileDnsConfig {
     max_queue_delay: Option<String>,
 }
 
-/// Reads the file named by the flags (if any) and resolves the final config.
+/// Reads the config files and directories named by the flags (see `sources`) and resolves
+/// the final config. Errors name the file and the key.
 pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
-    let file = match &flags.config_file {
-        Some(path) => Some(read_file(path)?),
-        None => None,
-    };
-    let mut config = resolve(flags, file.as_deref())?;
-    // Zone file paths in a config file are relative to that file.
-    if let Some(dir) = flags.config_file.as_ref().and_then(|p| p.parent()) {
-        for zone in &mut config.dns.zone_files {
-            if zone.path.is_relative() {
-                zone.path = dir.join(&zone.path);
-            }
+    let loaded = sources::read(&flags.config_file, &flags.config_dir, |value| {
+        file_config(value.clone()).map(drop)
+    })?;
+    let mut config = resolve_file(flags, file_config(loaded.value.clone())?).map_err(|e| {
+        match loaded.file_setting(&e.key) {
+            Some(file) => ConfigError::new(format!("{}: {}", file.display(), e.key), e.message),
+            None => e,
         }
-    }
+    })?;
+    config.warnings = loaded.warnings;
+    config.services = loaded.services;
+    config.checks = loaded.checks;
     Ok(config)
 }
 
-fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))
+/// A file's (or the merged files') keys as `FileConfig`; an unknown key or a wrong type is an
+/// error naming its dotted path.
+fn file_config(value: serde_json::Value) -> Result<FileConfig, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // serde lists every field it expected; the key is what the operator needs.
+        let message = match message.split_once(", expected") {
+            Some((unknown, _)) if unknown.starts_with("unknown field") => unknown.to_string(),
+            _ => message,
+        };
+        ConfigError::new(if key == "." { "config".into() } else { key }, message)
+    })
 }
 
-/// Builds the config from flags and the file's text. Never reads the environment.
+/// Builds the config from flags and one TOML file's text. Never reads the environment.
 pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigError> {
-    let mut file: FileConfig = match file_text {
-        Some(text) => toml::from_str(text)
-            .map_err(|e| ConfigError::new("config", e.to_string().trim_end().replace('\n', " ")))?,
+    let file = match file_text {
+        Some(text) => file_config(sources::parse(Path::new("config.toml"), text)?)?,
         None => FileConfig::default(),
     };
+    resolve_file(flags, file)
+}
 
+fn resolve_file(flags: &Flags, mut file: FileConfig) -> Result<Config, ConfigError> {
     // Consul's `-client`, `-bind` and `-*-port` flags stand for the file's keys: above the
     // file, below the full-address flags (which `listener` and the RPC and gossip addresses
     // check first).
@@ -920,6 +997,49 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     };
     let soa_defaults = dns_defaults.soa;
     let soa = d.soa.unwrap_or_default();
+    let log = LogConfig {
+        json: flags.log_json || file.log_json.unwrap_or(false),
+        file: flags.log_file.clone().or(file.log_file).map(|p| {
+            let mut p = if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') {
+                p.join("beacon.log")
+            } else {
+                p
+            };
+            if p.extension().is_none() {
+                p.set_extension("log");
+            }
+            p
+        }),
+        rotate_bytes: file.log_rotate_bytes.unwrap_or(0),
+        rotate_duration: match file.log_rotate_duration {
+            Some(v) => duration("log_rotate_duration", &v)?,
+            None => Duration::from_secs(24 * 3600),
+        },
+        rotate_max_files: match file.log_rotate_max_files {
+            Some(n) if n < -1 => {
+                return Err(ConfigError::new(
+                    "log_rotate_max_files",
+                    format!("{n} is not a count of files (0 keeps all, -1 none)"),
+                ));
+            }
+            Some(n) => n,
+            None => 0,
+        },
+    };
+    let definitions = |one: Option<serde_json::Value>, many: Option<Vec<serde_json::Value>>| {
+        let one = match one {
+            Some(serde_json::Value::Array(many)) => many,
+            Some(one) => vec![one],
+            None => Vec::new(),
+        };
+        one.into_iter()
+            .chain(many.unwrap_or_default())
+            .map(|value| Definition { file: None, value })
+            .collect::<Vec<_>>()
+    };
+    let services = definitions(file.service, file.services);
+    let checks = definitions(file.check, file.checks);
+    let ui = mode == Mode::Dev || flags.ui || file.ui_config.enabled.or(file.ui).unwrap_or(false);
     let mut zone_files = Vec::new();
     for z in file.zone_files {
         let origin = normalize_domain(&z.origin)
@@ -931,6 +1051,10 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
     }
 
     Ok(Config {
+        services,
+        checks,
+        ui,
+        warnings: Vec::new(),
         mode,
         bootstrap_expect,
         join,
@@ -951,6 +1075,7 @@ pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigE
         rpc_addr,
         rpc_listen,
         log_level,
+        log,
         dns: DnsConfig {
             service_ttl: ServiceTtl::from_map(ttl_map),
             node_ttl,

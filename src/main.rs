@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -183,6 +184,10 @@ fn agent(flags: Flags) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Err(e) = beacon::server::definitions(&config) {
+        eprintln!("error: invalid configuration: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     if config.mode == config::Mode::Client {
         small_arena();
     }
@@ -197,19 +202,52 @@ fn agent(flags: Flags) -> ExitCode {
             level = config.log_level.to_ascii_lowercase()
         ))
     });
+    let log_file = match &config.log.file {
+        Some(path) => match beacon::logs::file::LogFile::open(&config.log, path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!("error: cannot open the log file {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
+    let json = config.log.json;
     tracing_subscriber::registry()
         .with(filter)
-        .with(
+        .with(if json {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .boxed()
+        } else {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
+                .with_ansi(std::io::stderr().is_terminal())
+                .boxed()
+        })
+        .with(log_file.map(|file| {
+            if json {
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(file)
+                    .boxed()
+            } else {
+                tracing_subscriber::fmt::layer()
+                    .with_writer(file)
+                    .with_ansi(false)
+                    .boxed()
+            }
+        }))
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(beacon::logs::MonitorWriter)
                 .with_ansi(false),
         )
         .init();
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

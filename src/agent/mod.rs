@@ -5,6 +5,7 @@
 //! restarted agent rebuilds its runners from its own node's entries. Check results go through
 //! the same `Writer` as any other write, and only when a status changes.
 
+pub mod definitions;
 pub mod local;
 mod probe;
 pub mod sync;

@@ -286,28 +286,34 @@ pub async fn monitor(args: MonitorArgs) -> Result<(), String> {
 
 #[derive(Args)]
 pub struct ValidateArgs {
-    /// TOML config files to check (as `beacon agent --config` reads them).
+    /// Config files and directories to check together, as `beacon agent -config-file` and
+    /// `-config-dir` read them (JSON, HCL or TOML).
     #[arg(required = true)]
-    files: Vec<std::path::PathBuf>,
+    paths: Vec<std::path::PathBuf>,
 }
 
-/// `beacon validate`: checks config files without starting an agent, as `consul validate`.
+/// `beacon validate`: checks config files without starting an agent, as `consul validate`:
+/// the files and directories given are merged as the agent merges them.
 pub fn validate(args: ValidateArgs) -> Result<(), String> {
-    for file in &args.files {
-        // A file alone may leave out what flags would give (a server's data dir): it is
-        // checked as the server or dev agent it describes, with a data dir if it has none.
-        let flags = beacon::config::Flags {
-            config_file: Some(file.clone()),
-            ..Default::default()
-        };
-        let checked = match beacon::config::load(&flags) {
-            Err(e) if e.key == "data_dir" => beacon::config::load(&beacon::config::Flags {
-                data_dir: Some(std::env::temp_dir()),
-                ..flags
-            }),
-            other => other,
-        };
-        checked.map_err(|e| format!("Config validation failed: {}: {e}", file.display()))?;
+    let (config_dir, config_file) = args.paths.into_iter().partition(|p| p.is_dir());
+    // The files alone may leave out what flags would give (a server's data dir): they are
+    // checked as the server or dev agent they describe, with a data dir if they have none.
+    let flags = beacon::config::Flags {
+        config_file,
+        config_dir,
+        ..Default::default()
+    };
+    let checked = match beacon::config::load(&flags) {
+        Err(e) if e.key == "data_dir" => beacon::config::load(&beacon::config::Flags {
+            data_dir: Some(std::env::temp_dir()),
+            ..flags
+        }),
+        other => other,
+    };
+    let config = checked.map_err(|e| format!("Config validation failed: {e}"))?;
+    beacon::server::definitions(&config).map_err(|e| format!("Config validation failed: {e}"))?;
+    for warning in &config.warnings {
+        eprintln!("Warning: {warning}");
     }
     println!("Configuration is valid!");
     Ok(())

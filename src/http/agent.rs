@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::dto::{self, CheckIn, ServiceIn};
+use super::dto::{self, ServiceIn};
 use super::filter::schemas;
 use super::{Api, ApiError, Params, json, keep};
 use crate::agent::SERF_HEALTH;
@@ -115,16 +115,7 @@ pub async fn checks(State(api): State<Api>, params: Params) -> Result<Response, 
 }
 
 pub async fn register_check(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
-    let check: CheckIn = dto::decode(&body)?;
-    if check.name.is_empty() {
-        return Err(ApiError::BadRequest("Missing check name".into()));
-    }
-    let id = [&check.id, &check.check_id, &check.name]
-        .into_iter()
-        .find(|s| !s.is_empty())
-        .cloned()
-        .unwrap_or_default();
-    let registration = check.to_agent_check(id, check.name.clone(), check.service_id.clone())?;
+    let registration = dto::check_registration(dto::decode(&body)?)?;
     api.agent.register_check(registration).await?;
     Ok(ok())
 }

@@ -709,6 +709,47 @@ pub fn check_json(c: &Check, service: Option<&Service>) -> Value {
     })
 }
 
+/// A service definition from a config file (Consul's `service` block: snake_case or the API's
+/// names) as the agent's registration endpoint decodes it: the service and its checks.
+/// Errors read like the endpoint's 400s.
+pub fn service_definition(def: &Value) -> Result<(ServiceSpec, Vec<CheckSpec>), ApiError> {
+    if !def.is_object() {
+        return Err(ApiError::BadRequest(format!(
+            "expected a service object, got {}",
+            kind(def)
+        )));
+    }
+    let service: ServiceIn = decode_value(def.clone())?;
+    validate_agent_weights(&service)?;
+    service.into_registration()
+}
+
+/// A check definition from a config file (Consul's `check` block), as the agent's check
+/// registration endpoint decodes it.
+pub fn check_definition(def: &Value) -> Result<CheckSpec, ApiError> {
+    if !def.is_object() {
+        return Err(ApiError::BadRequest(format!(
+            "expected a check object, got {}",
+            kind(def)
+        )));
+    }
+    check_registration(decode_value(def.clone())?)
+}
+
+/// A decoded check body as the agent registers it: it needs a name; its ID is the first of
+/// `ID`, `CheckID` and `Name` given.
+pub fn check_registration(check: CheckIn) -> Result<CheckSpec, ApiError> {
+    if check.name.is_empty() {
+        return Err(ApiError::BadRequest("Missing check name".into()));
+    }
+    let id = [&check.id, &check.check_id, &check.name]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_default();
+    check.to_agent_check(id, check.name.clone(), check.service_id.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 mod agent;
 mod catalog;
 mod dto;
+pub use dto::{check_definition, service_definition};
 mod error;
 mod filter;
 mod health;
@@ -12,6 +13,7 @@ mod metrics;
 mod operator;
 mod read;
 mod session;
+mod ui;
 
 use std::sync::Arc;
 
@@ -55,6 +57,8 @@ pub struct Api {
     /// On a client agent: where everything but the agent's own endpoints goes (a server).
     /// None on a server.
     pub forward: Option<Arc<dyn Forward>>,
+    /// Serve the web UI at `/ui/` (`ui_config.enabled`).
+    pub ui: bool,
 }
 
 /// See `Api::reload`; the error is the reason, for the log and the HTTP answer.
@@ -99,6 +103,10 @@ fn finish(routes: Router<Api>, api: Api) -> Router {
 /// its configuration, metrics and logs.
 fn agent_routes() -> Router<Api> {
     Router::new()
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::bare))
+        .route("/ui/", get(ui::page))
+        .route("/ui/{*path}", get(ui::page))
         .route("/v1/agent/service/register", put(agent::register_service))
         .route(
             "/v1/agent/service/deregister/{*id}",

@@ -167,6 +167,13 @@ async fn start(
         .start_client()
         .await
         .context("registering this node in the agent's local state")?;
+    agent
+        .sync_definitions(
+            &super::definitions(config).map_err(|e| anyhow::anyhow!(e))?,
+            data_dir,
+        )
+        .await
+        .context("registering the config files' services and checks")?;
     let anti_entropy = AntiEntropy {
         node: config.node_name.clone(),
         local: local_view.clone(),
@@ -190,8 +197,18 @@ async fn start(
         }
     });
 
-    let (dns, dns_metrics, reloader) =
-        serve_dns(config, handler, bound.dns, reload, bound.tls.clone(), tasks)?;
+    let (dns, dns_metrics, reloader) = serve_dns(
+        config,
+        handler,
+        bound.dns,
+        reload,
+        bound.tls.clone(),
+        super::Resync {
+            agent: agent.clone(),
+            data_dir: data_dir.to_path_buf(),
+        },
+        tasks,
+    )?;
     let leave = tokio_util::sync::CancellationToken::new();
     let writer: Arc<dyn Writer> = local;
     let api = Api {
@@ -206,6 +223,7 @@ async fn start(
         reload: reloader,
         gossip: Some(gossip.clone()),
         forward: Some(Arc::new(servers)),
+        ui: config.ui,
     };
     let http = serve_http(bound.http, bound.https.zip(bound.tls), api, tasks);
     tracing::info!(mode = "client", "beacon agent ready");

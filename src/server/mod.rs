@@ -21,7 +21,7 @@ pub mod port;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::definitions::Definitions;
 use crate::agent::{Agent, NodeIdentity};
 use crate::cluster::Gossip;
 use crate::config::{Config, Mode};
@@ -215,6 +216,7 @@ struct Running {
     /// Cancelled when this server has left its cluster.
     leave: CancellationToken,
     gossip: Option<Arc<dyn Gossip>>,
+    data_dir: PathBuf,
     /// Dev mode without `--data-dir`: removed when this is dropped, after drain.
     _temp: Option<tempfile::TempDir>,
 }
@@ -294,6 +296,7 @@ async fn start(
         dns: bound.dns,
         gossip: gossip.clone(),
         catalog_id,
+        data_dir: data_dir.clone(),
     };
     match start_services(config, node.clone(), services, reload, tasks).await {
         Ok((agent, dns, leave, http)) => Ok(Running {
@@ -304,6 +307,7 @@ async fn start(
             rpc_addr: bound.rpc_addr,
             leave,
             gossip,
+            data_dir,
             _temp: temp,
         }),
         Err(e) => {
@@ -326,6 +330,7 @@ struct Services {
     gossip: Option<Arc<dyn Gossip>>,
     /// This server's node ID in the catalog.
     catalog_id: String,
+    data_dir: PathBuf,
 }
 
 /// The rest of phase 2, once Raft runs: RPC, the leader supervisor, the agent, DNS, HTTP.
@@ -346,6 +351,7 @@ async fn start_services(
         dns: dns_listeners,
         gossip,
         catalog_id,
+        data_dir,
     } = services;
     let rpc_addr: SocketAddr = node.me().rpc_addr.parse()?;
     // Raft stopping on its own (a storage failure) must not leave a server answering stale data.
@@ -400,8 +406,18 @@ async fn start_services(
     };
     let agent = Agent::new(identity, writer.clone(), view.clone(), tasks.clone());
 
-    let (dns, dns_metrics, reloader) =
-        serve_dns(config, handler, dns_listeners, reload, tls.clone(), tasks)?;
+    let (dns, dns_metrics, reloader) = serve_dns(
+        config,
+        handler,
+        dns_listeners,
+        reload,
+        tls.clone(),
+        Resync {
+            agent: agent.clone(),
+            data_dir: data_dir.clone(),
+        },
+        tasks,
+    )?;
 
     let leave = CancellationToken::new();
     let api = Api {
@@ -419,20 +435,62 @@ async fn start_services(
         reload: reloader,
         gossip,
         forward: None,
+        ui: config.ui,
     };
     rpc_handler.set_api(http::local_api(api.clone()));
     let http = serve_http(http_listener, https_listener.zip(tls), api, tasks);
     Ok((agent, dns, leave, http))
 }
 
-/// DNS on its listeners, and the reloader of its settings and zone files (SIGHUP and
-/// `PUT /v1/agent/reload`): the same on servers and client agents.
+/// The config files' service and check definitions, decoded as the agent API decodes its
+/// bodies. Errors name the file and the definition (`web.json: service #2 (web): …`).
+pub fn definitions(config: &Config) -> Result<Definitions, String> {
+    let mut defs = Definitions::default();
+    for (i, def) in config.services.iter().enumerate() {
+        let spec = http::service_definition(&def.value)
+            .map_err(|e| format!("{}service #{} {}: {e}", file_of(def), i + 1, name_of(def)))?;
+        defs.services.push(spec);
+    }
+    for (i, def) in config.checks.iter().enumerate() {
+        let spec = http::check_definition(&def.value)
+            .map_err(|e| format!("{}check #{} {}: {e}", file_of(def), i + 1, name_of(def)))?;
+        defs.checks.push(spec);
+    }
+    Ok(defs)
+}
+
+/// A definition's file, for errors: `web.json: `, or nothing.
+fn file_of(def: &crate::config::Definition) -> String {
+    def.file
+        .as_ref()
+        .map_or_else(String::new, |f| format!("{}: ", f.display()))
+}
+
+/// A definition's name, for errors: `(web)`, or nothing.
+fn name_of(def: &crate::config::Definition) -> String {
+    def.value
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("name")))
+        .and_then(|(_, v)| v.as_str())
+        .map_or_else(String::new, |n| format!("({n})"))
+}
+
+/// What a reload changes besides DNS and TLS: the agent's definitions from the config files.
+struct Resync {
+    agent: Agent,
+    data_dir: PathBuf,
+}
+
+/// DNS on its listeners, and the reloader of its settings, zone files, certificates and the
+/// config files' definitions (SIGHUP and `PUT /v1/agent/reload`): the same on servers and
+/// client agents.
 fn serve_dns(
     config: &Config,
     handler: Arc<DnsHandler>,
     listeners: dns::Listeners,
     reload: Option<Reload>,
     tls: Option<Arc<Tls>>,
+    resync: Resync,
     tasks: &Tasks,
 ) -> anyhow::Result<(DnsServer, Arc<DnsMetrics>, Option<Reloader>)> {
     let metrics = Arc::new(DnsMetrics::default());
@@ -444,9 +502,11 @@ fn serve_dns(
         tasks,
     )
     .context("starting dns")?;
+    let runtime = tokio::runtime::Handle::current();
     let reloader: Option<Reloader> = reload.map(|reload| {
         Arc::new(move || {
             let config = reload().map_err(|e| e.to_string())?;
+            let defs = definitions(&config)?;
             // Everything is read and checked before anything changes: a bad certificate or
             // zone file fails the reload and leaves the agent as it was.
             let staged = match &tls {
@@ -467,6 +527,10 @@ fn serve_dns(
                 tracing::info!("reloaded TLS certificates");
             }
             tracing::info!("reloaded DNS configuration and zone files");
+            // The reloader runs on the blocking pool, where waiting on the runtime is allowed.
+            runtime
+                .block_on(resync.agent.sync_definitions(&defs, &resync.data_dir))
+                .map_err(|e| format!("registering the config files' definitions: {e}"))?;
             Ok(())
         }) as Reloader
     });
@@ -541,7 +605,13 @@ async fn serve(
         while !node.wait_for_leader(Duration::from_secs(5)).await {
             tracing::info!("waiting for a cluster leader");
         }
-        register(&running.agent, running.rpc_addr.port()).await;
+        register(
+            &running.agent,
+            running.rpc_addr.port(),
+            &definitions(config).map_err(|e| anyhow::anyhow!(e))?,
+            &running.data_dir,
+        )
+        .await;
         tracing::info!(
             leader = %node.leader_addr().unwrap_or_else(|| "none yet".into()),
             rpc = %running.rpc_addr,
@@ -568,13 +638,18 @@ async fn serve(
     Ok(())
 }
 
-/// Registers this server in the catalog, retrying until it is done: the registration is
-/// idempotent, and a leader lost while a restarted server catches up (the write forwarded to it
-/// broke, or no leader came within the hold) must not stop this server. Ends with shutdown.
-async fn register(agent: &Agent, server_port: u16) {
+/// Registers this server in the catalog, then the config files' definitions, retrying until
+/// it is done: both are idempotent, and a leader lost while a restarted server catches up (the
+/// write forwarded to it broke, or no leader came within the hold) must not stop this server.
+/// Ends with shutdown.
+async fn register(agent: &Agent, server_port: u16, defs: &Definitions, data_dir: &Path) {
     let mut pause = Duration::from_millis(100);
     loop {
-        match agent.start(server_port).await {
+        let done = match agent.start(server_port).await {
+            Ok(()) => agent.sync_definitions(defs, data_dir).await,
+            Err(e) => Err(e),
+        };
+        match done {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(

@@ -176,7 +176,12 @@ impl Server {
     pub fn wait_for_line(&mut self, needle: &str) -> SocketAddr {
         let line = self.wait_for_line_text(needle);
         let rest = &line[line.find(needle).unwrap() + needle.len()..];
-        rest.split_whitespace().next().unwrap().parse().unwrap()
+        // The address ends at a space, or at the quote closing a JSON log line's message.
+        rest.split(|c: char| c.is_whitespace() || c == '"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// The exit status if the process has ended on its own (None while it runs, or once killed).

@@ -2,6 +2,10 @@
 //! layer whose writer ([`MonitorWriter`]) copies every line it logs, with its level, to
 //! whoever subscribes. Lines nobody is watching are dropped at once (a broadcast channel with
 //! no receivers), so monitoring costs nothing while unused.
+//!
+//! `file` writes the log to Consul's rotated `log_file`.
+
+pub mod file;
 
 use std::io::Write;
 use std::sync::{Arc, LazyLock};

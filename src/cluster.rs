@@ -92,6 +92,17 @@ pub struct Member {
     pub alive: bool,
 }
 
+/// One server's replication as the leader sees it: the inputs of Consul's autopilot health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHealth {
+    pub member: Member,
+    /// Since the server last answered the leader (zero for the leader itself); None if never.
+    pub last_contact: Option<std::time::Duration>,
+    /// The last log index and its term known to be on the server.
+    pub last_index: Index,
+    pub last_term: u64,
+}
+
 /// What the API may ask of the cluster. Implemented by `server::port::ServerCluster`.
 #[async_trait::async_trait]
 pub trait Cluster: Send + Sync + 'static {
@@ -104,6 +115,15 @@ pub trait Cluster: Send + Sync + 'static {
     fn peers(&self) -> Vec<String>;
     /// Every server in the configuration, voters and non-voters.
     fn members(&self) -> Vec<Member>;
+    /// On the leader, every server's replication (Consul's autopilot inputs); None elsewhere.
+    fn server_health(&self) -> Option<Vec<ServerHealth>> {
+        None
+    }
+    /// Sends an API request to the leader and returns its answer (for what only the leader
+    /// knows, as Consul forwards it).
+    async fn ask_leader(&self, _call: HttpCall) -> Result<HttpReply, ClusterError> {
+        Err(ClusterError::Failed("no leader to ask".into()))
+    }
     /// The Raft index of the configuration in force (`/v1/operator/raft/configuration`).
     fn membership_index(&self) -> Index;
     /// Raft counters, as Consul's `/v1/agent/self` `Stats.raft` reports them.

@@ -1,7 +1,17 @@
-//! Counters shared across modules and read by `/v1/agent/metrics`: written by their owners
-//! (the DNS receive loops), read by the HTTP API, so neither names the other.
+//! Metrics shared across modules and read by `/v1/agent/metrics`: written by their owners
+//! (the DNS receive loops, the proposer, the HTTP layer), read by the HTTP API, so neither
+//! names the other. Plain atomics where the hot path counts (DNS, gossip); prometheus-client
+//! handles ([`RECORDED`]) for timings and labelled counts.
 
+use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 /// Counters of the write path, written by the leader's proposer (`raft::batch`).
 #[derive(Default)]
@@ -83,4 +93,124 @@ impl DnsMetrics {
         }
         total
     }
+}
+
+/// Timings and counters recorded where they happen (the proposer, the HTTP layer, the DNS full
+/// path, the Raft watcher) and read by `/v1/agent/metrics`: prometheus-client metrics, which
+/// are shared handles, registered into a fresh registry at each scrape beside the values read
+/// then (catalog sizes, Raft indexes).
+///
+/// Consul's names where Consul has the metric, with Consul's units (milliseconds for
+/// timings), so dashboards and alerts keep working: `consul_raft_commitTime`,
+/// `consul_raft_apply`, … Beacon's own are `beacon_*` in seconds.
+///
+/// Consul's counters (`consul_raft_apply`, `consul_raft_state_*`) are gauges that only grow:
+/// Consul names them without the `_total` that OpenMetrics gives every counter.
+pub struct Recorded {
+    /// Writes committed by this server as leader (`consul_raft_apply`).
+    pub raft_apply: Gauge,
+    /// Proposal to commit on the leader, ms (`consul_raft_commitTime`).
+    pub raft_commit_time: Histogram,
+    /// On the leader, ms since a quorum last acknowledged it, sampled each second
+    /// (`consul_raft_leader_lastContact`).
+    pub raft_leader_last_contact: Histogram,
+    /// Times this server became leader / candidate (`consul_raft_state_leader`,
+    /// `consul_raft_state_candidate`).
+    pub raft_state_leader: Gauge,
+    pub raft_state_candidate: Gauge,
+    /// Write endpoints' time, ms, by Consul's metric (`consul_catalog_register`, …).
+    pub endpoint_time: Family<EndpointLabels, Histogram>,
+    /// HTTP requests by route, method and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// HTTP request time by route, seconds.
+    pub http_duration: Family<RouteLabels, Histogram>,
+    /// Blocking queries waiting now.
+    pub blocking_queries: Gauge,
+    /// DNS answers from the full handler (TCP, DoT, and UDP queries without a pre-encoded
+    /// answer), seconds. Pre-encoded UDP answers are counted, not timed: the hot path reads no
+    /// clock and takes no lock.
+    pub dns_full_path_duration: Histogram,
+}
+
+/// `route`, `method`, `code` of an HTTP request (`route` is the router's pattern, e.g.
+/// `/v1/kv/{*key}`, so keys do not multiply the series).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+/// Which of Consul's write-endpoint timings a request belongs to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub metric: &'static str,
+}
+
+/// Milliseconds buckets for Consul's timings: 0.1 ms to ~3.3 s.
+fn ms_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.1, 2.0, 16)
+}
+
+/// Seconds buckets for Beacon's own timings: 50 µs to ~1.6 s; blocking queries land in +Inf.
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_05, 2.0, 16)
+}
+
+/// The process's recorded metrics: one agent per process.
+pub static RECORDED: LazyLock<Recorded> = LazyLock::new(|| Recorded {
+    raft_apply: Gauge::default(),
+    raft_commit_time: Histogram::new(ms_buckets()),
+    raft_leader_last_contact: Histogram::new(ms_buckets()),
+    raft_state_leader: Gauge::default(),
+    raft_state_candidate: Gauge::default(),
+    endpoint_time: Family::new_with_constructor(|| Histogram::new(ms_buckets())),
+    http_requests: Family::default(),
+    http_duration: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
+    blocking_queries: Gauge::default(),
+    dns_full_path_duration: Histogram::new(seconds_buckets()),
+});
+
+/// Consul's write-endpoint metric for a request, if it has one.
+pub fn consul_endpoint(route: &str, method: &str) -> Option<&'static str> {
+    let write = method != "GET";
+    Some(match route {
+        "/v1/catalog/register" => "consul_catalog_register",
+        "/v1/catalog/deregister" => "consul_catalog_deregister",
+        "/v1/kv/{*key}" if write => "consul_kvs_apply",
+        "/v1/txn" => "consul_txn_apply",
+        "/v1/session/create" | "/v1/session/destroy/{*id}" => "consul_session_apply",
+        _ => return None,
+    })
+}
+
+/// Keeps `RECORDED.blocking_queries` up while a blocking query waits.
+pub struct Waiting(());
+
+impl Waiting {
+    pub fn start() -> Waiting {
+        RECORDED.blocking_queries.inc();
+        Waiting(())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        RECORDED.blocking_queries.dec();
+    }
+}
+
+/// Seconds since `start`, for the histograms.
+pub fn seconds_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+/// Milliseconds since `start`, for Consul's timings.
+pub fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
 }

@@ -228,7 +228,23 @@ fn is_reverse(name: &LowerName) -> bool {
 
 #[async_trait::async_trait]
 impl RequestHandler for DnsHandler {
+    /// The full handler, timed (`beacon_dns_full_path_duration_seconds`).
     async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        let started = std::time::Instant::now();
+        let info = self.answer::<R, T>(request, response_handle).await;
+        crate::metrics::RECORDED
+            .dns_full_path_duration
+            .observe(crate::metrics::seconds_since(started));
+        info
+    }
+}
+
+impl DnsHandler {
+    async fn answer<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
         mut response_handle: R,

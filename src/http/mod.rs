@@ -96,6 +96,7 @@ fn finish(routes: Router<Api>, api: Api) -> Router {
             check_datacenter,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(metrics::record))
         .with_state(api)
 }
 
@@ -191,6 +192,10 @@ fn server_routes() -> Router<Api> {
         .route(
             "/v1/operator/raft/transfer-leader",
             axum::routing::post(operator::transfer_leader),
+        )
+        .route(
+            "/v1/operator/autopilot/health",
+            get(operator::autopilot_health),
         )
         .route(
             "/v1/operator/raft/configuration",
@@ -303,7 +308,7 @@ fn with_node(body: &[u8], node: &str) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(object)).unwrap_or_else(|_| body.to_vec())
 }
 
-fn reply_response(reply: HttpReply) -> Response {
+pub(super) fn reply_response(reply: HttpReply) -> Response {
     let mut response = Response::new(axum::body::Body::from(reply.body.into_vec()));
     *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (name, value) in reply.headers {

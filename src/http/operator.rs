@@ -240,3 +240,111 @@ pub async fn keyring_remove(
         .map_err(keyring_error)?;
     Ok(StatusCode::OK.into_response())
 }
+
+/// Consul's autopilot defaults: a server is healthy when it answered the leader within
+/// `last_contact_threshold` and trails its log by at most `max_trailing_logs`.
+const LAST_CONTACT_THRESHOLD: std::time::Duration = std::time::Duration::from_millis(200);
+const MAX_TRAILING_LOGS: u64 = 250;
+
+/// One server in `/v1/operator/autopilot/health`.
+pub struct AutopilotServer {
+    pub healthy: bool,
+    pub voter: bool,
+    json: Value,
+}
+
+/// Every server's health as autopilot judges it (Consul's `autopilot.IsServerHealthy`): alive
+/// in the gossip pool, heard from within the threshold, on the leader's term and at most
+/// `MAX_TRAILING_LOGS` behind. Only the leader knows; empty elsewhere.
+pub fn autopilot_servers(api: &Api) -> Vec<AutopilotServer> {
+    let Some(health) = api.cluster.server_health() else {
+        return Vec::new();
+    };
+    let term = api
+        .cluster
+        .stats()
+        .get("term")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let leader_index = health
+        .iter()
+        .filter(|h| h.member.leader)
+        .map(|h| h.last_index)
+        .max()
+        .unwrap_or(0);
+    let pool = api.gossip.as_ref().map(|g| g.members()).unwrap_or_default();
+    health
+        .into_iter()
+        .map(|h| {
+            let serf = match pool.iter().find(|m| m.name == h.member.name) {
+                Some(m) => match m.status {
+                    1 => "alive",
+                    2 => "leaving",
+                    3 => "left",
+                    _ => "failed",
+                },
+                None if api.gossip.is_none() => "alive",
+                None => "none",
+            };
+            let healthy = serf == "alive"
+                && h.last_contact.is_some_and(|c| c <= LAST_CONTACT_THRESHOLD)
+                && h.last_term == term
+                && h.last_index + MAX_TRAILING_LOGS >= leader_index;
+            let last_contact = h
+                .last_contact
+                .map_or_else(|| "never".to_string(), crate::model::format_duration);
+            AutopilotServer {
+                healthy,
+                voter: h.member.voter,
+                json: json!({
+                    "ID": h.member.id.to_string(),
+                    "Name": h.member.name,
+                    "Address": h.member.address,
+                    "SerfStatus": serf,
+                    "Version": env!("CARGO_PKG_VERSION"),
+                    "Leader": h.member.leader,
+                    "LastContact": last_contact,
+                    "LastTerm": h.last_term,
+                    "LastIndex": h.last_index,
+                    "Healthy": healthy,
+                    "Voter": h.member.voter,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// `GET /v1/operator/autopilot/health`: 200 when every server is healthy, 429 otherwise (as
+/// Consul). Answered by the leader; a follower asks it.
+pub async fn autopilot_health(State(api): State<Api>, uri: axum::http::Uri) -> Response {
+    if !api.cluster.is_leader() {
+        let call = crate::cluster::HttpCall {
+            method: "GET".into(),
+            uri: uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_string(), |p| p.to_string()),
+            headers: Vec::new(),
+            body: serde_bytes::ByteBuf::new(),
+        };
+        return match api.cluster.ask_leader(call).await {
+            Ok(reply) => super::reply_response(reply),
+            Err(e) => ApiError::Internal(e.to_string()).into_response(),
+        };
+    }
+    let servers = autopilot_servers(&api);
+    let healthy = !servers.is_empty() && servers.iter().all(|s| s.healthy);
+    let voters = servers.iter().filter(|s| s.voter).count();
+    let healthy_voters = servers.iter().filter(|s| s.voter && s.healthy).count();
+    let quorum = voters / 2 + 1;
+    let body = json!({
+        "Healthy": healthy,
+        "FailureTolerance": healthy_voters.saturating_sub(quorum),
+        "Servers": servers.into_iter().map(|s| s.json).collect::<Vec<_>>(),
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    (status, axum::Json(body)).into_response()
+}

@@ -204,6 +204,7 @@ async fn serve(
         // Nothing of the stale answer is kept while waiting.
         drop(response);
         let any_change = futures_any(waits);
+        let _waiting = crate::metrics::Waiting::start();
         tokio::select! {
             _ = any_change => {}
             // At shutdown (or at the deadline) the waiter gets the current answer at once.

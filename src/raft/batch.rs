@@ -97,10 +97,16 @@ async fn propose(raft: Raft, mut pending: mpsc::Receiver<(Request, Reply)>, task
                     return;
                 }
             };
+            let started = std::time::Instant::now();
             let result = raft.client_write(proposal).await;
             drop(slot);
             match result {
                 Ok(response) => {
+                    let recorded = &*crate::metrics::RECORDED;
+                    recorded
+                        .raft_commit_time
+                        .observe(crate::metrics::ms_since(started));
+                    recorded.raft_apply.inc_by(replies.len() as i64);
                     let index = response.log_id.index;
                     for (reply, outcome) in replies.into_iter().zip(response.data) {
                         let _ = reply.send(Ok((outcome, index)));

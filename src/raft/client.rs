@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::ServerInfo;
 use super::rpc::{MembershipChange, Method, WriteReply, call};
 use crate::catalog::{Outcome, Request, Rows};
-use crate::cluster::{ClusterError, WriteError};
+use crate::cluster::{ClusterError, HttpCall, HttpReply, WriteError};
 use crate::transport::{CallError, Pool};
 
 /// Server RPC calls, over two pools of connections: `pool` presents this server's cluster ID
@@ -33,6 +33,18 @@ impl RpcClient {
             Duration::from_secs(2),
         )
         .await
+    }
+
+    /// An API request answered by the server at `addr` with its own API (`Method::Http`).
+    pub async fn http(
+        &self,
+        addr: &str,
+        request: &HttpCall,
+        timeout: Duration,
+    ) -> Result<HttpReply, CallError> {
+        let reply: Result<HttpReply, String> =
+            call(&self.pool, addr, Method::Http, request, timeout).await?;
+        reply.map_err(CallError::Remote)
     }
 
     /// Proposes a write on the leader at `addr`; returns its outcome and log index.

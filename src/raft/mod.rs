@@ -21,7 +21,7 @@ use redb::Database;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Command, Outcome, Request};
-use crate::cluster::{ClusterError, Member, WriteError, Writer};
+use crate::cluster::{ClusterError, Member, ServerHealth, WriteError, Writer};
 use crate::config::Timing;
 use crate::store::types::{NodeId, Raft, ServerNode};
 use crate::store::{LogStore, StateMachineStore, StoreError};
@@ -327,6 +327,71 @@ impl RaftNode {
                 }
             })
             .collect()
+    }
+
+    /// Records Raft's metrics until `stop`: elections won and started
+    /// (`consul_raft_state_leader`, `consul_raft_state_candidate`) and, on the leader, the
+    /// time since a quorum last acknowledged it, each second (`consul_raft_leader_lastContact`).
+    pub async fn record_metrics(&self, stop: tokio_util::sync::CancellationToken) {
+        let recorded = &*crate::metrics::RECORDED;
+        let mut metrics = self.raft.metrics();
+        let mut state = metrics.borrow().state;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = metrics.borrow().state;
+                    if now != state {
+                        match now {
+                            ServerState::Leader => recorded.raft_state_leader.inc(),
+                            ServerState::Candidate => recorded.raft_state_candidate.inc(),
+                            _ => 0,
+                        };
+                        state = now;
+                    }
+                }
+                _ = tick.tick() => {
+                    let m = metrics.borrow();
+                    if m.state == ServerState::Leader
+                        && let Some(ms) = m.millis_since_quorum_ack
+                    {
+                        recorded.raft_leader_last_contact.observe(ms as f64);
+                    }
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// On the leader, each server's replication progress and last answer; None elsewhere.
+    pub fn server_health(&self) -> Option<Vec<ServerHealth>> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let replication = metrics.replication.clone()?;
+        let now = tokio::time::Instant::now();
+        let health = self
+            .members()
+            .into_iter()
+            .map(|member| {
+                let (last_contact, matched) = if member.id == self.id {
+                    (Some(Duration::ZERO), metrics.last_applied)
+                } else {
+                    (
+                        self.contacts.last(member.id).map(|t| now.duration_since(t)),
+                        replication.get(&member.id).copied().flatten(),
+                    )
+                };
+                ServerHealth {
+                    member,
+                    last_contact,
+                    last_index: matched.map_or(0, |l| l.index),
+                    last_term: matched.map_or(0, |l| l.leader_id.term),
+                }
+            })
+            .collect();
+        Some(health)
     }
 
     /// The Raft log index of the membership configuration in force.

@@ -381,6 +381,9 @@ async fn start_services(
         );
     }
 
+    let recorder = node.clone();
+    let stop = tasks.stop().clone();
+    tasks.spawn(async move { recorder.record_metrics(stop).await });
     let writer = node.writer();
     leader::start(
         leader::Duties {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::catalog::Rows;
-use crate::cluster::{Cluster, ClusterError, Member, ServerId, WriteError};
+use crate::cluster::{
+    Cluster, ClusterError, HttpCall, HttpReply, Member, ServerHealth, ServerId, WriteError,
+};
 use crate::leader::SessionTimers;
 use crate::model::Index;
 use crate::raft::rpc::renew_as_leader;
@@ -27,6 +29,22 @@ impl Cluster for ServerCluster {
 
     fn leader(&self) -> Option<String> {
         self.node.leader_addr()
+    }
+
+    fn server_health(&self) -> Option<Vec<ServerHealth>> {
+        self.node.server_health()
+    }
+
+    async fn ask_leader(&self, call: HttpCall) -> Result<HttpReply, ClusterError> {
+        let leader = self
+            .node
+            .leader_addr()
+            .ok_or_else(|| ClusterError::Failed("No cluster leader".into()))?;
+        self.node
+            .client()
+            .http(&leader, &call, Duration::from_secs(10))
+            .await
+            .map_err(|e| ClusterError::Failed(format!("asking the leader: {e}")))
     }
 
     fn is_leader(&self) -> bool {

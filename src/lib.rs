@@ -8,19 +8,22 @@
 //! `cluster::Writer` and ask `cluster::Cluster` the rest.
 //! - `main.rs`, `cli/` (the binary): clap, exit codes, logging; `cli::{kv, ops}` are the client
 //!   subcommands, plain HTTP clients of a running agent.
-//! - [`config`]: one validated `Config` from flags (clap derives [`config::Flags`]) and a TOML
-//!   file with Consul's key names; Raft `Timing`; every default written once.
+//! - [`config`]: one validated `Config` from flags (clap derives [`config::Flags`]) and config
+//!   files with Consul's key names (`sources`: JSON, HCL, TOML, `-config-dir`, Consul's merge);
+//!   Raft `Timing`; every default written once.
 //! - [`server`]: the composition root: bind → start → serve → drain;
 //!   `server::port` implements the cluster port over the Raft node, `server::pool` its `Gossip`
 //!   over the gossip pool (Serf tags, `retry_join`), `server::client` composes a client agent.
 //! - [`http`]: the Consul-compatible HTTP API (axum): `agent`, `catalog`, `health`, `kv`,
-//!   `session`, `operator` (Raft status, backups), `metrics`; `read` (consistency modes,
-//!   blocking queries), `dto` (Consul's JSON, decoded once into `model` specs), `error`.
+//!   `session`, `operator` (Raft status, autopilot health, backups), `metrics` (the scrape and
+//!   the request recorder); `read` (consistency modes, blocking queries), `dto` (Consul's JSON,
+//!   decoded once into `model` specs), `error`, `ui` (the embedded web UI).
 //! - [`dns`]: the `consul.` zone answered from the view (`zone`, `names`), static zones and
 //!   forwarding (`forward`); UDP receive loops (`udp`, their system calls in `sys`) with
 //!   pre-encoded answers (`cache`); `encode` builds answers for both paths.
 //! - [`agent`]: services and checks owned by this agent and the health runner (`probe`); on a
-//!   client agent, its own state (`local`) and anti-entropy with the servers (`sync`).
+//!   client agent, its own state (`local`) and anti-entropy with the servers (`sync`); the
+//!   config files' definitions (`definitions`).
 //! - [`leader`]: one supervised task while this server leads: cluster naming, session expiry
 //!   (`leader::sessions`, the leader's TTL timers), autopilot, and the catalog and Raft following
 //!   the gossip pool (`leader::reconcile`).
@@ -36,8 +39,10 @@
 //! - [`view`]: the published catalog (lock-free reads) and the watchers of blocking queries.
 //! - [`catalog`]: the pure, deterministic state machine (`command`, `kv`): no tokio, clock or I/O.
 //! - [`model`]: domain types once: node, service and check specs, stored records, durations.
-//! - [`metrics`]: counters written by one module and read by `/v1/agent/metrics`.
-//! - [`logs`]: the agent's log as a stream for `/v1/agent/monitor`.
+//! - [`metrics`]: counters and prometheus-client timings written by one module and read by
+//!   `/v1/agent/metrics`.
+//! - [`logs`]: the agent's log as a stream for `/v1/agent/monitor`; the rotated log file
+//!   (`file`).
 //! - [`report`]: one-line error reports (an error and its causes, each once) for logs and
 //!   check output.
 //! - [`tasks`]: one tracker that owns every spawned task; essential tasks stop the agent if they end.

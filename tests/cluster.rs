@@ -302,6 +302,21 @@ async fn writes_through_a_follower_reach_every_server() {
     // Every server registered itself as service `consul`.
     let (_, consul) = get_json(&c.nodes[0].url("/v1/catalog/service/consul")).await;
     assert_eq!(consul.as_array().unwrap().len(), 3);
+
+    // Autopilot's view, asked of a follower (which asks the leader): three healthy voters.
+    let health = eventually("autopilot sees three healthy servers", || async {
+        let (status, body) = get_json(&c.nodes[f].url("/v1/operator/autopilot/health")).await;
+        (status == 200 && body["Healthy"] == true).then_some(body)
+    })
+    .await;
+    let servers = health["Servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 3, "{health}");
+    assert_eq!(health["FailureTolerance"], 1, "{health}");
+    assert_eq!(
+        servers.iter().filter(|s| s["Leader"] == true).count(),
+        1,
+        "{health}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

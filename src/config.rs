@@ -389,9 +389,18 @@ pub struct Flags {
     #[arg(long)]
     pub log_json: bool,
     /// Also write the log to this file, rotated (`log_file`; a directory or a path ending in
-    /// `/` gets Consul's `consul-<timestamp>.log` names, else the name given).
+    /// `/` gets `beacon.log` in it; rotated files are `<name>-<unix ns>.log`).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// Rotate the log file before it passes this many bytes (`log_rotate_bytes`; 0: no limit).
+    #[arg(long, value_name = "BYTES")]
+    pub log_rotate_bytes: Option<u64>,
+    /// Rotate the log file this often (`log_rotate_duration`; default 24h).
+    #[arg(long, value_name = "DURATION")]
+    pub log_rotate_duration: Option<String>,
+    /// Rotated log files kept (`log_rotate_max_files`; 0 keeps all, -1 none).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub log_rotate_max_files: Option<i64>,
     /// The IP the client interfaces (HTTP, HTTPS, DNS) bind (Consul's `-client`; the file's
     /// `client_addr`). A full `--http-addr`/`--dns-addr` wins over it.
     #[arg(long, value_name = "IP")]
@@ -1010,12 +1019,22 @@ fn resolve_file(flags: &Flags, mut file: FileConfig) -> Result<Config, ConfigErr
             }
             p
         }),
-        rotate_bytes: file.log_rotate_bytes.unwrap_or(0),
-        rotate_duration: match file.log_rotate_duration {
-            Some(v) => duration("log_rotate_duration", &v)?,
-            None => Duration::from_secs(24 * 3600),
-        },
-        rotate_max_files: match file.log_rotate_max_files {
+        rotate_bytes: flags
+            .log_rotate_bytes
+            .or(file.log_rotate_bytes)
+            .unwrap_or(0),
+        // Zero means the default, as in Consul.
+        rotate_duration: match flags
+            .log_rotate_duration
+            .clone()
+            .or(file.log_rotate_duration)
+        {
+            Some(v) => Some(duration("log_rotate_duration", &v)?),
+            None => None,
+        }
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(24 * 3600)),
+        rotate_max_files: match flags.log_rotate_max_files.or(file.log_rotate_max_files) {
             Some(n) if n < -1 => {
                 return Err(ConfigError::new(
                     "log_rotate_max_files",
@@ -1142,9 +1161,12 @@ fn gossip_settings(
     file: &GossipFile,
     bind_ip: Option<IpAddr>,
 ) -> Result<Option<Gossip>, ConfigError> {
+    // A dev agent without `--serf-lan-addr` does not gossip, but its gossip settings are
+    // still checked (as if bound to an ephemeral loopback port), so a bad value is an error.
+    let unused = mode == Mode::Dev && flags.serf_lan_addr.is_none();
     let bind = match &flags.serf_lan_addr {
         Some(a) => parse_addr("serf-lan-addr", a)?,
-        None if mode == Mode::Dev => return Ok(None),
+        None if unused => SocketAddr::new(LOCALHOST, 0),
         None => SocketAddr::new(
             bind_ip.unwrap_or(LOCALHOST),
             file.serf_lan_port.unwrap_or(DEFAULT_SERF_LAN_PORT),
@@ -1258,7 +1280,7 @@ fn gossip_settings(
             Err(e) => return Err(ConfigError::new(key_name, format!("not base64: {e}"))),
         }
     }
-    Ok(Some(gossip))
+    Ok((!unused).then_some(gossip))
 }
 
 /// A duration that must be greater than zero.

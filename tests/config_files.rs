@@ -62,6 +62,7 @@ async fn a_config_dir_of_json_hcl_and_toml_merges_and_its_services_follow_the_fi
         log.contains("10-base.hcl: telemetry is a Consul setting Beacon does not use"),
         "{log}"
     );
+    assert!(log.contains("README.md: skipped"), "{log}");
     let (_, me) = get_json(&s.url("/v1/agent/self")).await;
     assert_eq!(
         me["Config"]["Datacenter"], "west",
@@ -87,6 +88,22 @@ async fn a_config_dir_of_json_hcl_and_toml_merges_and_its_services_follow_the_fi
     )
     .await;
     assert_eq!(status, 200, "{body}");
+
+    // A reload that fails changes nothing: no service of the bad file is registered.
+    write(
+        &conf,
+        "40-bad.json",
+        r#"{"services": [{"name": "newsvc", "port": 1}],
+            "check": {"name": "orphan", "ttl": "1m", "service_id": "nope"}}"#,
+    );
+    let (status, body) = put(&s.url("/v1/agent/reload"), "").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("40-bad.json") && body.contains("\"nope\""),
+        "{body}"
+    );
+    assert_eq!(ids(&s, "services").await, ["api", "manual", "web-1"]);
+    std::fs::remove_file(conf.join("40-bad.json")).unwrap();
 
     // The JSON file loses its service: a reload deregisters it and keeps the rest.
     write(
@@ -126,6 +143,17 @@ fn bad_files_name_the_file_and_the_key_and_start_nothing() {
             "service #1 (x)",
         ),
         ("dur.toml", "ae_interval = \"soon\"\n", "ae_interval"),
+        (
+            "orphan.json",
+            r#"{"check": {"name": "c", "ttl": "1m", "service_id": "nope"}}"#,
+            "ServiceID \"nope\"",
+        ),
+        // A dev agent does not gossip without --serf-lan-addr, but its settings are checked.
+        (
+            "gossip.toml",
+            "[gossip_lan]\nprobe_interval = \"bogus\"\n",
+            "gossip_lan.probe_interval",
+        ),
     ];
     for (name, text, needle) in cases {
         let dir = temp.path().join(name.replace('.', "-"));

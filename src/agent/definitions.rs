@@ -52,13 +52,22 @@ impl Agent {
             }
         };
         let mut now = Record::default();
-        for (service, checks) in &defs.services {
+        for (service, _) in &defs.services {
             now.services.insert(service.id.clone());
+        }
+        now.checks = defs.checks.iter().map(|c| c.check_id.clone()).collect();
+        // Recorded before anything is registered, with what is still to be removed: a sync
+        // that fails half-way leaves nothing that a later one would not know came from files.
+        let pending = Record {
+            services: previous.services.union(&now.services).cloned().collect(),
+            checks: previous.checks.union(&now.checks).cloned().collect(),
+        };
+        save(&path, &pending)?;
+        for (service, checks) in &defs.services {
             self.register_service(service.clone(), checks.clone(), true)
                 .await?;
         }
         for check in &defs.checks {
-            now.checks.insert(check.check_id.clone());
             self.register_check(check.clone()).await?;
         }
         for gone in previous.services.difference(&now.services) {
@@ -73,9 +82,12 @@ impl Agent {
                 Err(e) => return Err(e),
             }
         }
-        let bytes = serde_json::to_vec(&now).map_err(|e| AgentError::BadRequest(e.to_string()))?;
-        super::local::write_atomically(&path, &bytes)
-            .map_err(|e| AgentError::BadRequest(format!("writing {}: {e}", path.display())))?;
-        Ok(())
+        save(&path, &now)
     }
+}
+
+fn save(path: &Path, record: &Record) -> Result<(), AgentError> {
+    let bytes = serde_json::to_vec(record).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+    super::local::write_atomically(path, &bytes)
+        .map_err(|e| AgentError::BadRequest(format!("writing {}: {e}", path.display())))
 }

@@ -63,14 +63,14 @@ pub fn read(
     dirs: &[PathBuf],
     check: impl Fn(&Value) -> Result<(), ConfigError>,
 ) -> Result<Loaded, ConfigError> {
-    let mut paths: Vec<PathBuf> = files.to_vec();
-    for dir in dirs {
-        paths.extend(dir_files(dir)?);
-    }
     let mut loaded = Loaded {
         value: Value::Object(Map::new()),
         ..Loaded::default()
     };
+    let mut paths: Vec<PathBuf> = files.to_vec();
+    for dir in dirs {
+        paths.extend(dir_files(dir, &mut loaded.warnings)?);
+    }
     for path in &paths {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new("config", format!("cannot read {}: {e}", path.display()))
@@ -108,9 +108,10 @@ pub fn read(
     Ok(loaded)
 }
 
-/// The config files of a `-config-dir`, in lexical order; other files are skipped, as Consul
-/// skips them.
-fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+/// The config files of a `-config-dir`, in lexical order; other files are skipped with a
+/// warning, as Consul skips them. A config file that cannot be read (a dangling link) is an
+/// error when it is read, not skipped.
+fn dir_files(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<PathBuf>, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         ConfigError::new("config-dir", format!("cannot read {}: {e}", dir.display()))
     })?;
@@ -124,8 +125,16 @@ fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
             path.extension().and_then(|e| e.to_str()),
             Some("json" | "hcl" | "toml")
         );
-        if wanted && path.is_file() {
+        if path.is_dir() {
+            continue;
+        }
+        if wanted {
             found.push(path);
+        } else {
+            warnings.push(format!(
+                "{}: skipped: a config file's name must end in .json, .hcl or .toml",
+                path.display()
+            ));
         }
     }
     found.sort();
@@ -142,13 +151,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Value, ConfigError> {
     };
     let value: Value = match path.extension().and_then(|e| e.to_str()) {
         Some("json") => serde_json::from_str(text).map_err(|e| fail(e.to_string()))?,
-        Some("hcl") => hcl::from_str(text).map_err(|e| fail(e.to_string()))?,
+        Some("hcl") => hcl::from_str(text).map_err(|e| fail(hcl_error(&e)))?,
         _ => toml::from_str(text).map_err(|e| fail(e.to_string()))?,
     };
     if !value.is_object() {
         return Err(fail("expected an object of settings at the top".into()));
     }
     Ok(value)
+}
+
+/// An HCL error on one line: where it is and what was wrong, without the source excerpt
+/// hcl-rs draws over several lines.
+fn hcl_error(e: &hcl::Error) -> String {
+    match e {
+        hcl::Error::Parse(p) => {
+            let at = p.location();
+            format!(
+                "line {}, column {}: {}",
+                at.line(),
+                at.column(),
+                p.message()
+            )
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Merges `from` into `into` as Consul merges config sources: objects key by key, lists

@@ -446,17 +446,34 @@ async fn start_services(
 }
 
 /// The config files' service and check definitions, decoded as the agent API decodes its
-/// bodies. Errors name the file and the definition (`web.json: service #2 (web): …`).
+/// bodies. Errors name the file and the definition (`web.json: service #2 (web): …`); a
+/// standalone check must name a service of the files (as Consul refuses to start otherwise).
 pub fn definitions(config: &Config) -> Result<Definitions, String> {
+    let fail =
+        |kind: &str, i: usize, def: &crate::config::Definition, e: &dyn std::fmt::Display| {
+            // The endpoint's wording ("Request decode failed: json: …") says less in a file.
+            let e = e.to_string();
+            let e = e
+                .trim_start_matches("Request decode failed: ")
+                .trim_start_matches("json: ");
+            format!("{}{kind} #{}{}: {e}", file_of(def), i + 1, name_of(def))
+        };
     let mut defs = Definitions::default();
     for (i, def) in config.services.iter().enumerate() {
-        let spec = http::service_definition(&def.value)
-            .map_err(|e| format!("{}service #{} {}: {e}", file_of(def), i + 1, name_of(def)))?;
+        let spec = http::service_definition(&def.value).map_err(|e| fail("service", i, def, &e))?;
         defs.services.push(spec);
     }
     for (i, def) in config.checks.iter().enumerate() {
-        let spec = http::check_definition(&def.value)
-            .map_err(|e| format!("{}check #{} {}: {e}", file_of(def), i + 1, name_of(def)))?;
+        let spec = http::check_definition(&def.value).map_err(|e| fail("check", i, def, &e))?;
+        if !spec.service_id.is_empty()
+            && !defs.services.iter().any(|(s, _)| s.id == spec.service_id)
+        {
+            let e = format!(
+                "ServiceID {:?} is not a service of the config files",
+                spec.service_id
+            );
+            return Err(fail("check", i, def, &e));
+        }
         defs.checks.push(spec);
     }
     Ok(defs)
@@ -469,13 +486,13 @@ fn file_of(def: &crate::config::Definition) -> String {
         .map_or_else(String::new, |f| format!("{}: ", f.display()))
 }
 
-/// A definition's name, for errors: `(web)`, or nothing.
+/// A definition's name, for errors: ` (web)`, or nothing.
 fn name_of(def: &crate::config::Definition) -> String {
     def.value
         .as_object()
         .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("name")))
         .and_then(|(_, v)| v.as_str())
-        .map_or_else(String::new, |n| format!("({n})"))
+        .map_or_else(String::new, |n| format!(" ({n})"))
 }
 
 /// What a reload changes besides DNS and TLS: the agent's definitions from the config files.
@@ -509,6 +526,9 @@ fn serve_dns(
     let reloader: Option<Reloader> = reload.map(|reload| {
         Arc::new(move || {
             let config = reload().map_err(|e| e.to_string())?;
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
             let defs = definitions(&config)?;
             // Everything is read and checked before anything changes: a bad certificate or
             // zone file fails the reload and leaves the agent as it was.
@@ -530,10 +550,16 @@ fn serve_dns(
                 tracing::info!("reloaded TLS certificates");
             }
             tracing::info!("reloaded DNS configuration and zone files");
+            // The definitions were checked above: only a write can fail here (no leader).
             // The reloader runs on the blocking pool, where waiting on the runtime is allowed.
             runtime
                 .block_on(resync.agent.sync_definitions(&defs, &resync.data_dir))
-                .map_err(|e| format!("registering the config files' definitions: {e}"))?;
+                .map_err(|e| {
+                    format!(
+                        "DNS and TLS settings were reloaded, but registering the config files' \
+                         services and checks failed (reload again to retry): {e}"
+                    )
+                })?;
             Ok(())
         }) as Reloader
     });
@@ -641,24 +667,35 @@ async fn serve(
     Ok(())
 }
 
-/// Registers this server in the catalog, then the config files' definitions, retrying until
-/// it is done: both are idempotent, and a leader lost while a restarted server catches up (the
-/// write forwarded to it broke, or no leader came within the hold) must not stop this server.
-/// Ends with shutdown.
+/// Registers this server in the catalog, then the config files' definitions, each retried
+/// until done: both are idempotent (and the definitions were checked at start-up), and a
+/// leader lost while a restarted server catches up (the write forwarded to it broke, or no
+/// leader came within the hold) must not stop this server. Ends with shutdown.
 async fn register(agent: &Agent, server_port: u16, defs: &Definitions, data_dir: &Path) {
+    retry("registering this server in the catalog", || {
+        agent.start(server_port)
+    })
+    .await;
+    retry("registering the config files' services and checks", || {
+        agent.sync_definitions(defs, data_dir)
+    })
+    .await;
+}
+
+async fn retry<F, Fut>(what: &str, attempt: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), crate::agent::AgentError>>,
+{
     let mut pause = Duration::from_millis(100);
     loop {
-        let done = match agent.start(server_port).await {
-            Ok(()) => agent.sync_definitions(defs, data_dir).await,
-            Err(e) => Err(e),
-        };
-        match done {
+        match attempt().await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(
                     error = %crate::report::chain(&e),
                     retry_in = ?pause,
-                    "registering this server in the catalog failed; retrying"
+                    "{what} failed; retrying"
                 );
             }
         }

@@ -108,7 +108,7 @@ pub async fn form(
                     }
                 }
             }
-        } else if bootstrap_expect > 0 {
+        } else if bootstrap_expect > 0 && !cluster.is_initialized().await {
             let mut known = BTreeMap::from([(cluster.id(), me.clone())]);
             for (_, info) in &peers {
                 known.insert(info.id, info.node.clone());
@@ -117,8 +117,10 @@ pub async fn form(
                 let lowest = known.values().map(|n| n.rpc_addr.as_str()).min();
                 if lowest == Some(me.rpc_addr.as_str()) {
                     tracing::info!(servers = known.len(), "bootstrapping the cluster");
-                    if let Err(e) = cluster.initialize(known).await {
-                        tracing::warn!(error = %e, "bootstrap failed, retrying");
+                    match cluster.initialize(known).await {
+                        // This server formed the cluster: there is no other one to check.
+                        Ok(()) => return Ok(()),
+                        Err(e) => tracing::warn!(error = %e, "bootstrap failed, retrying"),
                     }
                 } else if !logged_wait {
                     tracing::info!(

@@ -432,3 +432,95 @@ async fn monitor_streams_the_log_and_validate_checks_files() {
         "{err}"
     );
 }
+
+/// A stand-in agent that records each request line and answers 404 to all.
+fn recording_agent() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            into.lock().unwrap().push(line.trim_end().to_string());
+            let mut header = String::new();
+            let mut length = 0;
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                header.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let _ = (&conn).write_all(
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn datacenter_and_stale_reach_the_agent() {
+    let s = Server::with_config("datacenter = \"dc1\"\n");
+    let addr = s.http.to_string();
+    let env = Some(("BEACON_HTTP_ADDR", addr.as_str()));
+    assert!(
+        beacon(env, &["kv", "put", "-datacenter", "dc1", "k", "v"], None)
+            .status
+            .success()
+    );
+    let o = beacon(
+        env,
+        &["kv", "get", "-datacenter", "dc1", "-stale", "k"],
+        None,
+    );
+    assert_eq!(stdout(&o), "v\n", "{o:?}");
+    // Beacon serves one datacenter: another one is the agent's error, passed on.
+    for args in [
+        &["kv", "get", "-datacenter", "other", "k"][..],
+        &["kv", "get", "-recurse", "-datacenter", "other", "k"][..],
+        &["kv", "put", "-datacenter", "other", "k", "v"][..],
+        &["kv", "delete", "-datacenter", "other", "k"][..],
+        &["catalog", "services", "-datacenter", "other"][..],
+        &["snapshot", "save", "-datacenter", "other", "/nonexistent/x"][..],
+    ] {
+        let o = beacon(env, args, None);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("No path to datacenter"),
+            "{args:?}: {o:?}"
+        );
+    }
+    assert_eq!(
+        stdout(&beacon(env, &["kv", "get", "k"], None)),
+        "v\n",
+        "nothing was written"
+    );
+
+    // The query strings, as an agent sees them: `dc` on every call, `stale` on reads only.
+    let (fake, seen) = recording_agent();
+    let env = Some(("CONSUL_HTTP_ADDR", fake.as_str()));
+    for args in [
+        &["kv", "get", "-datacenter", "dc9", "-stale", "a/b"][..],
+        &["kv", "put", "-datacenter", "dc9", "-stale", "a/b", "v"][..],
+        &["catalog", "nodes", "-datacenter", "dc9", "-stale"][..],
+        &["snapshot", "save", "-stale", "/nonexistent/x"][..],
+    ] {
+        beacon(env, args, None);
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "GET /v1/kv/a/b?dc=dc9&stale HTTP/1.1",
+            "PUT /v1/kv/a/b?dc=dc9&flags=0 HTTP/1.1",
+            "GET /v1/catalog/nodes?dc=dc9&stale HTTP/1.1",
+            "GET /v1/snapshot?stale HTTP/1.1",
+        ]
+    );
+}

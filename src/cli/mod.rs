@@ -40,6 +40,65 @@ pub struct HttpArgs {
     pub token: Option<String>,
 }
 
+/// Consul's "server flags": which datacenter answers, and whether any server may answer a read.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServerArgs {
+    /// The datacenter to query (sent as `?dc=`); by default the agent's own. Beacon serves one
+    /// datacenter: another is answered with an error.
+    #[arg(long, global = true, value_name = "DC")]
+    pub datacenter: Option<String>,
+    /// Let any server answer a read, even without a leader (`?stale`); no effect on writes.
+    #[arg(long, global = true)]
+    pub stale: bool,
+}
+
+impl ServerArgs {
+    /// The `?dc=` a request carries (none for an empty `-datacenter`, as Consul).
+    pub fn dc(&self) -> Option<&str> {
+        self.datacenter.as_deref().filter(|dc| !dc.is_empty())
+    }
+
+    /// The query parameters of a read: `dc` and `stale`.
+    pub fn read_query(&self) -> Query {
+        let mut query = self.write_query();
+        if self.stale {
+            query.push(("stale", String::new()));
+        }
+        query
+    }
+
+    /// The query parameters of a write: `dc` only (`-stale` means nothing to a write).
+    pub fn write_query(&self) -> Query {
+        self.dc()
+            .map(|dc| vec![("dc", dc.to_string())])
+            .unwrap_or_default()
+    }
+}
+
+/// Query parameters: (name, value), an empty value for a bare flag.
+pub(crate) type Query = Vec<(&'static str, String)>;
+
+/// A query string (`?a=b&flag`) from pairs; an empty value is a bare flag, as Consul's.
+pub(crate) fn query_string(query: &[(&str, String)]) -> String {
+    if query.is_empty() {
+        return String::new();
+    }
+    let pairs: Vec<String> = query
+        .iter()
+        .map(|(k, v)| {
+            if v.is_empty() {
+                k.to_string()
+            } else {
+                format!(
+                    "{k}={}",
+                    form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                )
+            }
+        })
+        .collect();
+    format!("?{}", pairs.join("&"))
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }

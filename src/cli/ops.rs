@@ -84,7 +84,11 @@ pub struct SnapshotArgs {
 #[derive(Subcommand)]
 enum SnapshotCommand {
     /// Write the catalog to FILE.
-    Save { file: String },
+    Save {
+        #[command(flatten)]
+        server: super::ServerArgs,
+        file: String,
+    },
     /// Replace the catalog with the snapshot in FILE.
     Restore { file: String },
 }
@@ -312,9 +316,11 @@ pub async fn operator(args: OperatorArgs) -> Result<(), String> {
 
 pub async fn snapshot(args: SnapshotArgs) -> Result<(), String> {
     match args.command {
-        SnapshotCommand::Save { file } => {
-            let body =
-                request(&args.addr, reqwest::Method::GET, "/v1/snapshot", Vec::new()).await?;
+        SnapshotCommand::Save { server, file } => {
+            let path = format!("/v1/snapshot{}", super::query_string(&server.read_query()));
+            let body = request(&args.addr, reqwest::Method::GET, &path, Vec::new())
+                .await
+                .map_err(|e| format!("Error saving snapshot: {e}"))?;
             let index = snapshot_index(&body)
                 .ok_or("Error verifying snapshot: the agent did not send a Beacon backup")?;
             std::fs::write(&file, &body).map_err(|e| format!("Error writing {file}: {e}"))?;

@@ -1,10 +1,12 @@
-//! Client subcommands that talk to a running agent over its HTTP API (`kv`, `ops`), and the
-//! certificate tooling (`tls`, `tlsgen`).
+//! Client subcommands that talk to a running agent over its HTTP API (`kv`, `ops`, `lock`),
+//! and the certificate tooling (`tls`, `tlsgen`).
 
 pub mod agent;
 pub mod catalog;
 pub mod kv;
+pub mod lock;
 pub mod ops;
+mod process;
 pub mod tls;
 mod tlsgen;
 
@@ -97,6 +99,105 @@ pub(crate) fn query_string(query: &[(&str, String)]) -> String {
         })
         .collect();
     format!("?{}", pairs.join("&"))
+}
+
+/// An agent's answer: its status, `X-Consul-Index` (0 when absent) and body.
+pub(crate) struct Reply {
+    pub status: u16,
+    pub index: u64,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as text, trimmed (for error messages).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim().to_string()
+    }
+
+    /// Go's API client's error for a status it did not expect.
+    pub fn unexpected(&self) -> String {
+        format!(
+            "Unexpected response code: {} ({})",
+            self.status,
+            self.text()
+        )
+    }
+}
+
+/// The HTTP API of one agent, for the commands that make many calls (`lock`, `watch`).
+pub(crate) struct Agent {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Agent {
+    pub fn connect(args: &HttpArgs) -> Result<Self, String> {
+        let (base, http) = args
+            .connect()
+            .map_err(|e| format!("Error connecting to Consul agent: {e}"))?;
+        Ok(Agent { base, http })
+    }
+
+    /// One request; `path` is already escaped. Only a failed exchange is an error: every
+    /// status comes back in the reply.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Reply, String> {
+        let url = format!("{}{path}{}", self.base, query_string(query));
+        let response = self
+            .http
+            .request(method, &url)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| beacon::report::chain(&e))?;
+        let status = response.status().as_u16();
+        let index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| beacon::report::chain(&e))?
+            .to_vec();
+        Ok(Reply {
+            status,
+            index,
+            body,
+        })
+    }
+
+    /// A call that must answer 200.
+    pub async fn call_ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Reply, String> {
+        let reply = self.call(method, path, query, body).await?;
+        if reply.status == 200 {
+            Ok(reply)
+        } else {
+            Err(reply.unexpected())
+        }
+    }
+
+    /// The agent's node name (`/v1/agent/self`): Consul's `lock` and `watch` ask it first, so
+    /// an unreachable agent fails at once.
+    pub async fn check(&self, query: &[(&str, String)]) -> Result<(), String> {
+        self.call_ok(reqwest::Method::GET, "/v1/agent/self", query, Vec::new())
+            .await
+            .map(drop)
+            .map_err(|e| format!("Error querying Consul agent: {e}"))
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -252,6 +353,58 @@ pub fn base_url(flag: Option<&str>) -> String {
     }
 }
 
+/// Subcommands whose first positional argument starts a command of their own (`lock PREFIX
+/// CHILD...`): as Go's flag package, flags end there, so the child's own flags reach it
+/// untouched.
+const TAKES_A_COMMAND: [&str; 1] = ["lock"];
+
+/// The arguments as clap should see them: single-dash long flags doubled ([`normalize_flags`]),
+/// and for `lock` a `--` inserted where Go's flag parsing would stop (the first
+/// argument that is not a flag or a flag's value), after which nothing is rewritten.
+pub fn normalize_args(args: Vec<String>, cli: &clap::Command) -> Vec<String> {
+    let Some(sub) = args
+        .get(1)
+        .and_then(|name| cli.find_subcommand(name))
+        .filter(|sub| TAKES_A_COMMAND.contains(&sub.get_name()))
+    else {
+        return normalize_flags(args);
+    };
+    let mut end = 2;
+    let mut rest_from = args.len();
+    while end < args.len() {
+        let arg = &args[end];
+        if arg == "--" {
+            rest_from = end + 1;
+            break;
+        }
+        if !arg.starts_with('-') || arg == "-" {
+            rest_from = end;
+            break;
+        }
+        let name = arg.trim_start_matches('-');
+        let value_follows = !name.contains('=') && takes_value(sub, name);
+        end += if value_follows { 2 } else { 1 };
+    }
+    let end = end.min(args.len());
+    let mut out = normalize_flags(args[..end].to_vec());
+    if rest_from < args.len() {
+        out.push("--".into());
+        out.extend(args[rest_from..].iter().cloned());
+    }
+    out
+}
+
+/// Whether the flag `name` of `sub` takes the next argument as its value (Go's flags other than
+/// booleans do; an optional value spelt `-flag=v` does not).
+fn takes_value(sub: &clap::Command, name: &str) -> bool {
+    sub.get_arguments()
+        .find(|a| {
+            a.get_long() == Some(name)
+                || (name.chars().count() == 1 && a.get_short() == name.chars().next())
+        })
+        .is_some_and(|a| a.get_action().takes_values() && !a.is_require_equals_set())
+}
+
 /// Consul's CLI spells long flags with one dash (`-recurse`, `-flags=1`); clap wants two.
 pub fn normalize_flags(args: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut after_separator = false;
@@ -296,5 +449,43 @@ mod tests {
         );
         assert_eq!(base_url(Some("127.0.0.1:1")), "http://127.0.0.1:1");
         assert_eq!(base_url(Some("http://h:2/")), "http://h:2");
+    }
+
+    #[test]
+    fn lock_flags_end_where_the_command_starts() {
+        let mut cli = <crate::Cli as clap::CommandFactory>::command();
+        cli.build();
+        let normalized =
+            |args: &[&str]| normalize_args(args.iter().map(|s| s.to_string()).collect(), &cli);
+        assert_eq!(
+            normalized(&[
+                "beacon", "lock", "-timeout", "5s", "-verbose", "-n", "1", "jobs", "cmd",
+                "-verbose", "--", "-x"
+            ]),
+            [
+                "beacon",
+                "lock",
+                "--timeout",
+                "5s",
+                "--verbose",
+                "-n",
+                "1",
+                "--",
+                "jobs",
+                "cmd",
+                "-verbose",
+                "--",
+                "-x"
+            ]
+        );
+        assert_eq!(
+            normalized(&["beacon", "lock", "-shell=false", "-n=1", "--", "-p", "c"]),
+            ["beacon", "lock", "--shell=false", "--n=1", "--", "-p", "c"]
+        );
+        // Other commands are rewritten as before.
+        assert_eq!(
+            normalized(&["beacon", "kv", "get", "-datacenter", "dc1", "k"]),
+            ["beacon", "kv", "get", "--datacenter", "dc1", "k"]
+        );
     }
 }

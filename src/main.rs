@@ -57,6 +57,8 @@ enum Command {
     Snapshot(cli::ops::SnapshotArgs),
     /// Run a command while holding a lock on a KV prefix (Consul's `lock`).
     Lock(cli::lock::LockArgs),
+    /// Watch a view of the catalog or KV store, printing it or running a handler on each change.
+    Watch(cli::watch::WatchArgs),
     /// Create a CA and agent certificates (Consul's `tls ca create`, `tls cert create`).
     Tls(cli::tls::TlsArgs),
     /// List datacenters, nodes and services of the catalog.
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         Command::Operator(args) => client(cli::ops::operator(args)),
         Command::Snapshot(args) => client(cli::ops::snapshot(args)),
         Command::Lock(args) => client_status(cli::lock::run(args)),
+        Command::Watch(args) => client_status(cli::watch::run(args)),
         Command::Catalog(args) => client(cli::catalog::catalog(args)),
         Command::Info(args) => client(cli::agent::info(args)),
         Command::Reload(args) => client(cli::agent::reload(args)),

@@ -726,6 +726,200 @@ async fn lock_stops_its_child_when_the_lock_is_lost_or_a_signal_comes() {
     }
 }
 
+#[tokio::test]
+async fn watch_hands_each_change_to_its_handler_as_consuls_json() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (status, _) = put(&s.url("/v1/kv/cfg/x"), "v1").await;
+    assert_eq!(status, 200);
+    let handler = format!(
+        "cat >> {}; echo $CONSUL_INDEX >> {}.index",
+        out.display(),
+        out.display()
+    );
+    let mut watch = Running::start(&[
+        "watch",
+        "-http-addr",
+        &addr,
+        "-type",
+        "key",
+        "-key",
+        "cfg/x",
+        &handler,
+    ]);
+    let lines = |n: usize| {
+        let out = out.clone();
+        move || {
+            let text = read_file(&out);
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            async move { (lines.len() >= n).then_some(lines) }
+        }
+    };
+    let first = eventually("the first value", lines(1)).await;
+    // Consul's api.KVPair, every field in its order.
+    assert!(
+        first[0].starts_with(r#"{"Key":"cfg/x","CreateIndex":"#),
+        "{}",
+        first[0]
+    );
+    let entry: serde_json::Value = serde_json::from_str(&first[0]).unwrap();
+    assert_eq!(entry["Value"], STANDARD.encode("v1"));
+    assert_eq!(entry["Session"], "");
+    assert_eq!(entry["LockIndex"], 0);
+
+    let (status, _) = put(&s.url("/v1/kv/cfg/x"), "v2").await;
+    assert_eq!(status, 200);
+    let both = eventually("the changed value", lines(2)).await;
+    assert_eq!(both.len(), 2, "{both:?}");
+    let changed: serde_json::Value = serde_json::from_str(&both[1]).unwrap();
+    assert_eq!(changed["Value"], STANDARD.encode("v2"));
+    assert!(changed["ModifyIndex"].as_u64() > entry["ModifyIndex"].as_u64());
+    let indexes = read_file(&dir.path().join("out.index"));
+    assert_eq!(
+        indexes.lines().last().unwrap(),
+        changed["ModifyIndex"].to_string(),
+        "CONSUL_INDEX is the answer's index"
+    );
+    // SIGTERM ends the watch, with exit code 0 as Consul's.
+    watch.signal("-TERM");
+    assert_eq!(watch.exit_code(), Some(0));
+
+    // A handler that prints: one JSON line per change on stdout, the first one at start.
+    let mut service = Running::start(&[
+        "watch",
+        "-http-addr",
+        &addr,
+        "-type",
+        "service",
+        "-service",
+        "web",
+        "cat",
+    ]);
+    eventually("the empty service", || {
+        let seen = service.stdout();
+        async move { (seen == "[]\n").then_some(()) }
+    })
+    .await;
+    register(&s, serde_json::json!({"Name": "web", "Port": 80})).await;
+    let line = eventually("the registered instance", || {
+        let seen = service.stdout();
+        async move { seen.lines().nth(1).map(str::to_string) }
+    })
+    .await;
+    let instances: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(instances[0]["Service"]["Service"], "web", "{instances}");
+    assert_eq!(instances[0]["Service"]["Port"], 80, "{instances}");
+    service.signal("-INT");
+    assert_eq!(service.exit_code(), Some(0));
+
+    // The handler's failure ends the watch with exit code 1, as Consul's.
+    let o = beacon(
+        None,
+        &["watch", "-http-addr", &addr, "-type", "nodes", "exit 4"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Error executing handler: exit status 4"),
+        "{o:?}"
+    );
+}
+
+#[tokio::test]
+async fn watch_without_a_handler_prints_the_view_once_as_consul() {
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    register(
+        &s,
+        serde_json::json!({"Name": "web", "Port": 80, "Tags": ["v1"]}),
+    )
+    .await;
+    let o = beacon(
+        None,
+        &[
+            "watch",
+            "-http-addr",
+            &addr,
+            "-type",
+            "service",
+            "-service",
+            "web",
+            "-tag",
+            "v1",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    // Go's json.MarshalIndent with four spaces.
+    assert!(text.starts_with("[\n    {\n        \""), "{text}");
+    let instances: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(instances[0]["Service"]["Service"], "web", "{instances}");
+    let o = beacon(
+        None,
+        &[
+            "watch",
+            "-http-addr",
+            &addr,
+            "-type",
+            "key",
+            "-key",
+            "absent",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&o), "null\n", "{o:?}");
+    let o = beacon(
+        None,
+        &["watch", "-http-addr", &addr, "-type", "services"],
+        None,
+    );
+    let services: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(services["web"], serde_json::json!(["v1"]), "{services}");
+
+    for (args, message) in [
+        (&["-type", "key"][..], "Must specify a single key to watch"),
+        (
+            &["-type", "keyprefix"][..],
+            "Must specify a single prefix to watch",
+        ),
+        (
+            &["-type", "service"][..],
+            "Must specify a single service to watch",
+        ),
+        (
+            &["-type", "nodes", "-key", "k"][..],
+            "Invalid parameters: [key]",
+        ),
+        (&["-type", "bogus"][..], "Unsupported watch type: bogus"),
+        (&[][..], "Watch type must be specified"),
+    ] {
+        let mut all = vec!["watch", "-http-addr", &addr];
+        all.extend(args);
+        let o = beacon(None, &all, None);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(message),
+            "{o:?}"
+        );
+    }
+    let o = beacon(
+        None,
+        &["watch", "-http-addr", "127.0.0.1:1", "-type", "nodes"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Error querying Consul agent"),
+        "{o:?}"
+    );
+}
+
 /// A stand-in agent that records each request line and answers 404 to all.
 fn recording_agent() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, Write};
@@ -782,6 +976,7 @@ async fn datacenter_and_stale_reach_the_agent() {
         &["kv", "delete", "-datacenter", "other", "k"][..],
         &["catalog", "services", "-datacenter", "other"][..],
         &["snapshot", "save", "-datacenter", "other", "/nonexistent/x"][..],
+        &["watch", "-datacenter", "other", "-type", "nodes"][..],
         &["lock", "-datacenter", "other", "jobs", "true"][..],
     ] {
         let o = beacon(env, args, None);

@@ -1,5 +1,5 @@
-//! Client subcommands that talk to a running agent over its HTTP API (`kv`, `ops`, `lock`),
-//! and the certificate tooling (`tls`, `tlsgen`).
+//! Client subcommands that talk to a running agent over its HTTP API (`kv`, `ops`, `lock`,
+//! `watch`), and the certificate tooling (`tls`, `tlsgen`).
 
 pub mod agent;
 pub mod catalog;
@@ -9,6 +9,7 @@ pub mod ops;
 mod process;
 pub mod tls;
 mod tlsgen;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 
@@ -293,6 +294,87 @@ impl HttpArgs {
     }
 }
 
+/// JSON text as Go's `encoding/json` writes it: compact, or with `indent` per level
+/// (`MarshalIndent`, empty `{}` and `[]` kept on one line), and with `<`, `>`, `&`, U+2028 and
+/// U+2029 escaped inside strings. The input's member order is kept.
+pub(crate) fn go_json(json: &str, indent: Option<&str>) -> String {
+    let chars: Vec<char> = json.chars().collect();
+    let mut out = String::with_capacity(json.len());
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(indent) = indent {
+            out.push('\n');
+            out.push_str(&indent.repeat(depth));
+        }
+    };
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        if in_string {
+            match c {
+                _ if escaped => {
+                    escaped = false;
+                    out.push(c);
+                }
+                '\\' => {
+                    escaped = true;
+                    out.push(c);
+                }
+                '"' => {
+                    in_string = false;
+                    out.push(c);
+                }
+                '<' => out.push_str("\\u003c"),
+                '>' => out.push_str("\\u003e"),
+                '&' => out.push_str("\\u0026"),
+                '\u{2028}' => out.push_str("\\u2028"),
+                '\u{2029}' => out.push_str("\\u2029"),
+                _ => out.push(c),
+            }
+            continue;
+        }
+        match c {
+            ' ' | '\t' | '\n' | '\r' => {}
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                let next = chars[i..].iter().position(|c| !c.is_ascii_whitespace());
+                if let Some(at) = next
+                    && matches!(chars[i + at], '}' | ']')
+                {
+                    out.push(chars[i + at]);
+                    i += at + 1;
+                    continue;
+                }
+                depth += 1;
+                newline(&mut out, depth);
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => {
+                out.push(c);
+                if indent.is_some() {
+                    out.push(' ');
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// Columns padded to their widest cell, two spaces apart (Consul's `columnize` output).
 pub(crate) fn table(rows: Vec<Vec<String>>) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
@@ -354,12 +436,12 @@ pub fn base_url(flag: Option<&str>) -> String {
 }
 
 /// Subcommands whose first positional argument starts a command of their own (`lock PREFIX
-/// CHILD...`): as Go's flag package, flags end there, so the child's own flags reach it
-/// untouched.
-const TAKES_A_COMMAND: [&str; 1] = ["lock"];
+/// CHILD...`, `watch [HANDLER...]`): as Go's flag package, flags end there, so the child's own
+/// flags reach it untouched.
+const TAKES_A_COMMAND: [&str; 2] = ["lock", "watch"];
 
 /// The arguments as clap should see them: single-dash long flags doubled ([`normalize_flags`]),
-/// and for `lock` a `--` inserted where Go's flag parsing would stop (the first
+/// and for `lock` and `watch` a `--` inserted where Go's flag parsing would stop (the first
 /// argument that is not a flag or a flag's value), after which nothing is rewritten.
 pub fn normalize_args(args: Vec<String>, cli: &clap::Command) -> Vec<String> {
     let Some(sub) = args
@@ -452,7 +534,7 @@ mod tests {
     }
 
     #[test]
-    fn lock_flags_end_where_the_command_starts() {
+    fn lock_and_watch_flags_end_where_the_command_starts() {
         let mut cli = <crate::Cli as clap::CommandFactory>::command();
         cli.build();
         let normalized =
@@ -482,10 +564,57 @@ mod tests {
             normalized(&["beacon", "lock", "-shell=false", "-n=1", "--", "-p", "c"]),
             ["beacon", "lock", "--shell=false", "--n=1", "--", "-p", "c"]
         );
+        assert_eq!(
+            normalized(&[
+                "beacon",
+                "watch",
+                "-type",
+                "service",
+                "-service",
+                "web",
+                "-passingonly",
+                "true",
+                "sh",
+                "-c",
+                "cat"
+            ]),
+            [
+                "beacon",
+                "watch",
+                "--type",
+                "service",
+                "--service",
+                "web",
+                "--passingonly",
+                "true",
+                "--",
+                "sh",
+                "-c",
+                "cat"
+            ]
+        );
+        assert_eq!(
+            normalized(&["beacon", "watch", "-type=nodes", "-stale"]),
+            ["beacon", "watch", "--type=nodes", "--stale"]
+        );
         // Other commands are rewritten as before.
         assert_eq!(
             normalized(&["beacon", "kv", "get", "-datacenter", "dc1", "k"]),
             ["beacon", "kv", "get", "--datacenter", "dc1", "k"]
         );
+    }
+
+    #[test]
+    fn json_is_written_as_go_writes_it() {
+        let compact = r#"{"a": [1, {"b":"x<y>&z"}], "e": [], "o": { }, "s": "q\"{,}:"}"#;
+        assert_eq!(
+            go_json(compact, None),
+            r#"{"a":[1,{"b":"x\u003cy\u003e\u0026z"}],"e":[],"o":{},"s":"q\"{,}:"}"#
+        );
+        assert_eq!(
+            go_json(compact, Some("    ")),
+            "{\n    \"a\": [\n        1,\n        {\n            \"b\": \"x\\u003cy\\u003e\\u0026z\"\n        }\n    ],\n    \"e\": [],\n    \"o\": {},\n    \"s\": \"q\\\"{,}:\"\n}"
+        );
+        assert_eq!(go_json("null", Some("    ")), "null");
     }
 }

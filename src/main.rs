@@ -53,7 +53,7 @@ enum Command {
     Keyring(cli::ops::KeyringArgs),
     /// Operator commands.
     Operator(cli::ops::OperatorArgs),
-    /// Save or restore a snapshot of the catalog.
+    /// Save, restore or inspect a snapshot of the catalog.
     Snapshot(cli::ops::SnapshotArgs),
     /// Run a command while holding a lock on a KV prefix (Consul's `lock`).
     Lock(cli::lock::LockArgs),

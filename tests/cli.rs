@@ -920,6 +920,63 @@ async fn watch_without_a_handler_prints_the_view_once_as_consul() {
     );
 }
 
+#[tokio::test]
+async fn snapshot_inspect_prints_what_save_saved() {
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    let env = Some(("BEACON_HTTP_ADDR", addr.as_str()));
+    assert!(beacon(env, &["kv", "put", "k", "v"], None).status.success());
+    register(&s, serde_json::json!({"Name": "web", "Port": 80})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.snap");
+    let file_arg = file.to_str().unwrap();
+    let saved = succeeds(env, &["snapshot", "save", "-stale", file_arg]);
+    let index: u64 = saved
+        .trim()
+        .strip_prefix("Saved and verified snapshot to index ")
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let text = succeeds(None, &["snapshot", "inspect", file_arg]);
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .to_string()
+    };
+    assert_eq!(field("Index"), index.to_string(), "{text}");
+    assert_eq!(
+        field("Size"),
+        std::fs::metadata(&file).unwrap().len().to_string()
+    );
+    assert_eq!(field("Term"), "0");
+    assert_eq!(field("Version"), "1");
+    let id = field("ID");
+    assert!(id.starts_with(&format!("0-{index}-")), "{id}");
+    assert!(
+        text.starts_with(" ID           "),
+        "Consul's columns:\n{text}"
+    );
+    assert_eq!(field("KVS"), "1", "one key:\n{text}");
+
+    let json = succeeds(None, &["snapshot", "inspect", "-format", "json", file_arg]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["Meta"]["Index"], index, "{json}");
+
+    std::fs::write(&file, "garbage").unwrap();
+    let o = beacon(None, &["snapshot", "inspect", file_arg], None);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a Beacon snapshot"),
+        "{o:?}"
+    );
+    std::fs::write(&file, r#"{"Version": 1, "Catalog": {}}"#).unwrap();
+    let o = beacon(None, &["snapshot", "inspect", file_arg], None);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+}
+
 /// A stand-in agent that records each request line and answers 404 to all.
 fn recording_agent() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, Write};

@@ -6,8 +6,9 @@
 //! may use (`transport` uses `tls`). `http`, `dns` and `agent` never
 //! name `raft` or `store` items (nor openraft or redb): they read the view, write through
 //! `cluster::Writer` and ask `cluster::Cluster` the rest.
-//! - `main.rs`, `cli/` (the binary): clap, exit codes, logging; `cli::{kv, ops}` are the client
-//!   subcommands, plain HTTP clients of a running agent.
+//! - `main.rs`, `cli/` (the binary): clap, exit codes, logging; `cli::{kv, catalog, agent, ops,
+//!   lock, watch}` are the client subcommands, plain HTTP clients of a running agent (`lock` and
+//!   `watch` run child processes, `cli::process`).
 //! - [`config`]: one validated `Config` from flags (clap derives [`config::Flags`]) and config
 //!   files with Consul's key names (`sources`: JSON, HCL, TOML, `-config-dir`, Consul's merge);
 //!   Raft `Timing`; every default written once.

@@ -5,7 +5,7 @@ mod cli;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
@@ -53,8 +53,12 @@ enum Command {
     Keyring(cli::ops::KeyringArgs),
     /// Operator commands.
     Operator(cli::ops::OperatorArgs),
-    /// Save or restore a snapshot of the catalog.
+    /// Save, restore or inspect a snapshot of the catalog.
     Snapshot(cli::ops::SnapshotArgs),
+    /// Run a command while holding a lock on a KV prefix (Consul's `lock`).
+    Lock(cli::lock::LockArgs),
+    /// Watch a view of the catalog or KV store, printing it or running a handler on each change.
+    Watch(cli::watch::WatchArgs),
     /// Create a CA and agent certificates (Consul's `tls ca create`, `tls cert create`).
     Tls(cli::tls::TlsArgs),
     /// List datacenters, nodes and services of the catalog.
@@ -80,7 +84,10 @@ fn main() -> ExitCode {
     // reqwest): aws-lc-rs is the only one compiled, and installing it here keeps a dependency
     // that enables another from making rustls panic at the first handshake.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = match Cli::try_parse_from(cli::normalize_flags(std::env::args())) {
+    let mut command = Cli::command();
+    command.build();
+    let args = cli::normalize_args(std::env::args().collect(), &command);
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -105,6 +112,8 @@ fn main() -> ExitCode {
         Command::Keyring(args) => client(cli::ops::keyring(args)),
         Command::Operator(args) => client(cli::ops::operator(args)),
         Command::Snapshot(args) => client(cli::ops::snapshot(args)),
+        Command::Lock(args) => client_status(cli::lock::run(args)),
+        Command::Watch(args) => client_status(cli::watch::run(args)),
         Command::Catalog(args) => client(cli::catalog::catalog(args)),
         Command::Info(args) => client(cli::agent::info(args)),
         Command::Reload(args) => client(cli::agent::reload(args)),
@@ -134,6 +143,12 @@ fn main() -> ExitCode {
 
 /// Runs a client subcommand; errors go to stderr with exit status 1, as Consul's CLI does.
 fn client(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    client_status(async { work.await.map(|()| 0) })
+}
+
+/// Runs a client subcommand that chooses its exit status (`lock` passes its child's on);
+/// errors go to stderr with exit status 1.
+fn client_status(work: impl std::future::Future<Output = Result<u8, String>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -145,7 +160,7 @@ fn client(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCo
         }
     };
     match runtime.block_on(work) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE

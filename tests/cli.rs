@@ -432,3 +432,641 @@ async fn monitor_streams_the_log_and_validate_checks_files() {
         "{err}"
     );
 }
+
+/// A `beacon` command left running, its stdout and stderr collected as they come.
+struct Running {
+    child: std::process::Child,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_beacon"))
+            .args(args)
+            .env_remove("BEACON_HTTP_ADDR")
+            .env_remove("CONSUL_HTTP_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |mut from: Box<dyn std::io::Read + Send>| {
+            let sink = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let into = sink.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    into.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            sink
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (up to the deadline) for the command to exit; returns its exit code.
+    fn exit_code(&mut self) -> Option<i32> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if started.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                panic!(
+                    "still running after {DEADLINE:?}; stdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_file(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success());
+}
+
+/// Writes a line into a FIFO once its reader has opened it.
+async fn release_fifo(path: &std::path::Path) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut writer = eventually("the FIFO's reader", || async {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .ok()
+    })
+    .await;
+    writer.write_all(b"go\n").unwrap();
+}
+
+/// Consul's lock keys carry these flags (`api.LockFlagValue`).
+const LOCK_FLAG_VALUE: u64 = 0x2ddc_cbc0_58a5_0c18;
+
+#[tokio::test]
+async fn lock_runs_one_child_at_a_time_and_passes_its_exit_code_on() {
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let (log_path, fifo_path) = (log.display().to_string(), fifo.display().to_string());
+    let first_child = format!(
+        "echo \"A $CONSUL_LOCK_HELD\" >> {log_path}; read line < {fifo_path}; \
+         echo A-end >> {log_path}; exit 3"
+    );
+    let mut first = Running::start(&[
+        "lock",
+        "-http-addr",
+        &addr,
+        "-name",
+        "first",
+        "jobs/nightly",
+        &first_child,
+    ]);
+    eventually("the first child runs", || async {
+        read_file(&log).contains("A true").then_some(())
+    })
+    .await;
+
+    // It holds jobs/nightly/.lock with a session of its own: named, with a 15s TTL.
+    let lock_url = s.url("/v1/kv/jobs/nightly/.lock");
+    let r = http().get(&lock_url).send().await.unwrap();
+    let index = consul_index(&r);
+    let entry: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(entry[0]["Flags"], LOCK_FLAG_VALUE, "{entry}");
+    let holder = entry[0]["Session"].as_str().unwrap().to_string();
+    let (_, session) = get_json(&s.url(&format!("/v1/session/info/{holder}"))).await;
+    assert_eq!(session[0]["Name"], "first", "{session}");
+    assert_eq!(session[0]["TTL"], "15s", "{session}");
+
+    // A second lock on the prefix waits: its child (several words, joined by spaces, as
+    // Consul) does not run, and the key stays the first one's for a second.
+    let mut second = Running::start(&[
+        "lock",
+        "-http-addr",
+        &addr,
+        "jobs/nightly",
+        "echo",
+        "B",
+        "$CONSUL_LOCK_HELD",
+        ">>",
+        &log_path,
+    ]);
+    eventually("the second lock's session (or its child)", || async {
+        let (_, sessions) = get_json(&s.url("/v1/session/list")).await;
+        (sessions.as_array().unwrap().len() == 2 || read_file(&log).contains('B')).then_some(())
+    })
+    .await;
+    let r = http()
+        .get(format!("{lock_url}?index={index}&wait=1s"))
+        .send()
+        .await
+        .unwrap();
+    let entry: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(entry[0]["Session"], holder.as_str(), "{entry}");
+    assert!(!read_file(&log).contains('B'), "{}", read_file(&log));
+
+    // The first child ends: its exit code is the command's, then the second one runs.
+    release_fifo(&fifo).await;
+    assert_eq!(first.exit_code(), Some(3), "{}", first.stderr());
+    assert_eq!(second.exit_code(), Some(0), "{}", second.stderr());
+    assert_eq!(read_file(&log), "A true\nA-end\nB true\n");
+
+    // Both released the lock, destroyed their sessions and deleted the key.
+    let (status, _) = get_json(&lock_url).await;
+    assert_eq!(status, 404);
+    let (_, sessions) = get_json(&s.url("/v1/session/list")).await;
+    assert_eq!(sessions, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn lock_stops_its_child_when_the_lock_is_lost_or_a_signal_comes() {
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let child = format!("echo started >> {}; exec sleep 60", log.display());
+    let mut held = Running::start(&["lock", "-http-addr", &addr, "jobs/lost", &child]);
+    eventually("the child runs", || async {
+        read_file(&log).contains("started").then_some(())
+    })
+    .await;
+
+    // While it is held, -timeout gives up, says so, and leaves no session behind.
+    let o = beacon(
+        None,
+        &[
+            "lock",
+            "-http-addr",
+            &addr,
+            "-timeout=200ms",
+            "jobs/lost",
+            "true",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("timeout during lock acquisition"),
+        "{o:?}"
+    );
+    let (_, sessions) = get_json(&s.url("/v1/session/list")).await;
+    assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
+
+    // The key is released from under it (its session lives on): the lock is lost, the child
+    // stopped, the exit code 1.
+    let (_, entry) = get_json(&s.url("/v1/kv/jobs/lost/.lock")).await;
+    let holder = entry[0]["Session"].as_str().unwrap().to_string();
+    let release = format!("/v1/kv/jobs/lost/.lock?release={holder}&flags={LOCK_FLAG_VALUE}");
+    let (status, text) = put(&s.url(&release), "").await;
+    assert_eq!((status, text.trim()), (200, "true"));
+    assert_eq!(held.exit_code(), Some(1));
+    assert!(held.stderr().contains("Lock lost"), "{}", held.stderr());
+
+    // Its session is destroyed (invalidated): the same.
+    let mut held = Running::start(&["lock", "-http-addr", &addr, "jobs/invalid", &child]);
+    let holder = eventually("the lock is held", || async {
+        let (_, entry) = get_json(&s.url("/v1/kv/jobs/invalid/.lock")).await;
+        entry[0]["Session"].as_str().map(str::to_string)
+    })
+    .await;
+    let (status, _) = put(&s.url(&format!("/v1/session/destroy/{holder}")), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(held.exit_code(), Some(1));
+    assert!(held.stderr().contains("Lock lost"), "{}", held.stderr());
+
+    // SIGTERM goes to the child; the lock is released and the child's status passed on.
+    let log2 = dir.path().join("log2");
+    let child = format!("echo started >> {}; exec sleep 60", log2.display());
+    let mut signalled = Running::start(&["lock", "-http-addr", &addr, "jobs/signal", &child]);
+    eventually("the child runs", || async {
+        read_file(&log2).contains("started").then_some(())
+    })
+    .await;
+    signalled.signal("-TERM");
+    assert_eq!(
+        signalled.exit_code(),
+        Some(128 + 15),
+        "{}",
+        signalled.stderr()
+    );
+    for key in ["jobs/lost/.lock", "jobs/invalid/.lock", "jobs/signal/.lock"] {
+        let (status, _) = get_json(&s.url(&format!("/v1/kv/{key}"))).await;
+        assert_eq!(status, 404, "{key}");
+    }
+    let (_, sessions) = get_json(&s.url("/v1/session/list")).await;
+    assert_eq!(sessions, serde_json::json!([]));
+
+    // Consul's checks of the arguments.
+    for (args, message) in [
+        (
+            &["jobs/x"][..],
+            "Key prefix and child command must be specified",
+        ),
+        (
+            &["-n", "0", "jobs/x", "true"][..],
+            "Lock holder limit must be positive",
+        ),
+        (
+            &["-n", "2", "jobs/x", "true"][..],
+            "semaphores (-n > 1) are not supported",
+        ),
+    ] {
+        let mut all = vec!["lock", "-http-addr", &addr];
+        all.extend(args);
+        let o = beacon(None, &all, None);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(message),
+            "{o:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn watch_hands_each_change_to_its_handler_as_consuls_json() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (status, _) = put(&s.url("/v1/kv/cfg/x"), "v1").await;
+    assert_eq!(status, 200);
+    let handler = format!(
+        "cat >> {}; echo $CONSUL_INDEX >> {}.index",
+        out.display(),
+        out.display()
+    );
+    let mut watch = Running::start(&[
+        "watch",
+        "-http-addr",
+        &addr,
+        "-type",
+        "key",
+        "-key",
+        "cfg/x",
+        &handler,
+    ]);
+    let lines = |n: usize| {
+        let out = out.clone();
+        move || {
+            let text = read_file(&out);
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            async move { (lines.len() >= n).then_some(lines) }
+        }
+    };
+    let first = eventually("the first value", lines(1)).await;
+    // Consul's api.KVPair, every field in its order.
+    assert!(
+        first[0].starts_with(r#"{"Key":"cfg/x","CreateIndex":"#),
+        "{}",
+        first[0]
+    );
+    let entry: serde_json::Value = serde_json::from_str(&first[0]).unwrap();
+    assert_eq!(entry["Value"], STANDARD.encode("v1"));
+    assert_eq!(entry["Session"], "");
+    assert_eq!(entry["LockIndex"], 0);
+
+    let (status, _) = put(&s.url("/v1/kv/cfg/x"), "v2").await;
+    assert_eq!(status, 200);
+    let both = eventually("the changed value", lines(2)).await;
+    assert_eq!(both.len(), 2, "{both:?}");
+    let changed: serde_json::Value = serde_json::from_str(&both[1]).unwrap();
+    assert_eq!(changed["Value"], STANDARD.encode("v2"));
+    assert!(changed["ModifyIndex"].as_u64() > entry["ModifyIndex"].as_u64());
+    let indexes = read_file(&dir.path().join("out.index"));
+    assert_eq!(
+        indexes.lines().last().unwrap(),
+        changed["ModifyIndex"].to_string(),
+        "CONSUL_INDEX is the answer's index"
+    );
+    // SIGTERM ends the watch, with exit code 0 as Consul's.
+    watch.signal("-TERM");
+    assert_eq!(watch.exit_code(), Some(0));
+
+    // A handler that prints: one JSON line per change on stdout, the first one at start.
+    let mut service = Running::start(&[
+        "watch",
+        "-http-addr",
+        &addr,
+        "-type",
+        "service",
+        "-service",
+        "web",
+        "cat",
+    ]);
+    eventually("the empty service", || {
+        let seen = service.stdout();
+        async move { (seen == "[]\n").then_some(()) }
+    })
+    .await;
+    register(&s, serde_json::json!({"Name": "web", "Port": 80})).await;
+    let line = eventually("the registered instance", || {
+        let seen = service.stdout();
+        async move { seen.lines().nth(1).map(str::to_string) }
+    })
+    .await;
+    let instances: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(instances[0]["Service"]["Service"], "web", "{instances}");
+    assert_eq!(instances[0]["Service"]["Port"], 80, "{instances}");
+    service.signal("-INT");
+    assert_eq!(service.exit_code(), Some(0));
+
+    // The handler's failure ends the watch with exit code 1, as Consul's.
+    let o = beacon(
+        None,
+        &["watch", "-http-addr", &addr, "-type", "nodes", "exit 4"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Error executing handler: exit status 4"),
+        "{o:?}"
+    );
+}
+
+#[tokio::test]
+async fn watch_without_a_handler_prints_the_view_once_as_consul() {
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    register(
+        &s,
+        serde_json::json!({"Name": "web", "Port": 80, "Tags": ["v1"]}),
+    )
+    .await;
+    let o = beacon(
+        None,
+        &[
+            "watch",
+            "-http-addr",
+            &addr,
+            "-type",
+            "service",
+            "-service",
+            "web",
+            "-tag",
+            "v1",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    // Go's json.MarshalIndent with four spaces.
+    assert!(text.starts_with("[\n    {\n        \""), "{text}");
+    let instances: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(instances[0]["Service"]["Service"], "web", "{instances}");
+    let o = beacon(
+        None,
+        &[
+            "watch",
+            "-http-addr",
+            &addr,
+            "-type",
+            "key",
+            "-key",
+            "absent",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&o), "null\n", "{o:?}");
+    let o = beacon(
+        None,
+        &["watch", "-http-addr", &addr, "-type", "services"],
+        None,
+    );
+    let services: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(services["web"], serde_json::json!(["v1"]), "{services}");
+
+    for (args, message) in [
+        (&["-type", "key"][..], "Must specify a single key to watch"),
+        (
+            &["-type", "keyprefix"][..],
+            "Must specify a single prefix to watch",
+        ),
+        (
+            &["-type", "service"][..],
+            "Must specify a single service to watch",
+        ),
+        (
+            &["-type", "nodes", "-key", "k"][..],
+            "Invalid parameters: [key]",
+        ),
+        (&["-type", "bogus"][..], "Unsupported watch type: bogus"),
+        (&[][..], "Watch type must be specified"),
+    ] {
+        let mut all = vec!["watch", "-http-addr", &addr];
+        all.extend(args);
+        let o = beacon(None, &all, None);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(message),
+            "{o:?}"
+        );
+    }
+    let o = beacon(
+        None,
+        &["watch", "-http-addr", "127.0.0.1:1", "-type", "nodes"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Error querying Consul agent"),
+        "{o:?}"
+    );
+}
+
+#[tokio::test]
+async fn snapshot_inspect_prints_what_save_saved() {
+    let s = Server::start(&[]);
+    let addr = s.http.to_string();
+    let env = Some(("BEACON_HTTP_ADDR", addr.as_str()));
+    assert!(beacon(env, &["kv", "put", "k", "v"], None).status.success());
+    register(&s, serde_json::json!({"Name": "web", "Port": 80})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.snap");
+    let file_arg = file.to_str().unwrap();
+    let saved = succeeds(env, &["snapshot", "save", "-stale", file_arg]);
+    let index: u64 = saved
+        .trim()
+        .strip_prefix("Saved and verified snapshot to index ")
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let text = succeeds(None, &["snapshot", "inspect", file_arg]);
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .to_string()
+    };
+    assert_eq!(field("Index"), index.to_string(), "{text}");
+    assert_eq!(
+        field("Size"),
+        std::fs::metadata(&file).unwrap().len().to_string()
+    );
+    assert_eq!(field("Term"), "0");
+    assert_eq!(field("Version"), "1");
+    let id = field("ID");
+    assert!(id.starts_with(&format!("0-{index}-")), "{id}");
+    assert!(
+        text.starts_with(" ID           "),
+        "Consul's columns:\n{text}"
+    );
+    assert_eq!(field("KVS"), "1", "one key:\n{text}");
+
+    let json = succeeds(None, &["snapshot", "inspect", "-format", "json", file_arg]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["Meta"]["Index"], index, "{json}");
+
+    std::fs::write(&file, "garbage").unwrap();
+    let o = beacon(None, &["snapshot", "inspect", file_arg], None);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a Beacon snapshot"),
+        "{o:?}"
+    );
+    std::fs::write(&file, r#"{"Version": 1, "Catalog": {}}"#).unwrap();
+    let o = beacon(None, &["snapshot", "inspect", file_arg], None);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+}
+
+/// A stand-in agent that records each request line and answers 404 to all.
+fn recording_agent() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            into.lock().unwrap().push(line.trim_end().to_string());
+            let mut header = String::new();
+            let mut length = 0;
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                header.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let _ = (&conn).write_all(
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn datacenter_and_stale_reach_the_agent() {
+    let s = Server::with_config("datacenter = \"dc1\"\n");
+    let addr = s.http.to_string();
+    let env = Some(("BEACON_HTTP_ADDR", addr.as_str()));
+    assert!(
+        beacon(env, &["kv", "put", "-datacenter", "dc1", "k", "v"], None)
+            .status
+            .success()
+    );
+    let o = beacon(
+        env,
+        &["kv", "get", "-datacenter", "dc1", "-stale", "k"],
+        None,
+    );
+    assert_eq!(stdout(&o), "v\n", "{o:?}");
+    // Beacon serves one datacenter: another one is the agent's error, passed on.
+    for args in [
+        &["kv", "get", "-datacenter", "other", "k"][..],
+        &["kv", "get", "-recurse", "-datacenter", "other", "k"][..],
+        &["kv", "put", "-datacenter", "other", "k", "v"][..],
+        &["kv", "delete", "-datacenter", "other", "k"][..],
+        &["catalog", "services", "-datacenter", "other"][..],
+        &["snapshot", "save", "-datacenter", "other", "/nonexistent/x"][..],
+        &["watch", "-datacenter", "other", "-type", "nodes"][..],
+        &["lock", "-datacenter", "other", "jobs", "true"][..],
+    ] {
+        let o = beacon(env, args, None);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("No path to datacenter"),
+            "{args:?}: {o:?}"
+        );
+    }
+    assert_eq!(
+        stdout(&beacon(env, &["kv", "get", "k"], None)),
+        "v\n",
+        "nothing was written"
+    );
+
+    // The query strings, as an agent sees them: `dc` on every call, `stale` on reads only.
+    let (fake, seen) = recording_agent();
+    let env = Some(("CONSUL_HTTP_ADDR", fake.as_str()));
+    for args in [
+        &["kv", "get", "-datacenter", "dc9", "-stale", "a/b"][..],
+        &["kv", "put", "-datacenter", "dc9", "-stale", "a/b", "v"][..],
+        &["catalog", "nodes", "-datacenter", "dc9", "-stale"][..],
+        &["snapshot", "save", "-stale", "/nonexistent/x"][..],
+    ] {
+        beacon(env, args, None);
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "GET /v1/kv/a/b?dc=dc9&stale HTTP/1.1",
+            "PUT /v1/kv/a/b?dc=dc9&flags=0 HTTP/1.1",
+            "GET /v1/catalog/nodes?dc=dc9&stale HTTP/1.1",
+            "GET /v1/snapshot?stale HTTP/1.1",
+        ]
+    );
+}

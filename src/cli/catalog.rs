@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::HttpArgs;
+use super::{HttpArgs, ServerArgs};
 
 #[derive(Args)]
 pub struct CatalogArgs {
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    server: ServerArgs,
     #[command(subcommand)]
     command: CatalogCommand,
 }
@@ -41,7 +43,13 @@ enum CatalogCommand {
 }
 
 pub(super) async fn get(http: &HttpArgs, path: &str) -> Result<Value, String> {
-    let body = super::ops::request(http, reqwest::Method::GET, path, Vec::new()).await?;
+    read(http, &ServerArgs::default(), path).await
+}
+
+/// A read with `-datacenter` and `-stale` as query parameters.
+async fn read(http: &HttpArgs, server: &ServerArgs, path: &str) -> Result<Value, String> {
+    let path = format!("{path}{}", super::query_string(&server.read_query()));
+    let body = super::ops::request(http, reqwest::Method::GET, &path, Vec::new()).await?;
     serde_json::from_slice(&body).map_err(|e| format!("Error decoding the agent's answer: {e}"))
 }
 
@@ -66,10 +74,11 @@ fn pairs(v: &Value) -> String {
 }
 
 pub async fn catalog(args: CatalogArgs) -> Result<(), String> {
-    let http = &args.http;
+    let (http, server) = (&args.http, &args.server);
+    let get = |path: String| async move { read(http, server, &path).await };
     match args.command {
         CatalogCommand::Datacenters => {
-            let dcs = get(http, "/v1/catalog/datacenters").await?;
+            let dcs = get("/v1/catalog/datacenters".into()).await?;
             for dc in dcs.as_array().into_iter().flatten() {
                 println!("{}", text(dc));
             }
@@ -77,8 +86,8 @@ pub async fn catalog(args: CatalogArgs) -> Result<(), String> {
         CatalogCommand::Nodes { service, detailed } => {
             let nodes = match &service {
                 // A service's instances carry their node's fields.
-                Some(name) => get(http, &format!("/v1/catalog/service/{name}")).await?,
-                None => get(http, "/v1/catalog/nodes").await?,
+                Some(name) => get(format!("/v1/catalog/service/{name}")).await?,
+                None => get("/v1/catalog/nodes".into()).await?,
             };
             let mut seen = std::collections::BTreeSet::new();
             let mut rows = vec![vec![
@@ -122,7 +131,7 @@ pub async fn catalog(args: CatalogArgs) -> Result<(), String> {
         CatalogCommand::Services { node, tags } => {
             let services: BTreeMap<String, Vec<String>> = match &node {
                 Some(node) => {
-                    let listed = get(http, &format!("/v1/catalog/node-services/{node}")).await?;
+                    let listed = get(format!("/v1/catalog/node-services/{node}")).await?;
                     let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
                     for s in listed["Services"].as_array().into_iter().flatten() {
                         let entry = by_name.entry(text(&s["Service"])).or_default();
@@ -132,7 +141,7 @@ pub async fn catalog(args: CatalogArgs) -> Result<(), String> {
                     }
                     by_name
                 }
-                None => serde_json::from_value(get(http, "/v1/catalog/services").await?)
+                None => serde_json::from_value(get("/v1/catalog/services".into()).await?)
                     .map_err(|e| format!("Error decoding the agent's answer: {e}"))?,
             };
             if services.is_empty() {

@@ -13,6 +13,8 @@ use serde_json::Value;
 pub struct KvArgs {
     #[command(flatten)]
     http: super::HttpArgs,
+    #[command(flatten)]
+    server: super::ServerArgs,
     #[command(subcommand)]
     command: KvCommand,
 }
@@ -107,7 +109,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// and spaces are part of the key. The `url` crate (under reqwest) drops `.` and `..`
 /// segments even when spelt `%2E`/`%2E%2E`, so such a segment is joined to its neighbours
 /// with `%2F`, which the server's `{*key}` route decodes back to `/`.
-fn key_path(key: &str) -> Result<String, String> {
+pub(super) fn key_path(key: &str) -> Result<String, String> {
     let is_dot = |s: &str| s == "." || s == "..";
     if is_dot(key) {
         return Err(format!(
@@ -158,6 +160,8 @@ fn read_data(data: &str) -> Result<Vec<u8>, String> {
 struct Client {
     base: String,
     http: reqwest::Client,
+    /// `-datacenter` on every call, `-stale` on reads.
+    server: super::ServerArgs,
 }
 
 impl Client {
@@ -165,23 +169,21 @@ impl Client {
         &self,
         method: reqwest::Method,
         path: &str,
-        query: &[(&str, String)],
+        query: &[(&'static str, String)],
         body: Vec<u8>,
     ) -> Result<(u16, Vec<u8>), String> {
-        let mut url = format!("{}/v1/kv/{}", self.base, key_path(path)?);
-        if !query.is_empty() {
-            let qs: Vec<String> = query
-                .iter()
-                .map(|(k, v)| {
-                    if v.is_empty() {
-                        k.to_string()
-                    } else {
-                        format!("{k}={}", urlencode(v))
-                    }
-                })
-                .collect();
-            url = format!("{url}?{}", qs.join("&"));
-        }
+        let mut all = if method == reqwest::Method::GET {
+            self.server.read_query()
+        } else {
+            self.server.write_query()
+        };
+        all.extend(query.iter().cloned());
+        let url = format!(
+            "{}/v1/kv/{}{}",
+            self.base,
+            key_path(path)?,
+            super::query_string(&all)
+        );
         let request = self.http.request(method, &url);
         let response =
             request.body(body).send().await.map_err(|e| {
@@ -204,17 +206,17 @@ impl Client {
         match status {
             200 => serde_json::from_slice(&body).map_err(|e| e.to_string()),
             404 => Ok(Vec::new()),
-            _ => Err(format!(
-                "Error querying Consul agent: {} {}",
-                status,
-                String::from_utf8_lossy(&body)
-            )),
+            _ => Err(query_error(status, &body)),
         }
     }
 }
 
-fn urlencode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+/// Consul's error for a read the agent refused (`-datacenter` of another one, say).
+fn query_error(status: u16, body: &[u8]) -> String {
+    format!(
+        "Error querying Consul agent: Unexpected response code: {status} ({})",
+        String::from_utf8_lossy(body).trim()
+    )
 }
 
 fn value_of(entry: &Value) -> Vec<u8> {
@@ -238,7 +240,11 @@ fn value_line(bytes: &[u8], base64: bool) -> Vec<u8> {
 
 pub async fn run(args: KvArgs) -> CliResult {
     let (base, http) = args.http.connect()?;
-    let client = Client { base, http };
+    let client = Client {
+        base,
+        http,
+        server: args.server,
+    };
     match args.command {
         KvCommand::Get {
             recurse,
@@ -258,12 +264,16 @@ pub async fn run(args: KvArgs) -> CliResult {
                         Vec::new(),
                     )
                     .await?;
-                if status == 200 {
-                    let list: Vec<String> =
-                        serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-                    for k in list {
-                        println!("{k}");
+                match status {
+                    200 => {
+                        let list: Vec<String> =
+                            serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                        for k in list {
+                            println!("{k}");
+                        }
                     }
+                    404 => {}
+                    _ => return Err(query_error(status, &body)),
                 }
                 return Ok(());
             }
@@ -283,12 +293,7 @@ pub async fn run(args: KvArgs) -> CliResult {
             match status {
                 200 => {}
                 404 => return Err(format!("Error! No key exists at: {key}")),
-                _ => {
-                    return Err(format!(
-                        "Error querying Consul agent: {status} {}",
-                        String::from_utf8_lossy(&body)
-                    ));
-                }
+                _ => return Err(query_error(status, &body)),
             }
             let entries: Vec<Value> = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
             let entry = entries.first().ok_or("empty response")?;

@@ -1,12 +1,15 @@
-//! Client subcommands that talk to a running agent over its HTTP API (`kv`, `ops`), and the
-//! certificate tooling (`tls`, `tlsgen`).
+//! Client subcommands that talk to a running agent over its HTTP API (`kv`, `ops`, `lock`,
+//! `watch`), and the certificate tooling (`tls`, `tlsgen`).
 
 pub mod agent;
 pub mod catalog;
 pub mod kv;
+pub mod lock;
 pub mod ops;
+mod process;
 pub mod tls;
 mod tlsgen;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +41,164 @@ pub struct HttpArgs {
     /// yet and ignores it; it is accepted so Consul scripts run unchanged.
     #[arg(long, global = true, value_name = "TOKEN")]
     pub token: Option<String>,
+}
+
+/// Consul's "server flags": which datacenter answers, and whether any server may answer a read.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServerArgs {
+    /// The datacenter to query (sent as `?dc=`); by default the agent's own. Beacon serves one
+    /// datacenter: another is answered with an error.
+    #[arg(long, global = true, value_name = "DC")]
+    pub datacenter: Option<String>,
+    /// Let any server answer a read, even without a leader (`?stale`); no effect on writes.
+    #[arg(long, global = true)]
+    pub stale: bool,
+}
+
+impl ServerArgs {
+    /// The `?dc=` a request carries (none for an empty `-datacenter`, as Consul).
+    pub fn dc(&self) -> Option<&str> {
+        self.datacenter.as_deref().filter(|dc| !dc.is_empty())
+    }
+
+    /// The query parameters of a read: `dc` and `stale`.
+    pub fn read_query(&self) -> Query {
+        let mut query = self.write_query();
+        if self.stale {
+            query.push(("stale", String::new()));
+        }
+        query
+    }
+
+    /// The query parameters of a write: `dc` only (`-stale` means nothing to a write).
+    pub fn write_query(&self) -> Query {
+        self.dc()
+            .map(|dc| vec![("dc", dc.to_string())])
+            .unwrap_or_default()
+    }
+}
+
+/// Query parameters: (name, value), an empty value for a bare flag.
+pub(crate) type Query = Vec<(&'static str, String)>;
+
+/// A query string (`?a=b&flag`) from pairs; an empty value is a bare flag, as Consul's.
+pub(crate) fn query_string(query: &[(&str, String)]) -> String {
+    if query.is_empty() {
+        return String::new();
+    }
+    let pairs: Vec<String> = query
+        .iter()
+        .map(|(k, v)| {
+            if v.is_empty() {
+                k.to_string()
+            } else {
+                format!(
+                    "{k}={}",
+                    form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                )
+            }
+        })
+        .collect();
+    format!("?{}", pairs.join("&"))
+}
+
+/// An agent's answer: its status, `X-Consul-Index` (0 when absent) and body.
+pub(crate) struct Reply {
+    pub status: u16,
+    pub index: u64,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as text, trimmed (for error messages).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim().to_string()
+    }
+
+    /// Go's API client's error for a status it did not expect.
+    pub fn unexpected(&self) -> String {
+        format!(
+            "Unexpected response code: {} ({})",
+            self.status,
+            self.text()
+        )
+    }
+}
+
+/// The HTTP API of one agent, for the commands that make many calls (`lock`, `watch`).
+pub(crate) struct Agent {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Agent {
+    pub fn connect(args: &HttpArgs) -> Result<Self, String> {
+        let (base, http) = args
+            .connect()
+            .map_err(|e| format!("Error connecting to Consul agent: {e}"))?;
+        Ok(Agent { base, http })
+    }
+
+    /// One request; `path` is already escaped. Only a failed exchange is an error: every
+    /// status comes back in the reply.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Reply, String> {
+        let url = format!("{}{path}{}", self.base, query_string(query));
+        let response = self
+            .http
+            .request(method, &url)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| beacon::report::chain(&e))?;
+        let status = response.status().as_u16();
+        let index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| beacon::report::chain(&e))?
+            .to_vec();
+        Ok(Reply {
+            status,
+            index,
+            body,
+        })
+    }
+
+    /// A call that must answer 200.
+    pub async fn call_ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Reply, String> {
+        let reply = self.call(method, path, query, body).await?;
+        if reply.status == 200 {
+            Ok(reply)
+        } else {
+            Err(reply.unexpected())
+        }
+    }
+
+    /// The agent's node name (`/v1/agent/self`): Consul's `lock` and `watch` ask it first, so
+    /// an unreachable agent fails at once.
+    pub async fn check(&self, query: &[(&str, String)]) -> Result<(), String> {
+        self.call_ok(reqwest::Method::GET, "/v1/agent/self", query, Vec::new())
+            .await
+            .map(drop)
+            .map_err(|e| format!("Error querying Consul agent: {e}"))
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -133,6 +294,87 @@ impl HttpArgs {
     }
 }
 
+/// JSON text as Go's `encoding/json` writes it: compact, or with `indent` per level
+/// (`MarshalIndent`, empty `{}` and `[]` kept on one line), and with `<`, `>`, `&`, U+2028 and
+/// U+2029 escaped inside strings. The input's member order is kept.
+pub(crate) fn go_json(json: &str, indent: Option<&str>) -> String {
+    let chars: Vec<char> = json.chars().collect();
+    let mut out = String::with_capacity(json.len());
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(indent) = indent {
+            out.push('\n');
+            out.push_str(&indent.repeat(depth));
+        }
+    };
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        if in_string {
+            match c {
+                _ if escaped => {
+                    escaped = false;
+                    out.push(c);
+                }
+                '\\' => {
+                    escaped = true;
+                    out.push(c);
+                }
+                '"' => {
+                    in_string = false;
+                    out.push(c);
+                }
+                '<' => out.push_str("\\u003c"),
+                '>' => out.push_str("\\u003e"),
+                '&' => out.push_str("\\u0026"),
+                '\u{2028}' => out.push_str("\\u2028"),
+                '\u{2029}' => out.push_str("\\u2029"),
+                _ => out.push(c),
+            }
+            continue;
+        }
+        match c {
+            ' ' | '\t' | '\n' | '\r' => {}
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                let next = chars[i..].iter().position(|c| !c.is_ascii_whitespace());
+                if let Some(at) = next
+                    && matches!(chars[i + at], '}' | ']')
+                {
+                    out.push(chars[i + at]);
+                    i += at + 1;
+                    continue;
+                }
+                depth += 1;
+                newline(&mut out, depth);
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => {
+                out.push(c);
+                if indent.is_some() {
+                    out.push(' ');
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// Columns padded to their widest cell, two spaces apart (Consul's `columnize` output).
 pub(crate) fn table(rows: Vec<Vec<String>>) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
@@ -193,6 +435,58 @@ pub fn base_url(flag: Option<&str>) -> String {
     }
 }
 
+/// Subcommands whose first positional argument starts a command of their own (`lock PREFIX
+/// CHILD...`, `watch [HANDLER...]`): as Go's flag package, flags end there, so the child's own
+/// flags reach it untouched.
+const TAKES_A_COMMAND: [&str; 2] = ["lock", "watch"];
+
+/// The arguments as clap should see them: single-dash long flags doubled ([`normalize_flags`]),
+/// and for `lock` and `watch` a `--` inserted where Go's flag parsing would stop (the first
+/// argument that is not a flag or a flag's value), after which nothing is rewritten.
+pub fn normalize_args(args: Vec<String>, cli: &clap::Command) -> Vec<String> {
+    let Some(sub) = args
+        .get(1)
+        .and_then(|name| cli.find_subcommand(name))
+        .filter(|sub| TAKES_A_COMMAND.contains(&sub.get_name()))
+    else {
+        return normalize_flags(args);
+    };
+    let mut end = 2;
+    let mut rest_from = args.len();
+    while end < args.len() {
+        let arg = &args[end];
+        if arg == "--" {
+            rest_from = end + 1;
+            break;
+        }
+        if !arg.starts_with('-') || arg == "-" {
+            rest_from = end;
+            break;
+        }
+        let name = arg.trim_start_matches('-');
+        let value_follows = !name.contains('=') && takes_value(sub, name);
+        end += if value_follows { 2 } else { 1 };
+    }
+    let end = end.min(args.len());
+    let mut out = normalize_flags(args[..end].to_vec());
+    if rest_from < args.len() {
+        out.push("--".into());
+        out.extend(args[rest_from..].iter().cloned());
+    }
+    out
+}
+
+/// Whether the flag `name` of `sub` takes the next argument as its value (Go's flags other than
+/// booleans do; an optional value spelt `-flag=v` does not).
+fn takes_value(sub: &clap::Command, name: &str) -> bool {
+    sub.get_arguments()
+        .find(|a| {
+            a.get_long() == Some(name)
+                || (name.chars().count() == 1 && a.get_short() == name.chars().next())
+        })
+        .is_some_and(|a| a.get_action().takes_values() && !a.is_require_equals_set())
+}
+
 /// Consul's CLI spells long flags with one dash (`-recurse`, `-flags=1`); clap wants two.
 pub fn normalize_flags(args: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut after_separator = false;
@@ -237,5 +531,90 @@ mod tests {
         );
         assert_eq!(base_url(Some("127.0.0.1:1")), "http://127.0.0.1:1");
         assert_eq!(base_url(Some("http://h:2/")), "http://h:2");
+    }
+
+    #[test]
+    fn lock_and_watch_flags_end_where_the_command_starts() {
+        let mut cli = <crate::Cli as clap::CommandFactory>::command();
+        cli.build();
+        let normalized =
+            |args: &[&str]| normalize_args(args.iter().map(|s| s.to_string()).collect(), &cli);
+        assert_eq!(
+            normalized(&[
+                "beacon", "lock", "-timeout", "5s", "-verbose", "-n", "1", "jobs", "cmd",
+                "-verbose", "--", "-x"
+            ]),
+            [
+                "beacon",
+                "lock",
+                "--timeout",
+                "5s",
+                "--verbose",
+                "-n",
+                "1",
+                "--",
+                "jobs",
+                "cmd",
+                "-verbose",
+                "--",
+                "-x"
+            ]
+        );
+        assert_eq!(
+            normalized(&["beacon", "lock", "-shell=false", "-n=1", "--", "-p", "c"]),
+            ["beacon", "lock", "--shell=false", "--n=1", "--", "-p", "c"]
+        );
+        assert_eq!(
+            normalized(&[
+                "beacon",
+                "watch",
+                "-type",
+                "service",
+                "-service",
+                "web",
+                "-passingonly",
+                "true",
+                "sh",
+                "-c",
+                "cat"
+            ]),
+            [
+                "beacon",
+                "watch",
+                "--type",
+                "service",
+                "--service",
+                "web",
+                "--passingonly",
+                "true",
+                "--",
+                "sh",
+                "-c",
+                "cat"
+            ]
+        );
+        assert_eq!(
+            normalized(&["beacon", "watch", "-type=nodes", "-stale"]),
+            ["beacon", "watch", "--type=nodes", "--stale"]
+        );
+        // Other commands are rewritten as before.
+        assert_eq!(
+            normalized(&["beacon", "kv", "get", "-datacenter", "dc1", "k"]),
+            ["beacon", "kv", "get", "--datacenter", "dc1", "k"]
+        );
+    }
+
+    #[test]
+    fn json_is_written_as_go_writes_it() {
+        let compact = r#"{"a": [1, {"b":"x<y>&z"}], "e": [], "o": { }, "s": "q\"{,}:"}"#;
+        assert_eq!(
+            go_json(compact, None),
+            r#"{"a":[1,{"b":"x\u003cy\u003e\u0026z"}],"e":[],"o":{},"s":"q\"{,}:"}"#
+        );
+        assert_eq!(
+            go_json(compact, Some("    ")),
+            "{\n    \"a\": [\n        1,\n        {\n            \"b\": \"x\\u003cy\\u003e\\u0026z\"\n        }\n    ],\n    \"e\": [],\n    \"o\": {},\n    \"s\": \"q\\\"{,}:\"\n}"
+        );
+        assert_eq!(go_json("null", Some("    ")), "null");
     }
 }

@@ -1,5 +1,5 @@
 //! Cluster and operator subcommands: `leave`, `join`, `members`, `force-leave`, `keyring`,
-//! `operator raft …`, `snapshot save|restore`.
+//! `operator raft …`, `snapshot save|restore|inspect`.
 
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -84,9 +84,21 @@ pub struct SnapshotArgs {
 #[derive(Subcommand)]
 enum SnapshotCommand {
     /// Write the catalog to FILE.
-    Save { file: String },
+    Save {
+        #[command(flatten)]
+        server: super::ServerArgs,
+        file: String,
+    },
     /// Replace the catalog with the snapshot in FILE.
     Restore { file: String },
+    /// Print what a snapshot file holds: its ID, size, index, term and format version, and
+    /// how many records of each type (reads the file only).
+    Inspect {
+        /// Output format: pretty or json.
+        #[arg(long, default_value = "pretty")]
+        format: String,
+        file: String,
+    },
 }
 
 pub(super) async fn request(
@@ -312,9 +324,11 @@ pub async fn operator(args: OperatorArgs) -> Result<(), String> {
 
 pub async fn snapshot(args: SnapshotArgs) -> Result<(), String> {
     match args.command {
-        SnapshotCommand::Save { file } => {
-            let body =
-                request(&args.addr, reqwest::Method::GET, "/v1/snapshot", Vec::new()).await?;
+        SnapshotCommand::Save { server, file } => {
+            let path = format!("/v1/snapshot{}", super::query_string(&server.read_query()));
+            let body = request(&args.addr, reqwest::Method::GET, &path, Vec::new())
+                .await
+                .map_err(|e| format!("Error saving snapshot: {e}"))?;
             let index = snapshot_index(&body)
                 .ok_or("Error verifying snapshot: the agent did not send a Beacon backup")?;
             std::fs::write(&file, &body).map_err(|e| format!("Error writing {file}: {e}"))?;
@@ -327,6 +341,255 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), String> {
             println!("Restored snapshot");
             Ok(())
         }
+        SnapshotCommand::Inspect { format, file } => {
+            if format != "pretty" && format != "json" {
+                return Err(format!(
+                    "Error outputting enhanced snapshot data: Unknown format: {format}"
+                ));
+            }
+            let bytes =
+                std::fs::read(&file).map_err(|e| format!("Error opening snapshot file: {e}"))?;
+            let modified = std::fs::metadata(&file)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis());
+            let info = inspect(&bytes, modified)
+                .map_err(|e| format!("Error reading snapshot: {file}: {e}"))?;
+            println!(
+                "{}",
+                if format == "json" {
+                    info.json()
+                } else {
+                    info.pretty()
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// What `snapshot inspect` shows of a backup.
+#[derive(Debug)]
+struct SnapshotInfo {
+    /// Consul's `<term>-<index>-<unix ms>`; Beacon's backups record no term and no time, so
+    /// the term is 0 and the time is the file's modification time.
+    id: String,
+    size: usize,
+    index: u64,
+    term: u64,
+    version: u64,
+    /// (type, count, bytes) by Consul's record type names, largest first.
+    stats: Vec<(String, usize, usize)>,
+}
+
+/// Reads a backup written by `snapshot save` (or `GET /v1/snapshot`). Errors say why the bytes
+/// are not one.
+fn inspect(bytes: &[u8], modified_ms: u128) -> Result<SnapshotInfo, String> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        return Err(
+            "a gzip archive (Consul's snapshot format?), not a Beacon snapshot; \
+             Beacon's snapshots are its JSON backups"
+                .into(),
+        );
+    }
+    let doc: Value = serde_json::from_slice(bytes)
+        .map_err(|e| format!("not a Beacon snapshot (not JSON: {e})"))?;
+    let (catalog, version) = match doc.get("Version") {
+        // Earlier Beacons wrote the bare catalog, without a version.
+        None => (&doc, 0),
+        Some(v) => (
+            &doc["Catalog"],
+            v.as_u64()
+                .ok_or("not a Beacon snapshot (its Version is not a number)")?,
+        ),
+    };
+    let index = catalog["indexes"]["last"]
+        .as_u64()
+        .ok_or("not a Beacon snapshot (no catalog index)")?;
+    let term = 0;
+    let size_of = |v: &Value| serde_json::to_vec(v).map_or(0, |b| b.len());
+    let rows = |field: &str| catalog[field].as_array().cloned().unwrap_or_default();
+    let mut stats: Vec<(String, usize, usize)> = Vec::new();
+    let mut add = |name: &str, items: Vec<Value>| {
+        if !items.is_empty() {
+            let size = items.iter().map(size_of).sum();
+            match stats.iter_mut().find(|(n, _, _)| n == name) {
+                Some(entry) => {
+                    entry.1 += items.len();
+                    entry.2 += size;
+                }
+                None => stats.push((name.to_string(), items.len(), size)),
+            }
+        }
+    };
+    // Consul's snapshot holds a node, each of its services and each of its checks as one
+    // "Register" record.
+    add("Register", rows("nodes"));
+    add("Register", rows("services"));
+    add("Register", rows("checks"));
+    add("KVS", rows("kv"));
+    add("Session", rows("sessions"));
+    add("Tombstone", rows("kv_tombstones"));
+    add("Index", rows("service_indexes"));
+    stats.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    Ok(SnapshotInfo {
+        id: format!("{term}-{index}-{modified_ms}"),
+        size: bytes.len(),
+        index,
+        term,
+        version,
+        stats,
+    })
+}
+
+/// Consul's `ByteSize`: one decimal, `.0` dropped, "0" for nothing.
+fn byte_size(bytes: usize) -> String {
+    const UNITS: [(usize, &str); 4] = [
+        (1 << 40, "TB"),
+        (1 << 30, "GB"),
+        (1 << 20, "MB"),
+        (1 << 10, "KB"),
+    ];
+    if bytes == 0 {
+        return "0".into();
+    }
+    let (divisor, unit) = UNITS
+        .iter()
+        .find(|(size, _)| bytes >= *size)
+        .copied()
+        .unwrap_or((1, "B"));
+    let text = format!("{:.1}", bytes as f64 / divisor as f64);
+    format!("{}{unit}", text.strip_suffix(".0").unwrap_or(&text))
+}
+
+/// Go's `tabwriter` (min width 8, padding 6, spaces) over rows of tab-terminated cells: each
+/// column as wide as its widest cell plus 6; the last piece of a row, not tab-terminated, is
+/// not padded.
+fn tab_block(rows: &[Vec<&str>]) -> Vec<String> {
+    let columns = rows
+        .iter()
+        .map(|r| r.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            let widest = rows
+                .iter()
+                .filter(|r| c + 1 < r.len())
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0);
+            (widest + 6).max(8)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 < row.len() {
+                    line.push_str(&format!("{cell:<w$}", w = widths[c]));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+impl SnapshotInfo {
+    /// Consul's pretty format: the metadata, then the records by type.
+    fn pretty(&self) -> String {
+        let (size, index, term, version) = (
+            self.size.to_string(),
+            self.index.to_string(),
+            self.term.to_string(),
+            self.version.to_string(),
+        );
+        let meta = tab_block(&[
+            vec![" ID", &self.id],
+            vec![" Size", &size],
+            vec![" Index", &index],
+            vec![" Term", &term],
+            vec![" Version", &version],
+        ]);
+        let counts: Vec<(String, String, String)> = self
+            .stats
+            .iter()
+            .map(|(name, count, bytes)| (format!(" {name}"), count.to_string(), byte_size(*bytes)))
+            .collect();
+        let total = byte_size(self.stats.iter().map(|s| s.2).sum());
+        let mut rows: Vec<Vec<&str>> = vec![
+            vec![" Type", "Count", "Size", ""],
+            vec![" ----", "----", "----", ""],
+        ];
+        for (name, count, size) in &counts {
+            rows.push(vec![name, count, size, ""]);
+        }
+        rows.push(vec![" ----", "----", "----", ""]);
+        rows.push(vec![" Total", "", &total, ""]);
+        let mut lines = meta;
+        lines.push(String::new());
+        lines.extend(tab_block(&rows));
+        lines.join("\n")
+    }
+
+    /// Consul's `-format=json` (its `OutputFormat`, fields in its order, indented by 3).
+    fn json(&self) -> String {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Meta<'a> {
+            #[serde(rename = "ID")]
+            id: &'a str,
+            size: usize,
+            index: u64,
+            term: u64,
+            version: u64,
+        }
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Stat<'a> {
+            name: &'a str,
+            sum: usize,
+            count: usize,
+        }
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Output<'a> {
+            meta: Meta<'a>,
+            stats: Vec<Stat<'a>>,
+            #[serde(rename = "StatsKV")]
+            stats_kv: Option<Vec<Stat<'a>>>,
+            total_size: usize,
+            #[serde(rename = "TotalSizeKV")]
+            total_size_kv: usize,
+        }
+        let output = Output {
+            meta: Meta {
+                id: &self.id,
+                size: self.size,
+                index: self.index,
+                term: self.term,
+                version: self.version,
+            },
+            stats: self
+                .stats
+                .iter()
+                .map(|(name, count, sum)| Stat {
+                    name,
+                    sum: *sum,
+                    count: *count,
+                })
+                .collect(),
+            stats_kv: None,
+            total_size: self.stats.iter().map(|s| s.2).sum(),
+            total_size_kv: 0,
+        };
+        super::go_json(
+            &serde_json::to_string(&output).unwrap_or_default(),
+            Some("   "),
+        )
     }
 }
 

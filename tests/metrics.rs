@@ -156,6 +156,11 @@ async fn metrics_follow_writes_health_blocking_queries_and_dns() {
     // Consul's JSON shape, with the same figures.
     let (status, body) = get_json(&s.url("/v1/agent/metrics")).await;
     assert_eq!(status, 200);
+    let stamp = body["Timestamp"].as_str().unwrap();
+    assert!(
+        stamp.len() == 29 && stamp.ends_with(" +0000 UTC") && stamp.as_bytes()[10] == b' ',
+        "Consul's timestamp shape: {stamp}"
+    );
     let gauge = body["Gauges"]
         .as_array()
         .unwrap()

@@ -504,11 +504,19 @@ fn consul_json(text: &str) -> serde_json::Value {
                    "Labels": label_map(&labels)})
         })
         .collect();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    // Go's time.Time String() at second precision, in UTC, as Consul prints it.
+    let now = time::OffsetDateTime::now_utc();
+    let timestamp = format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} +0000 UTC",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
     json!({
-        "Timestamp": now.to_string(),
+        "Timestamp": timestamp,
         "Gauges": gauges,
         "Points": [],
         "Counters": counters,

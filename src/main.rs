@@ -232,7 +232,7 @@ fn agent(flags: Flags) -> ExitCode {
         .with(filter)
         .with(if json {
             tracing_subscriber::fmt::layer()
-                .json()
+                .event_format(beacon::logs::json::Hclog)
                 .with_writer(std::io::stderr)
                 .boxed()
         } else {
@@ -244,7 +244,7 @@ fn agent(flags: Flags) -> ExitCode {
         .with(log_file.map(|file| {
             if json {
                 tracing_subscriber::fmt::layer()
-                    .json()
+                    .event_format(beacon::logs::json::Hclog)
                     .with_writer(file)
                     .boxed()
             } else {

@@ -306,7 +306,11 @@ async fn the_log_goes_to_a_rotated_file_as_json_lines() {
         for line in text.lines() {
             let parsed: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {line}"));
-            assert!(parsed["level"].is_string(), "{line}");
+            // hclog's field names, as Consul writes them.
+            assert!(parsed["@level"].is_string(), "{line}");
+            assert!(parsed["@message"].is_string(), "{line}");
+            assert!(parsed["@module"].is_string(), "{line}");
+            assert!(parsed["@timestamp"].is_string(), "{line}");
         }
         all.push_str(&text);
     }

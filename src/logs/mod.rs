@@ -3,9 +3,10 @@
 //! whoever subscribes. Lines nobody is watching are dropped at once (a broadcast channel with
 //! no receivers), so monitoring costs nothing while unused.
 //!
-//! `file` writes the log to Consul's rotated `log_file`.
+//! `file` writes the log to Consul's rotated `log_file`; `json` formats `log_json` lines.
 
 pub mod file;
+pub mod json;
 
 use std::io::Write;
 use std::sync::{Arc, LazyLock};

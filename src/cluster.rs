@@ -101,6 +101,8 @@ pub struct ServerHealth {
     /// The last log index and its term known to be on the server.
     pub last_index: Index,
     pub last_term: u64,
+    /// The leader's heartbeat interval: how often a healthy server hears from it.
+    pub heartbeat: std::time::Duration,
 }
 
 /// What the API may ask of the cluster. Implemented by `server::port::ServerCluster`.

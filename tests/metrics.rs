@@ -138,6 +138,25 @@ async fn metrics_follow_writes_health_blocking_queries_and_dns() {
         1.0
     );
 
+    // Any token is an HTTP method: unknown ones share one series.
+    for method in ["FOO1", "FOO2"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        http()
+            .request(m, s.url("/v1/kv/metrics/a"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let methods = scrape(&s).await;
+    assert_eq!(
+        value(
+            &methods,
+            "beacon_http_requests_total{code=\"405\",method=\"other\",route=\"/v1/kv/{*key}\"}"
+        ),
+        2.0
+    );
+    assert!(!methods.keys().any(|k| k.contains("FOO")), "{methods:?}");
+
     let (status, _) = put(&s.url("/v1/kv/metrics/a"), "2").await;
     assert_eq!(status, 200);
     assert_eq!(waiting.await.unwrap(), 200);

@@ -38,6 +38,7 @@ impl Agent {
         defs: &Definitions,
         data_dir: &Path,
     ) -> Result<(), AgentError> {
+        let _one_at_a_time = self.inner.definitions.lock().await;
         let path = data_dir.join(FILE);
         let previous: Record = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {

@@ -77,6 +77,9 @@ struct Inner {
     tasks: Tasks,
     /// Service names already warned about as not servable by DNS (bounded).
     undiscoverable: Mutex<std::collections::HashSet<String>>,
+    /// Held by one sync of the config files' definitions at a time (start-up, SIGHUP and
+    /// `PUT /v1/agent/reload` may overlap), so their records are written in turn.
+    definitions: tokio::sync::Mutex<()>,
 }
 
 struct Runner {
@@ -101,6 +104,7 @@ impl Agent {
                 view,
                 runners: Mutex::new(HashMap::new()),
                 undiscoverable: Mutex::new(Default::default()),
+                definitions: tokio::sync::Mutex::new(()),
                 critical_since: Mutex::new(HashMap::new()),
                 http: std::sync::OnceLock::new(),
                 http_insecure: std::sync::OnceLock::new(),

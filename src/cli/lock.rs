@@ -365,8 +365,11 @@ pub async fn run(args: LockArgs) -> Result<u8, String> {
 
     // Acquire, unless a signal or the timeout comes first.
     let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
+    // The session is renewed while waiting too (as Consul's `RenewPeriodic` from creation): a
+    // wait behind a long holder outlives the session's TTL.
     let acquired = tokio::select! {
         r = lock.acquire() => r.map_err(Gave::Error),
+        () = lock.renew() => Err(Gave::Error("the session ended while waiting".into())),
         _ = shutdown.recv() => Err(Gave::Up),
         _ = async {
             match deadline {

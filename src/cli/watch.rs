@@ -347,10 +347,10 @@ async fn run_handler(args: &WatchArgs, index: u64, json: &str, shutdown: &mut Sh
             Err(e) => Handled::Failed(format!("Error executing handler: {e}")),
         },
         signal = shutdown.recv() => {
-            if let Some(pid) = child.id()
-                && let Err(e) = process::send(pid, signal)
-            {
-                eprintln!("Warning, could not forward signal: {e}");
+            // The handler ends with the watch (SIGKILL if it ignores the signal), as `lock`'s
+            // child does.
+            if let Err(e) = process::stop(&mut child, signal).await {
+                eprintln!("Warning, could not stop the handler: {e}");
             }
             Handled::Shutdown
         }

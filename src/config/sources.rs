@@ -3,7 +3,8 @@
 //! from `-config-file` (repeatable) and `-config-dir` (every `.json`, `.hcl` and `.toml` in
 //! it, in lexical order of the file names), merged as Consul's `agent/config/merge.go` does:
 //! objects merge key by key, lists add up (`retry_join`, `services`, `checks`, …), and a later
-//! scalar wins.
+//! scalar wins. One difference: every `-config-file` comes before every `-config-dir`, where
+//! Consul keeps the command line's order of the two flags.
 //!
 //! Every file is checked on its own before the merge, so an error names the file and the key.
 //! Keys that Consul's configuration has (`agent/config/config.go`) for features Beacon lacks

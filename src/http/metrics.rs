@@ -399,7 +399,12 @@ pub async fn record(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().as_str().to_string();
+    // A fixed set: any token is a valid HTTP method, and each would be a series kept forever.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "PUT" | "POST" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH") => m,
+        _ => "other",
+    }
+    .to_string();
     let start = Instant::now();
     let response = next.run(request).await;
     let recorded = &*RECORDED;
@@ -533,7 +538,8 @@ fn number(v: f64) -> serde_json::Value {
     }
 }
 
-/// `a="1",b="2"` → `{"a": "1", "b": "2"}` (label values are Beacon's own: no escapes).
+/// `a="1",b="2"` → `{"a": "1", "b": "2"}`. Label values are Beacon's own (route patterns,
+/// a fixed set of methods, codes, statuses), never with a quote to escape.
 fn label_map(labels: &str) -> serde_json::Map<String, serde_json::Value> {
     labels
         .split("\",")

@@ -242,9 +242,13 @@ pub async fn keyring_remove(
 }
 
 /// Consul's autopilot defaults: a server is healthy when it answered the leader within
-/// `last_contact_threshold` and trails its log by at most `max_trailing_logs`.
+/// `last_contact_threshold` (or three heartbeats, when `performance.raft_multiplier` makes
+/// those longer) and trails its log by at most `max_trailing_logs`.
 const LAST_CONTACT_THRESHOLD: std::time::Duration = std::time::Duration::from_millis(200);
 const MAX_TRAILING_LOGS: u64 = 250;
+
+/// Marks a request a server forwarded to the leader it knew.
+const FORWARDED: &str = "x-beacon-forwarded";
 
 /// One server in `/v1/operator/autopilot/health`.
 pub struct AutopilotServer {
@@ -287,7 +291,8 @@ pub fn autopilot_servers(api: &Api) -> Vec<AutopilotServer> {
                 None => "none",
             };
             let healthy = serf == "alive"
-                && h.last_contact.is_some_and(|c| c <= LAST_CONTACT_THRESHOLD)
+                && h.last_contact
+                    .is_some_and(|c| c <= LAST_CONTACT_THRESHOLD.max(h.heartbeat * 3))
                 && h.last_term == term
                 && h.last_index + MAX_TRAILING_LOGS >= leader_index;
             let last_contact = h
@@ -316,14 +321,23 @@ pub fn autopilot_servers(api: &Api) -> Vec<AutopilotServer> {
 
 /// `GET /v1/operator/autopilot/health`: 200 when every server is healthy, 429 otherwise (as
 /// Consul). Answered by the leader; a follower asks it.
-pub async fn autopilot_health(State(api): State<Api>, uri: axum::http::Uri) -> Response {
+pub async fn autopilot_health(
+    State(api): State<Api>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
     if !api.cluster.is_leader() {
+        // One hop only: a server asked by another that is not the leader either (an election
+        // under way) says so instead of asking on.
+        if headers.contains_key(FORWARDED) {
+            return ApiError::Internal("No cluster leader".into()).into_response();
+        }
         let call = crate::cluster::HttpCall {
             method: "GET".into(),
             uri: uri
                 .path_and_query()
                 .map_or_else(|| uri.path().to_string(), |p| p.to_string()),
-            headers: Vec::new(),
+            headers: vec![(FORWARDED.into(), serde_bytes::ByteBuf::from(b"1".to_vec()))],
             body: serde_bytes::ByteBuf::new(),
         };
         return match api.cluster.ask_leader(call).await {

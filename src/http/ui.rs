@@ -56,6 +56,17 @@ pub async fn page(State(api): State<Api>, path: Option<axum::extract::Path<Strin
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             // The page is tiny and changes with the binary: never a stale copy after an upgrade.
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            // Never inside another site's frame (its Save and Delete buttons could be
+            // clickjacked); a <meta> policy cannot say this.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("frame-ancestors 'none'"),
+            ),
+            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
         ],
         body,
     )

@@ -60,7 +60,24 @@ impl Active {
             && self.written + line.len() as u64 > self.config.rotate_bytes;
         let too_old = self.opened.elapsed() >= self.config.rotate_duration;
         if too_big || too_old {
-            self.rotate()?;
+            // A rotation that fails (the file moved or deleted under us, a full directory)
+            // must not stop file logging: say so once per attempt on stderr and go on with a
+            // fresh file at the same name; the next rotation is due after a full period.
+            if let Err(e) = self.rotate() {
+                eprintln!(
+                    "warning: rotating the log file {}: {e}",
+                    self.path.display()
+                );
+                if let Ok(file) = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                {
+                    self.file = file;
+                }
+                self.written = 0;
+                self.opened = Instant::now();
+            }
         }
         self.file.write_all(line)?;
         self.written += line.len() as u64;
@@ -79,7 +96,13 @@ impl Active {
             .open(&self.path)?;
         self.written = 0;
         self.opened = Instant::now();
-        self.prune()
+        if let Err(e) = self.prune() {
+            eprintln!(
+                "warning: removing old log files beside {}: {e}",
+                self.path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Deletes the oldest rotated files beyond `rotate_max_files` (0 keeps all).
@@ -204,6 +227,27 @@ mod tests {
         assert_eq!(rotated.len(), 2, "only the newest 2 are kept");
         let newest = std::fs::read_to_string(&rotated[1].1).unwrap();
         assert_eq!(newest, "line 3 of twenty\n", "a line is never split");
+    }
+
+    #[test]
+    fn a_rotation_that_fails_does_not_stop_file_logging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("beacon.log");
+        let file = LogFile::open(&config(10, 0), &path).unwrap();
+        log(&file, "first line\n");
+        // Moved away by someone else: the rename of the next rotation fails.
+        std::fs::remove_file(&path).unwrap();
+        log(&file, "second\n");
+        log(&file, "third\n");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("second") || text.contains("third"),
+            "{text:?}"
+        );
+        assert!(
+            rotated_files(&path).unwrap().len() <= 1,
+            "no rotation storm"
+        );
     }
 
     #[test]

@@ -384,6 +384,7 @@ impl RaftNode {
                     )
                 };
                 ServerHealth {
+                    heartbeat: Duration::from_millis(self.raft.config().heartbeat_interval),
                     member,
                     last_contact,
                     last_index: matched.map_or(0, |l| l.index),

@@ -26,7 +26,16 @@ function h(tag, attrs, ...kids) {
   return el;
 }
 
-const encKey = (key) => key.split('/').map(encodeURIComponent).join('/');
+// Each segment percent-encoded. A '.' or '..' segment would be removed by the browser's URL
+// parser (even spelt %2E), so it is joined to its neighbours with %2F, which the server
+// decodes back to '/' (as the CLI's kv commands do).
+const encKey = (key) => {
+  const segs = key.split('/');
+  const dot = (s) => s === '.' || s === '..';
+  return segs.map((s, i) =>
+    (i === 0 ? '' : (dot(segs[i - 1]) || dot(s) ? '%2F' : '/')) +
+    (dot(s) ? '%2E'.repeat(s.length) : encodeURIComponent(s))).join('');
+};
 const decKey = (raw) => raw.split('/').map((s) => { try { return decodeURIComponent(s); } catch { return s; } }).join('/');
 const sleep = (ms, signal) => new Promise((resolve) => {
   const t = setTimeout(resolve, ms);

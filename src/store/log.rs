@@ -162,8 +162,9 @@ fn append_rows(
     Ok(())
 }
 
-/// Bytes of recent entries kept in memory at most (payload sizes; a full batch is ~70 KiB).
-const RECENT_BYTES: usize = 64 << 20;
+/// Bytes of recent entries kept in memory at most (payload sizes; a full batch is ~70 KiB). Enough
+/// for followers a few thousand entries behind; one further back reads the log from redb.
+const RECENT_BYTES: usize = 8 << 20;
 /// Recent entries kept in memory at most.
 const RECENT_ENTRIES: usize = 16_384;
 

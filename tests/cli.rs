@@ -35,6 +35,16 @@ fn succeeds(env_addr: Option<(&str, &str)>, args: &[&str]) -> String {
     stdout(&o)
 }
 
+/// Runs a command that must fail with exit status 1, saying `needle` on stderr.
+fn fails(env_addr: Option<(&str, &str)>, args: &[&str], needle: &str) {
+    let o = beacon(env_addr, args, None);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(needle),
+        "{args:?}: {needle:?} not in {o:?}"
+    );
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -65,13 +75,11 @@ async fn kv_cli_put_get_delete_with_consul_flags() {
     );
 
     // -cas with a stale index fails with exit status 1 and writes nothing.
-    let o = beacon(
+    fails(
         env,
         &["kv", "put", "-cas", "-modify-index=1", "cfg/db", "mysql"],
-        None,
+        "CAS failed",
     );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("CAS failed"));
     assert_eq!(
         stdout(&beacon(env, &["kv", "get", "cfg/db"], None)),
         "postgres\n"
@@ -636,7 +644,7 @@ async fn lock_stops_its_child_when_the_lock_is_lost_or_a_signal_comes() {
     .await;
 
     // While it is held, -timeout gives up, says so, and leaves no session behind.
-    let o = beacon(
+    fails(
         None,
         &[
             "lock",
@@ -646,12 +654,7 @@ async fn lock_stops_its_child_when_the_lock_is_lost_or_a_signal_comes() {
             "jobs/lost",
             "true",
         ],
-        None,
-    );
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("timeout during lock acquisition"),
-        "{o:?}"
+        "timeout during lock acquisition",
     );
     let (_, sessions) = get_json(&s.url("/v1/session/list")).await;
     assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
@@ -717,12 +720,7 @@ async fn lock_stops_its_child_when_the_lock_is_lost_or_a_signal_comes() {
     ] {
         let mut all = vec!["lock", "-http-addr", &addr];
         all.extend(args);
-        let o = beacon(None, &all, None);
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains(message),
-            "{o:?}"
-        );
+        fails(None, &all, message);
     }
 }
 
@@ -818,15 +816,10 @@ async fn watch_hands_each_change_to_its_handler_as_consuls_json() {
     assert_eq!(service.exit_code(), Some(0));
 
     // The handler's failure ends the watch with exit code 1, as Consul's.
-    let o = beacon(
+    fails(
         None,
         &["watch", "-http-addr", &addr, "-type", "nodes", "exit 4"],
-        None,
-    );
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("Error executing handler: exit status 4"),
-        "{o:?}"
+        "Error executing handler: exit status 4",
     );
 }
 
@@ -901,22 +894,12 @@ async fn watch_without_a_handler_prints_the_view_once_as_consul() {
     ] {
         let mut all = vec!["watch", "-http-addr", &addr];
         all.extend(args);
-        let o = beacon(None, &all, None);
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains(message),
-            "{o:?}"
-        );
+        fails(None, &all, message);
     }
-    let o = beacon(
+    fails(
         None,
         &["watch", "-http-addr", "127.0.0.1:1", "-type", "nodes"],
-        None,
-    );
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("Error querying Consul agent"),
-        "{o:?}"
+        "Error querying Consul agent",
     );
 }
 
@@ -966,11 +949,10 @@ async fn snapshot_inspect_prints_what_save_saved() {
     assert_eq!(json["Meta"]["Index"], index, "{json}");
 
     std::fs::write(&file, "garbage").unwrap();
-    let o = beacon(None, &["snapshot", "inspect", file_arg], None);
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("not a Beacon snapshot"),
-        "{o:?}"
+    fails(
+        None,
+        &["snapshot", "inspect", file_arg],
+        "not a Beacon snapshot",
     );
     std::fs::write(&file, r#"{"Version": 1, "Catalog": {}}"#).unwrap();
     let o = beacon(None, &["snapshot", "inspect", file_arg], None);

@@ -205,6 +205,18 @@ async fn resolves_everywhere(pool: &Pool, service: &str, targets: &[&str]) {
     }
 }
 
+/// Writes `key` through `via` and waits until `to` has it (a stale read there).
+async fn write_reaches(via: &Agent, to: &Agent, key: &str, what: &str) {
+    let (st, _) = put(&via.url(&format!("/v1/kv/{key}")), "1").await;
+    assert_eq!(st, 200);
+    let url = to.url(&format!("/v1/kv/{key}?stale&raw"));
+    eventually(what, || async {
+        let r = http().get(&url).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}
+
 fn cli(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_beacon"))
         .args(args)
@@ -492,16 +504,12 @@ async fn servers_that_left_or_were_removed_come_back_as_voters() {
         (voters(&pool.servers[0]).await? == all).then_some(())
     })
     .await;
-    let (st, _) = put(&pool.servers[0].url("/v1/kv/after-rejoin"), "1").await;
-    assert_eq!(st, 200);
-    eventually("writes replicate to the rejoined server", || async {
-        let r = http()
-            .get(pool.servers[2].url("/v1/kv/after-rejoin?stale&raw"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
+    write_reaches(
+        &pool.servers[0],
+        &pool.servers[2],
+        "after-rejoin",
+        "writes replicate to the rejoined server",
+    )
     .await;
 
     // s1 is killed and stays down past the dead-server threshold: autopilot removes it.
@@ -517,16 +525,12 @@ async fn servers_that_left_or_were_removed_come_back_as_voters() {
         (voters(&pool.servers[0]).await? == all).then_some(())
     })
     .await;
-    let (st, _) = put(&pool.servers[0].url("/v1/kv/after-return"), "1").await;
-    assert_eq!(st, 200);
-    eventually("writes replicate to the returned server", || async {
-        let r = http()
-            .get(pool.servers[1].url("/v1/kv/after-return?stale&raw"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
+    write_reaches(
+        &pool.servers[0],
+        &pool.servers[1],
+        "after-return",
+        "writes replicate to the returned server",
+    )
     .await;
     let _ = (&pool.config, &pool.servers[0].rpc);
 }

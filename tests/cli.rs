@@ -630,6 +630,18 @@ async fn lock_runs_one_child_at_a_time_and_passes_its_exit_code_on() {
     assert_eq!(sessions, serde_json::json!([]));
 }
 
+/// `beacon lock PREFIX` holding a child that writes "started" to `log` and sleeps; returns
+/// once the child runs.
+async fn lock_running(addr: &str, prefix: &str, log: &std::path::Path) -> Running {
+    let child = format!("echo started >> {}; exec sleep 60", log.display());
+    let running = Running::start(&["lock", "-http-addr", addr, prefix, &child]);
+    eventually("the child runs", || async {
+        read_file(log).contains("started").then_some(())
+    })
+    .await;
+    running
+}
+
 #[tokio::test]
 async fn lock_stops_its_child_when_the_lock_is_lost_or_a_signal_comes() {
     let s = Server::start(&[]);
@@ -637,11 +649,7 @@ async fn lock_stops_its_child_when_the_lock_is_lost_or_a_signal_comes() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let child = format!("echo started >> {}; exec sleep 60", log.display());
-    let mut held = Running::start(&["lock", "-http-addr", &addr, "jobs/lost", &child]);
-    eventually("the child runs", || async {
-        read_file(&log).contains("started").then_some(())
-    })
-    .await;
+    let mut held = lock_running(&addr, "jobs/lost", &log).await;
 
     // While it is held, -timeout gives up, says so, and leaves no session behind.
     fails(
@@ -683,12 +691,7 @@ async fn lock_stops_its_child_when_the_lock_is_lost_or_a_signal_comes() {
 
     // SIGTERM goes to the child; the lock is released and the child's status passed on.
     let log2 = dir.path().join("log2");
-    let child = format!("echo started >> {}; exec sleep 60", log2.display());
-    let mut signalled = Running::start(&["lock", "-http-addr", &addr, "jobs/signal", &child]);
-    eventually("the child runs", || async {
-        read_file(&log2).contains("started").then_some(())
-    })
-    .await;
+    let mut signalled = lock_running(&addr, "jobs/signal", &log2).await;
     signalled.signal("-TERM");
     assert_eq!(
         signalled.exit_code(),

@@ -14,6 +14,7 @@ pub use kv::{SESSION_TTL_MAX, SESSION_TTL_MIN};
 
 pub use command::{
     Applied, ApplyError, Command, Outcome, Proposal, Registration, Request, TxnError, TxnOp,
+    ZSTD_MAGIC,
 };
 
 use std::sync::Arc;
@@ -611,7 +612,7 @@ impl State {
             notes: reg.notes.clone(),
             output,
             service_id: reg.service_id.clone(),
-            definition: reg.definition.clone(),
+            definition: reg.definition.clone().shared(),
             create_index: index,
             modify_index: index,
         };

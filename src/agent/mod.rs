@@ -404,7 +404,7 @@ impl Agent {
         let desired: HashMap<String, CheckDefinition> = state
             .node_checks(&self.inner.node.name)
             .filter(|c| !c.definition.kind().is_empty())
-            .map(|c| (c.check_id.clone(), c.definition.clone()))
+            .map(|c| (c.check_id.clone(), (*c.definition).clone()))
             .collect();
         let mut runners = self.inner.runners.lock().expect("runners lock");
         runners.retain(|id, runner| desired.get(id) == Some(&runner.definition));

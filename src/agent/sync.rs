@@ -208,6 +208,6 @@ fn spec_of(check: &Check) -> CheckSpec {
         notes: check.notes.clone(),
         output: check.output.clone(),
         service_id: check.service_id.clone(),
-        definition: check.definition.clone(),
+        definition: (*check.definition).clone(),
     }
 }

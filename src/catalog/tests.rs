@@ -590,3 +590,40 @@ fn restore_keeps_this_clusters_identity() {
     .unwrap();
     assert_eq!(fresh.cluster_id(), "fresh");
 }
+
+#[test]
+fn checks_without_a_definition_share_one_and_keep_their_own_otherwise() {
+    let mut state = State::new();
+    web(&mut state, 5);
+    for (i, name) in ["n2", "n3"].into_iter().enumerate() {
+        let check = CheckSpec {
+            check_id: "alive".into(),
+            name: "alive".into(),
+            ..Default::default()
+        };
+        register(
+            &mut state,
+            6 + i as Index,
+            Registration {
+                node: node(name, "10.0.0.2"),
+                checks: vec![check],
+                ..Default::default()
+            },
+        )
+        .0
+        .unwrap();
+    }
+    let restored = State::from_rows(
+        rmp_serde::from_slice(&rmp_serde::to_vec_named(&state.to_rows()).unwrap()).unwrap(),
+    );
+    for s in [&state, &restored] {
+        let (a, b) = (
+            s.check("n2", "alive").unwrap(),
+            s.check("n3", "alive").unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a.definition, &b.definition));
+        let web = s.check("n1", "service:web1").unwrap();
+        assert_eq!(web.definition.ttl, Some(std::time::Duration::from_secs(30)));
+        assert!(!Arc::ptr_eq(&a.definition, &web.definition));
+    }
+}

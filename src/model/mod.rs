@@ -10,6 +10,7 @@ pub use duration::{ParseDurationError, format_duration, parse_duration};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -163,7 +164,22 @@ pub struct CheckDefinition {
     pub failures_before_critical: u32,
 }
 
+/// The definition every check without one shares (`CheckDefinition::shared`).
+static NO_DEFINITION: std::sync::LazyLock<Arc<CheckDefinition>> =
+    std::sync::LazyLock::new(Default::default);
+
 impl CheckDefinition {
+    /// This definition behind an `Arc`; an empty one (a check registered through the catalog
+    /// API, which most are) is one allocation shared by all of them, since a definition is
+    /// ~200 bytes and a large catalog holds one per check.
+    pub fn shared(self) -> Arc<CheckDefinition> {
+        if self == CheckDefinition::default() {
+            NO_DEFINITION.clone()
+        } else {
+            Arc::new(self)
+        }
+    }
+
     /// Consul's check `Type` string.
     pub fn kind(&self) -> &'static str {
         if self.ttl.is_some() {
@@ -202,9 +218,17 @@ pub struct Check {
     pub notes: String,
     pub output: String,
     pub service_id: String,
-    pub definition: CheckDefinition,
+    /// Shared between checks when empty (`CheckDefinition::shared`).
+    #[serde(deserialize_with = "shared_definition")]
+    pub definition: Arc<CheckDefinition>,
     pub create_index: Index,
     pub modify_index: Index,
+}
+
+fn shared_definition<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Arc<CheckDefinition>, D::Error> {
+    CheckDefinition::deserialize(d).map(CheckDefinition::shared)
 }
 
 impl Default for CheckStatus {

@@ -627,3 +627,30 @@ fn checks_without_a_definition_share_one_and_keep_their_own_otherwise() {
         assert!(!Arc::ptr_eq(&a.definition, &web.definition));
     }
 }
+
+#[test]
+fn instance_sets_stay_sorted_across_their_small_and_large_forms() {
+    let mut set = InstanceSet::default();
+    let mut model = std::collections::BTreeSet::new();
+    let item = |i: usize| (format!("n{:02}", (i * 7) % 40), format!("web{i}"));
+    for i in 0..40 {
+        set.insert(item(i));
+        set.insert(item(i));
+        model.insert(item(i));
+        assert!(set.iter().eq(model.iter()), "after inserting {i}");
+    }
+    assert!(matches!(set, InstanceSet::Large(_)));
+    for i in (0..40).rev() {
+        set.remove(&item(i));
+        set.remove(&(String::new(), String::new()));
+        model.remove(&item(i));
+        assert!(set.iter().eq(model.iter()), "after removing {i}");
+        let rebuilt = model.iter().fold(InstanceSet::default(), |mut s, k| {
+            s.insert(k.clone());
+            s
+        });
+        assert_eq!(set, rebuilt);
+    }
+    assert!(set.is_empty());
+    assert!(matches!(set, InstanceSet::Small(_)));
+}

@@ -162,9 +162,10 @@ fn append_rows(
     Ok(())
 }
 
-/// Bytes of recent entries kept in memory at most (payload sizes; a full batch is ~70 KiB). Enough
-/// for followers a few thousand entries behind; one further back reads the log from redb.
-const RECENT_BYTES: usize = 8 << 20;
+/// Bytes of recent entries kept in memory at most (payload sizes; a full batch of 512
+/// registrations is ~10 KiB compressed). Enough for followers a few thousand entries behind;
+/// one further back reads the log from redb.
+const RECENT_BYTES: usize = 4 << 20;
 /// Recent entries kept in memory at most.
 const RECENT_ENTRIES: usize = 16_384;
 

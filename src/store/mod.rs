@@ -70,8 +70,9 @@ from_redb!(
 /// redb's page cache (its default is 1 GiB). Every page a commit writes stays in it, so with the
 /// default the cache grew with the whole file: ~185 MB of RSS after 100k registrations. The
 /// catalog is in memory and recent log entries are in `log::Recent`, so redb reads are rare
-/// (a lagging follower, a snapshot load) and the hot write path needs only a few MiB.
-const REDB_CACHE: usize = 16 << 20;
+/// (a lagging follower, a snapshot load) and the hot write path needs only the few pages on
+/// the log table's right edge.
+const REDB_CACHE: usize = 4 << 20;
 
 /// Opens (or creates) the database in `data_dir` and checks that it is ours.
 pub fn open(data_dir: &Path) -> Result<Arc<Database>, StoreError> {

@@ -26,13 +26,13 @@ fn catalog_with(services: usize, instances: usize) -> State {
         for i in 0..instances {
             let reg = Registration {
                 node: NodeSpec {
-                    name: format!("node{i}"),
-                    address: format!("10.0.{}.{}", i / 250, i % 250 + 1),
+                    name: format!("node{i}").into(),
+                    address: format!("10.0.{}.{}", i / 250, i % 250 + 1).into(),
                     ..Default::default()
                 },
                 service: Some(ServiceSpec {
-                    id: format!("svc{s}-{i}"),
-                    name: format!("svc{s}"),
+                    id: format!("svc{s}-{i}").into(),
+                    name: format!("svc{s}").into(),
                     port: 80,
                     ..Default::default()
                 }),

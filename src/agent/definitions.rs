@@ -54,9 +54,9 @@ impl Agent {
         };
         let mut now = Record::default();
         for (service, _) in &defs.services {
-            now.services.insert(service.id.clone());
+            now.services.insert(service.id.to_string());
         }
-        now.checks = defs.checks.iter().map(|c| c.check_id.clone()).collect();
+        now.checks = defs.checks.iter().map(|c| c.check_id.to_string()).collect();
         // Recorded before anything is registered, with what is still to be removed: a sync
         // that fails half-way leaves nothing that a later one would not know came from files.
         let pending = Record {

@@ -124,10 +124,10 @@ impl Agent {
     fn node_registration(&self) -> NodeSpec {
         let n = &self.inner.node;
         NodeSpec {
-            id: n.id.clone(),
-            name: n.name.clone(),
-            address: n.address.clone(),
-            datacenter: n.datacenter.clone(),
+            id: n.id.clone().into(),
+            name: n.name.clone().into(),
+            address: n.address.clone().into(),
+            datacenter: n.datacenter.clone().into(),
             ..NodeSpec::default()
         }
     }
@@ -404,7 +404,7 @@ impl Agent {
         let desired: HashMap<String, CheckDefinition> = state
             .node_checks(&self.inner.node.name)
             .filter(|c| !c.definition.kind().is_empty())
-            .map(|c| (c.check_id.clone(), (*c.definition).clone()))
+            .map(|c| (c.check_id.to_string(), (*c.definition).clone()))
             .collect();
         let mut runners = self.inner.runners.lock().expect("runners lock");
         runners.retain(|id, runner| desired.get(id) == Some(&runner.definition));
@@ -602,12 +602,12 @@ impl Agent {
             if check.service_id.is_empty() || check.status != CheckStatus::Critical {
                 continue;
             }
-            seen.push(check.check_id.clone());
-            let first = *since.entry(check.check_id.clone()).or_insert(now);
+            seen.push(check.check_id.to_string());
+            let first = *since.entry(check.check_id.to_string()).or_insert(now);
             if now.duration_since(first) >= after.max(MIN_DEREGISTER_AFTER)
-                && !due.contains(&check.service_id)
+                && !due.iter().any(|d| d == check.service_id)
             {
-                due.push(check.service_id.clone());
+                due.push(check.service_id.to_string());
             }
         }
         since.retain(|id, _| seen.contains(id));
@@ -650,8 +650,8 @@ impl Transition {
             end -= 1;
         }
         Transition {
-            check_id: check.check_id.clone(),
-            service_id: check.service_id.clone(),
+            check_id: check.check_id.clone().into(),
+            service_id: check.service_id.clone().into(),
             from: check.status,
             to,
             output: output[..end].trim().to_string(),

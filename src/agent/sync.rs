@@ -130,7 +130,7 @@ impl AntiEntropy {
                 Some(r) if r.output != check.output => {
                     // Output alone: at most every check_update_interval.
                     output_synced
-                        .get(&check.check_id)
+                        .get(check.check_id.as_str())
                         .is_none_or(|at| at.elapsed() >= self.check_update_interval)
                 }
                 Some(_) => false,
@@ -150,7 +150,7 @@ impl AntiEntropy {
             if local.service(&self.node, &service.id).is_none() {
                 writes.push(Command::Deregister {
                     node: self.node.clone(),
-                    service_id: Some(service.id.clone()),
+                    service_id: Some(service.id.to_string()),
                     check_id: None,
                 });
             }
@@ -160,7 +160,7 @@ impl AntiEntropy {
                 writes.push(Command::Deregister {
                     node: self.node.clone(),
                     service_id: None,
-                    check_id: Some(check.check_id.clone()),
+                    check_id: Some(check.check_id.to_string()),
                 });
             }
         }
@@ -177,7 +177,7 @@ impl AntiEntropy {
         // Only once they were written: an output held back by a failed round goes next time.
         let now = Instant::now();
         for check in pushed_checks {
-            output_synced.insert(check, now);
+            output_synced.insert(check.into(), now);
         }
         Ok(count)
     }

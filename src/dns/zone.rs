@@ -341,7 +341,7 @@ impl ConsulZone {
         order.arrange(&mut healthy);
         let ttl = secs(self.dns.service_ttl.for_service(service));
         let mut reply = Reply {
-            depends_on: Dependency::Service(crate::catalog::key(service)),
+            depends_on: Dependency::Service(crate::catalog::key(service).to_string()),
             shuffled: healthy.len(),
             ..Reply::default()
         };

@@ -74,7 +74,12 @@ pub async fn services(State(api): State<Api>, params: Params) -> Result<Response
     let map: Map<String, Value> = state
         .node_services(node)
         .filter(|s| s.id != "consul")
-        .map(|s| (s.id.clone(), dto::agent_service_json(s, &api.datacenter)))
+        .map(|s| {
+            (
+                s.id.to_string(),
+                dto::agent_service_json(s, &api.datacenter),
+            )
+        })
         .filter(|(_, v)| keep(&filter, v))
         .collect();
     Ok(json(state.indexes().services, &Value::Object(map), &params))
@@ -107,7 +112,7 @@ pub async fn checks(State(api): State<Api>, params: Params) -> Result<Response, 
         .filter(|c| c.check_id != SERF_HEALTH)
         .map(|c| {
             let service = state.service(node, &c.service_id);
-            (c.check_id.clone(), dto::check_json(c, service))
+            (c.check_id.to_string(), dto::check_json(c, service))
         })
         .filter(|(_, v)| keep(&filter, v))
         .collect();

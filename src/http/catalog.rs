@@ -138,16 +138,16 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
             None => Default::default(),
         };
         checks.push(CheckSpec {
-            check_id: id.clone(),
+            check_id: id.clone().into(),
             name: if check.name.is_empty() {
-                id
+                id.into()
             } else {
-                check.name.clone()
+                check.name.as_str().into()
             },
             status: check.status()?,
             notes: check.notes.clone(),
             output: check.output.clone(),
-            service_id: check.service_id.clone(),
+            service_id: check.service_id.clone().into(),
             definition: crate::model::CheckDefinition {
                 // A catalog-registered check is not run by any agent.
                 ttl: None,
@@ -157,13 +157,13 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
     }
     let registration = Registration {
         node: NodeSpec {
-            id: reg.id,
-            name: reg.node,
-            address: reg.address,
+            id: reg.id.into(),
+            name: reg.node.into(),
+            address: reg.address.into(),
             datacenter: if reg.datacenter.is_empty() {
-                api.datacenter.clone()
+                api.datacenter.as_str().into()
             } else {
-                reg.datacenter
+                reg.datacenter.into()
             },
             tagged_addresses: reg.tagged_addresses,
             meta: reg.node_meta,
@@ -226,7 +226,7 @@ pub async fn services(State(api): State<Api>, params: Params) -> Result<Response
                 if meta_matches(node, &filters)
                     && filter.matches(&dto::catalog_service_json(node, service))
                 {
-                    let tags = out.entry(service.name.clone()).or_default();
+                    let tags = out.entry(service.name.to_string()).or_default();
                     for tag in &service.tags {
                         if !tags.contains(tag) {
                             tags.push(tag.clone());
@@ -298,7 +298,7 @@ pub async fn node(
     };
     let services: Map<String, Value> = state
         .node_services(&name)
-        .map(|s| (s.id.clone(), dto::service_json(s)))
+        .map(|s| (s.id.to_string(), dto::service_json(s)))
         .filter(|(_, v)| keep(&filter, v))
         .collect();
     let body = serde_json::json!({"Node": dto::node_json(node), "Services": services});

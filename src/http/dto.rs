@@ -449,16 +449,16 @@ impl CheckIn {
         service_id: String,
     ) -> Result<CheckSpec, ApiError> {
         Ok(CheckSpec {
-            check_id,
+            check_id: check_id.into(),
             name: if self.name.is_empty() {
-                default_name
+                default_name.into()
             } else {
-                self.name.clone()
+                self.name.as_str().into()
             },
             status: self.status()?,
             notes: self.notes.clone(),
             output: self.output.clone(),
-            service_id,
+            service_id: service_id.into(),
             definition: self.definition()?,
         })
     }
@@ -502,10 +502,10 @@ impl ServiceIn {
             checks.push(check.to_agent_check(check_id, name, id.clone())?);
         }
         let service = ServiceSpec {
-            id,
-            name: self.name,
+            id: id.into(),
+            name: self.name.into(),
             tags: self.tags,
-            address: self.address,
+            address: self.address.into(),
             port: self.port,
             meta: self.meta,
             tagged_addresses: self
@@ -523,7 +523,7 @@ impl ServiceIn {
                 .collect(),
             weights: weights(self.weights),
             enable_tag_override: self.enable_tag_override,
-            kind: self.kind,
+            kind: self.kind.into(),
         };
         Ok((service, checks))
     }

@@ -240,14 +240,14 @@ fn alive(state: &State, member: &PoolMember) -> Option<Command> {
     }
     let spec = match node {
         Some(n) => NodeSpec {
-            address,
+            address: address.into(),
             ..n.spec.clone()
         },
         None => NodeSpec {
-            id: member.tags.get("id").cloned().unwrap_or_default(),
-            name: member.name.clone(),
-            address,
-            datacenter: member.tags.get("dc").cloned().unwrap_or_default(),
+            id: member.tags.get("id").cloned().unwrap_or_default().into(),
+            name: member.name.clone().into(),
+            address: address.into(),
+            datacenter: member.tags.get("dc").cloned().unwrap_or_default().into(),
             ..NodeSpec::default()
         },
     };
@@ -267,10 +267,10 @@ fn failed(state: &State, member: &PoolMember) -> Option<Command> {
     let spec = match state.node(&member.name) {
         Some(n) => n.spec.clone(),
         None => NodeSpec {
-            id: member.tags.get("id").cloned().unwrap_or_default(),
-            name: member.name.clone(),
-            address: member.addr.ip().to_string(),
-            datacenter: member.tags.get("dc").cloned().unwrap_or_default(),
+            id: member.tags.get("id").cloned().unwrap_or_default().into(),
+            name: member.name.clone().into(),
+            address: member.addr.ip().to_string().into(),
+            datacenter: member.tags.get("dc").cloned().unwrap_or_default().into(),
             ..NodeSpec::default()
         },
     };
@@ -298,7 +298,7 @@ fn reaped(state: &State, members: &[PoolMember]) -> Vec<String> {
         .all_checks()
         .filter(|c| c.check_id == SERF_HEALTH)
         .filter(|c| !members.iter().any(|m| m.name.eq_ignore_ascii_case(&c.node)))
-        .map(|c| c.node.clone())
+        .map(|c| c.node.to_string())
         .collect()
 }
 

@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 /// A Raft log index: every change to the catalog is stamped with the index of the entry that made it.
@@ -68,10 +69,10 @@ pub struct TaggedAddress {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
     /// A UUID; empty keeps the ID the node already has.
-    pub id: String,
-    pub name: String,
-    pub address: String,
-    pub datacenter: String,
+    pub id: CompactString,
+    pub name: CompactString,
+    pub address: CompactString,
+    pub datacenter: CompactString,
     pub tagged_addresses: BTreeMap<String, String>,
     pub meta: BTreeMap<String, String>,
 }
@@ -115,17 +116,17 @@ impl Default for Weights {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Unique on its node; the agent API defaults it to the name.
-    pub id: String,
-    pub name: String,
+    pub id: CompactString,
+    pub name: CompactString,
     pub tags: Vec<String>,
     /// Empty when the instance uses its node's address.
-    pub address: String,
+    pub address: CompactString,
     pub port: u16,
     pub meta: BTreeMap<String, String>,
     pub tagged_addresses: BTreeMap<String, TaggedAddress>,
     pub weights: Weights,
     pub enable_tag_override: bool,
-    pub kind: String,
+    pub kind: CompactString,
 }
 
 /// One instance of a service on a node: its spec and the indexes that stamped it. Derefs to
@@ -198,26 +199,26 @@ impl CheckDefinition {
 /// critical, as Consul does.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckSpec {
-    pub check_id: String,
-    pub name: String,
+    pub check_id: CompactString,
+    pub name: CompactString,
     pub status: Option<CheckStatus>,
     pub notes: String,
     pub output: String,
     /// Empty for a node check.
-    pub service_id: String,
+    pub service_id: CompactString,
     pub definition: CheckDefinition,
 }
 
 /// A health check on a node (`service_id` empty) or on one service instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
-    pub node: String,
-    pub check_id: String,
-    pub name: String,
+    pub node: CompactString,
+    pub check_id: CompactString,
+    pub name: CompactString,
     pub status: CheckStatus,
     pub notes: String,
     pub output: String,
-    pub service_id: String,
+    pub service_id: CompactString,
     /// Shared between checks when empty (`CheckDefinition::shared`).
     #[serde(deserialize_with = "shared_definition")]
     pub definition: Arc<CheckDefinition>,

@@ -262,7 +262,7 @@ async fn start(
     let catalog_id = view
         .load()
         .node(&config.node_name)
-        .map(|n| n.id.clone())
+        .map(|n| n.id.to_string())
         .filter(|id| !id.is_empty())
         .unwrap_or_else(new_node_id);
     let gossip: Option<Arc<dyn Gossip>> = match &config.gossip {

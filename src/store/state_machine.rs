@@ -15,11 +15,11 @@ use openraft::{EntryPayload, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::log::{decode, encode, read_meta};
+use super::log::{encode, read_meta};
 use super::schema::{META, SNAPSHOT_CHUNKS, meta};
 use super::{StoreError, blocking, raft_err};
 use crate::catalog::ZSTD_MAGIC;
-use crate::catalog::{Change, Rows, State};
+use crate::catalog::{Change, Rows, RowsOf, State};
 use crate::store::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -61,48 +61,78 @@ const CHUNK: usize = 4 << 20;
 /// than the speed (100k instances: ~60 MB of MessagePack, a few MB compressed).
 const SNAPSHOT_ZSTD_LEVEL: i32 = 3;
 
+/// What a snapshot is written from: `SnapshotData` with the rows borrowed from the state.
+#[derive(Serialize)]
+struct SnapshotOf<'a> {
+    format: u32,
+    rows: RowsOf<'a>,
+}
+
 impl SnapshotData {
-    /// MessagePack, compressed as one zstd frame.
-    fn encode(rows: Rows) -> Result<Vec<u8>, StoreError> {
+    /// MessagePack, compressed as one zstd frame, written straight from the state's maps.
+    fn encode(state: &State) -> Result<Vec<u8>, StoreError> {
         let fail = |e: std::io::Error| StoreError::Db(format!("encode snapshot: {e}"));
         let mut out =
             zstd::stream::write::Encoder::new(Vec::new(), SNAPSHOT_ZSTD_LEVEL).map_err(fail)?;
         rmp_serde::encode::write_named(
             &mut out,
-            &SnapshotData {
+            &SnapshotOf {
                 format: SNAPSHOT_FORMAT,
-                rows,
+                rows: state.rows_of(),
             },
         )
         .map_err(|e| StoreError::Db(format!("encode snapshot: {e}")))?;
         out.finish().map_err(fail)
     }
 
-    /// Reads a compressed snapshot, or an uncompressed one written before compression.
+    /// Reads a compressed snapshot, or an uncompressed one written before compression. A
+    /// compressed one is decoded as it is decompressed, without holding its MessagePack.
     fn decode(data: &[u8]) -> Result<Rows, StoreError> {
-        let raw;
-        let data = if data.starts_with(&ZSTD_MAGIC) {
-            raw = zstd::stream::decode_all(data).map_err(|e| StoreError::Corrupt {
-                table: "snapshot",
-                detail: format!("zstd: {e}"),
-            })?;
-            &raw[..]
-        } else {
-            data
+        let corrupt = |detail: String| StoreError::Corrupt {
+            table: "snapshot",
+            detail,
         };
-        #[derive(Deserialize)]
-        struct Probe {
-            format: u32,
+        let decoded: Result<SnapshotData, String> = if data.starts_with(&ZSTD_MAGIC) {
+            // MessagePack is read a few bytes at a time; each read of the decoder would run
+            // zstd for those bytes alone.
+            zstd::stream::read::Decoder::new(data)
+                .map_err(|e| e.to_string())
+                .and_then(|z| {
+                    let buffered = std::io::BufReader::with_capacity(1 << 16, z);
+                    rmp_serde::from_read(buffered).map_err(|e| e.to_string())
+                })
+        } else {
+            rmp_serde::from_slice(data).map_err(|e| e.to_string())
+        };
+        match decoded {
+            Ok(snapshot) if snapshot.format == SNAPSHOT_FORMAT => Ok(snapshot.rows),
+            Ok(snapshot) => Err(corrupt(format!(
+                "format {} (this server reads {SNAPSHOT_FORMAT})",
+                snapshot.format
+            ))),
+            Err(e) => Err(corrupt(match probe_format(data) {
+                Some(format) if format != SNAPSHOT_FORMAT => {
+                    format!("format {format} (this server reads {SNAPSHOT_FORMAT})")
+                }
+                _ => e,
+            })),
         }
-        let format = decode::<Probe>("snapshot", data)?.format;
-        if format != SNAPSHOT_FORMAT {
-            return Err(StoreError::Corrupt {
-                table: "snapshot",
-                detail: format!("format {format} (this server reads {SNAPSHOT_FORMAT})"),
-            });
-        }
-        Ok(decode::<SnapshotData>("snapshot", data)?.rows)
     }
+}
+
+/// The format number of a snapshot that did not decode, to say why.
+fn probe_format(data: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct Probe {
+        format: u32,
+    }
+    let probe: Result<Probe, _> = if data.starts_with(&ZSTD_MAGIC) {
+        let z = zstd::stream::read::Decoder::new(data).ok()?;
+        rmp_serde::from_read(z)
+    } else {
+        rmp_serde::from_slice(data)
+    };
+    probe.ok().map(|p| p.format)
 }
 
 /// Writes a snapshot (header and data) in one durable transaction, replacing the previous one
@@ -309,7 +339,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let membership = self.membership.clone();
         // Encoding a large catalog takes a while: off the async workers, like the write.
         let (meta, data) = blocking(move || {
-            let data = SnapshotData::encode(state.to_rows())?;
+            let data = SnapshotData::encode(&state)?;
             let snapshot_id = match applied {
                 Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, data.len()),
                 None => format!("empty-{}", data.len()),
@@ -368,24 +398,29 @@ mod tests {
     fn snapshots_are_compressed_and_uncompressed_ones_still_load() {
         let mut rows = Rows::default();
         for i in 0..500 {
-            rows.service_indexes.push((format!("service-{i}"), i));
+            rows.service_indexes
+                .push((format!("service-{i}").into(), i));
         }
         rows.cluster_id = "c1".into();
+        let rows = State::from_rows(rows).to_rows();
         let plain = encode(&SnapshotData {
             format: SNAPSHOT_FORMAT,
             rows: rows.clone(),
         })
         .unwrap();
-        let packed = SnapshotData::encode(rows.clone()).unwrap();
+        let packed = SnapshotData::encode(&State::from_rows(rows.clone())).unwrap();
         assert!(packed.starts_with(&ZSTD_MAGIC));
         assert!(
-            packed.len() * 4 < plain.len(),
+            packed.len() * 3 < plain.len(),
             "{} vs {}",
             packed.len(),
             plain.len()
         );
         assert_eq!(SnapshotData::decode(&packed).unwrap(), rows);
         assert_eq!(SnapshotData::decode(&plain).unwrap(), rows);
+        let foreign = encode(&serde_json::json!({"format": 9, "rows": {"tables": []}})).unwrap();
+        let err = SnapshotData::decode(&foreign).unwrap_err().to_string();
+        assert!(err.contains("format 9"), "{err}");
         let mut cut = packed.clone();
         cut.truncate(packed.len() / 2);
         assert!(matches!(

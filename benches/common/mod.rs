@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 pub struct Beacon {
     pub child: Child,
     pub rpc: String,
+    /// Its LAN gossip address (servers of `start_cluster`), or empty.
+    pub serf: String,
     pub http: SocketAddr,
     pub dns: SocketAddr,
 }
@@ -88,6 +90,7 @@ fn ready(mut child: Child, rpc: String) -> Beacon {
     Beacon {
         child,
         rpc,
+        serf: String::new(),
         http: http.expect("http address logged"),
         dns: dns.expect("dns address logged"),
     }
@@ -167,7 +170,12 @@ pub fn start_cluster_with(dir: &Path, extra: impl Fn(usize) -> Vec<String>) -> V
     }
     children
         .into_iter()
-        .map(|(child, rpc)| ready(child, rpc))
+        .zip(serfs)
+        .map(|((child, rpc), serf)| {
+            let mut server = ready(child, rpc);
+            server.serf = serf;
+            server
+        })
         .collect()
 }
 

@@ -23,6 +23,12 @@ const MAX_VARIANTS: usize = 16;
 const REDRAW_AFTER: u32 = 64 * MAX_VARIANTS as u32;
 /// Entries kept before the cache starts over (bounds memory on huge catalogs).
 const MAX_ENTRIES: usize = 1 << 16;
+/// Bytes kept (keys, encodings and bookkeeping, estimated) before the cache starts over: a
+/// server of 20k services asked for every one holds ~20 MB per receive loop.
+const MAX_BYTES: usize = 32 << 20;
+/// What an entry costs besides its key and encodings: the map slot, the entry, the
+/// allocations' headers.
+const ENTRY_OVERHEAD: usize = 160;
 /// Flags, EDNS presence, EDNS payload size, then the lower-cased question.
 const KEY_PREFIX: usize = 4;
 const MAX_KEY: usize = KEY_PREFIX + 255 + 4;
@@ -37,7 +43,9 @@ struct Entry {
     /// The orders encoded so far (each is built the first time it is due, so a new name costs
     /// one encoding, not `wanted`). Empty: this question always takes the full path (until the
     /// catalog changes).
-    variants: Vec<Vec<u8>>,
+    /// Exactly sized: an encoder's buffer has room for a full UDP payload (512 to 4,096
+    /// bytes) and a typical answer is ~150, so keeping the buffers cost ~2.5 KB per name.
+    variants: Vec<Box<[u8]>>,
     /// How many orders this answer is worth.
     wanted: usize,
     seed: u64,
@@ -67,6 +75,8 @@ impl Entry {
 
 pub(crate) struct AnswerCache {
     entries: HashMap<Box<[u8]>, Entry>,
+    /// Estimated bytes held (`MAX_BYTES`).
+    bytes: usize,
     generation: u64,
     seed: u64,
 }
@@ -75,6 +85,7 @@ impl AnswerCache {
     pub fn new() -> Self {
         AnswerCache {
             entries: HashMap::new(),
+            bytes: 0,
             generation: 0,
             seed: rand::random(),
         }
@@ -84,6 +95,7 @@ impl AnswerCache {
     pub fn sync_generation(&mut self, generation: u64) {
         if generation != self.generation {
             self.entries.clear();
+            self.bytes = 0;
             self.generation = generation;
         }
     }
@@ -125,7 +137,10 @@ impl AnswerCache {
                 of: entry.wanted,
             };
             match prepare(handler, state, packet, src, order) {
-                Some(p) => entry.variants.push(p.bytes),
+                Some(p) => {
+                    self.bytes += p.bytes.len() + 16;
+                    entry.variants.push(p.bytes.into_boxed_slice());
+                }
                 None => return false,
             }
         }
@@ -178,7 +193,7 @@ impl AnswerCache {
                 served: 0,
             },
             Some(first) => Entry {
-                variants: vec![first.bytes],
+                variants: vec![first.bytes.into_boxed_slice()],
                 wanted: first.shuffled.clamp(1, MAX_VARIANTS),
                 seed,
                 // The first query is answered with the order just built.
@@ -188,13 +203,22 @@ impl AnswerCache {
                 served: 0,
             },
         };
-        if self.entries.len() >= MAX_ENTRIES {
+        if self.entries.len() >= MAX_ENTRIES || self.bytes >= MAX_BYTES {
             self.entries.clear();
+            self.bytes = 0;
         }
         let cacheable = !entry.variants.is_empty();
-        self.entries.insert(key.into(), entry);
+        self.bytes += entry_bytes(key, &entry);
+        if let Some(old) = self.entries.insert(key.into(), entry) {
+            self.bytes = self.bytes.saturating_sub(entry_bytes(key, &old));
+        }
         cacheable
     }
+}
+
+fn entry_bytes(key: &[u8], entry: &Entry) -> usize {
+    let encoded: usize = entry.variants.iter().map(|v| v.len() + 16).sum();
+    key.len() + ENTRY_OVERHEAD + encoded
 }
 
 /// One order of the answer to `packet`, through the handler.

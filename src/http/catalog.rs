@@ -165,8 +165,8 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
             } else {
                 reg.datacenter.into()
             },
-            tagged_addresses: reg.tagged_addresses,
-            meta: reg.node_meta,
+            tagged_addresses: reg.tagged_addresses.into(),
+            meta: reg.node_meta.into(),
         },
         skip_node_update: reg.skip_node_update,
         service,

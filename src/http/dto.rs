@@ -507,7 +507,7 @@ impl ServiceIn {
             tags: self.tags,
             address: self.address.into(),
             port: self.port,
-            meta: self.meta,
+            meta: self.meta.into(),
             tagged_addresses: self
                 .tagged_addresses
                 .into_iter()

@@ -348,7 +348,9 @@ mod tests {
                 node: NodeSpec {
                     name: "web-1".into(),
                     address: "10.0.0.5".into(),
-                    meta: [("rack".to_string(), "r1".to_string())].into(),
+                    meta: [("rack".to_string(), "r1".to_string())]
+                        .into_iter()
+                        .collect(),
                     ..NodeSpec::default()
                 },
                 ..Registration::default()

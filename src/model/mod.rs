@@ -57,6 +57,95 @@ impl FromStr for CheckStatus {
     }
 }
 
+/// A map that is usually empty, as nodes' and services' `Meta` and `TaggedAddresses` are: one
+/// pointer (8 bytes) instead of a `BTreeMap`'s 24 when empty, which at 100k instances of one
+/// node each saves ~6 MB. Reads through `Deref` (an empty map when there is none); a write
+/// through `DerefMut` allocates it. Serializes exactly as the map does.
+#[derive(Clone, Debug)]
+// The box is the point: 8 bytes in the record instead of the map's 24.
+#[allow(clippy::box_collection)]
+pub struct SmallMap<K, V>(Option<Box<BTreeMap<K, V>>>);
+
+/// Equal when the maps are: no map and an emptied one are the same.
+impl<K: PartialEq, V: PartialEq> PartialEq for SmallMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        fn entries<K, V>(m: &SmallMap<K, V>) -> Option<&BTreeMap<K, V>> {
+            m.0.as_deref().filter(|m| !m.is_empty())
+        }
+        entries(self) == entries(other)
+    }
+}
+
+impl<K: Eq, V: Eq> Eq for SmallMap<K, V> {}
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        SmallMap(None)
+    }
+}
+
+impl<K, V> From<BTreeMap<K, V>> for SmallMap<K, V> {
+    fn from(map: BTreeMap<K, V>) -> Self {
+        SmallMap((!map.is_empty()).then(|| Box::new(map)))
+    }
+}
+
+impl<K: Ord, V> FromIterator<(K, V)> for SmallMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        iter.into_iter().collect::<BTreeMap<K, V>>().into()
+    }
+}
+
+macro_rules! small_map_deref {
+    ($($v:ty),*) => {$(
+        impl std::ops::Deref for SmallMap<String, $v> {
+            type Target = BTreeMap<String, $v>;
+
+            fn deref(&self) -> &Self::Target {
+                static EMPTY: BTreeMap<String, $v> = BTreeMap::new();
+                self.0.as_deref().unwrap_or(&EMPTY)
+            }
+        }
+    )*};
+}
+small_map_deref!(String, TaggedAddress);
+
+impl<K, V> std::ops::DerefMut for SmallMap<K, V>
+where
+    SmallMap<K, V>: std::ops::Deref<Target = BTreeMap<K, V>>,
+{
+    fn deref_mut(&mut self) -> &mut BTreeMap<K, V> {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a SmallMap<K, V>
+where
+    SmallMap<K, V>: std::ops::Deref<Target = BTreeMap<K, V>>,
+{
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::collections::btree_map::Iter<'a, K, V>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        std::ops::Deref::deref(self).iter()
+    }
+}
+
+impl<K: Serialize, V: Serialize> Serialize for SmallMap<K, V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(map) => map.serialize(serializer),
+            None => serializer.collect_map(std::iter::empty::<(&K, &V)>()),
+        }
+    }
+}
+
+impl<'de, K: Ord + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for SmallMap<K, V> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        BTreeMap::deserialize(deserializer).map(SmallMap::from)
+    }
+}
+
 /// A `{Address, Port}` pair under a node's or service's `TaggedAddresses`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaggedAddress {
@@ -73,8 +162,8 @@ pub struct NodeSpec {
     pub name: CompactString,
     pub address: CompactString,
     pub datacenter: CompactString,
-    pub tagged_addresses: BTreeMap<String, String>,
-    pub meta: BTreeMap<String, String>,
+    pub tagged_addresses: SmallMap<String, String>,
+    pub meta: SmallMap<String, String>,
 }
 
 /// A machine in the catalog: its spec and the indexes that stamped it. Keyed by its
@@ -122,8 +211,8 @@ pub struct ServiceSpec {
     /// Empty when the instance uses its node's address.
     pub address: CompactString,
     pub port: u16,
-    pub meta: BTreeMap<String, String>,
-    pub tagged_addresses: BTreeMap<String, TaggedAddress>,
+    pub meta: SmallMap<String, String>,
+    pub tagged_addresses: SmallMap<String, TaggedAddress>,
     pub weights: Weights,
     pub enable_tag_override: bool,
     pub kind: CompactString,
@@ -304,5 +393,32 @@ pub(crate) mod base64_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_maps_read_write_compare_and_encode_as_maps() {
+        let mut none = SmallMap::<String, String>::default();
+        assert!(none.is_empty() && none.get("a").is_none());
+        let emptied: SmallMap<String, String> = BTreeMap::new().into();
+        assert!(emptied.0.is_none());
+        none.insert("rack".into(), "r1".into());
+        assert_eq!(none.get("rack").map(String::as_str), Some("r1"));
+        let plain = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
+        assert_eq!(
+            rmp_serde::to_vec_named(&none).unwrap(),
+            rmp_serde::to_vec_named(&plain).unwrap()
+        );
+        assert_eq!(serde_json::to_string(&none).unwrap(), r#"{"rack":"r1"}"#);
+        assert_eq!(serde_json::to_string(&emptied).unwrap(), "{}");
+        let back: SmallMap<String, String> = serde_json::from_str(r#"{"rack":"r1"}"#).unwrap();
+        assert_eq!(back, none);
+        none.remove("rack");
+        assert_eq!(none, emptied);
+        assert_eq!((&none).into_iter().count(), 0);
     }
 }

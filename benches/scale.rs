@@ -5,10 +5,11 @@
 //! snapshot: the log it needs is purged); how long a SIGKILLed follower takes to serve its DNS
 //! again after a restart; and DNS throughput of a server holding the 100k instances against a
 //! dev server holding 5k, measured alternately in the same run, each alone (the other
-//! processes stopped with SIGSTOP meanwhile).
+//! processes stopped with SIGSTOP meanwhile, the server pinned to CPU 0 and the client threads
+//! to CPU 1 with `taskset`).
 //!
 //! Run: `cargo bench --bench scale` (release build). `SCALE_INSTANCES` (100000),
-//! `SCALE_SMALL` (5000), `SCALE_DNS_ROUNDS` (5) and `SCALE_DNS_SECONDS` (3) change the sizes.
+//! `SCALE_SMALL` (5000), `SCALE_DNS_ROUNDS` (7) and `SCALE_DNS_SECONDS` (3) change the sizes.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::MetadataExt;
@@ -223,7 +224,7 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let big = env("SCALE_INSTANCES", if quick { 2_000 } else { 100_000 });
     let small = env("SCALE_SMALL", if quick { 500 } else { 5_000 });
-    let rounds = env("SCALE_DNS_ROUNDS", if quick { 1 } else { 5 });
+    let rounds = env("SCALE_DNS_ROUNDS", if quick { 1 } else { 7 });
     let seconds = env("SCALE_DNS_SECONDS", if quick { 1 } else { 3 }) as f64;
     let settle = Duration::from_secs(if quick { 2 } else { 35 });
     let dir = tempfile::tempdir().unwrap();
@@ -353,6 +354,19 @@ fn main() {
         }
     };
     let (target_pid, dev_pid) = (Some(target.child.id()), Some(dev.child.id()));
+    // The measured server on one core, the client threads on the other.
+    let pin = |pid: u32, cpu: &str| {
+        let status = std::process::Command::new("taskset")
+            .args(["-a", "-cp", cpu, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "taskset {pid}");
+    };
+    for &pid in &pids {
+        pin(pid, "0");
+    }
+    pin(std::process::id(), "1");
     // One pass over every name first, so both servers answer from pre-encoded answers.
     only(target_pid);
     dns_qps(target.dns, &big_names, seconds);

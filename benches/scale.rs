@@ -28,14 +28,7 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb * 1024.0 / 1e6
+    common::rss_bytes(pid) as f64 / 1e6
 }
 
 /// Bytes on disk under `dir`, as `du` counts them.

@@ -231,3 +231,15 @@ pub fn dns_query(
         }
     }
 }
+
+/// A process's resident set in bytes (`VmRSS` of `/proc/PID/status`); 0 once it is gone.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    kb * 1024
+}

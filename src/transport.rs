@@ -68,8 +68,9 @@ use tracing::{debug, warn};
 
 use crate::tls::Tls;
 
-/// Protocol version; the server accepts exactly this one.
-pub const VERSION: u32 = 1;
+/// Protocol version; the server accepts exactly this one. 2: log entries and snapshots travel
+/// zstd-compressed, which a version-1 server cannot read.
+pub const VERSION: u32 = 2;
 /// "BEACONRP" in ASCII, big-endian: tells a Beacon peer from a stray client at the first frame.
 pub const MAGIC: u64 = u64::from_be_bytes(*b"BEACONRP");
 /// Frames a server connection may have queued for its writer before call/stream tasks wait.
@@ -1170,7 +1171,7 @@ mod tests {
     async fn wrong_version_or_magic_is_refused_then_closed() {
         let (addr, _stop) = start(Arc::default(), "").await;
         let cases = [
-            (MAGIC, 99, ["version 99", "version 1"]),
+            (MAGIC, 99, ["version 99", "version 2"]),
             (7, VERSION, ["bad magic", "0x0000000000000007"]),
         ];
         for (magic, version, expected) in cases {

@@ -124,6 +124,14 @@ impl Proposal {
     /// Encodes the requests of one entry.
     pub fn encode(requests: &[Request]) -> Result<Proposal, ProposalError> {
         let raw = rmp_serde::to_vec_named(requests).map_err(|e| ProposalError(e.to_string()))?;
+        // Never commit an entry that `decode` would refuse: it would stop every server's state
+        // machine, at every restart.
+        if raw.len() as u64 > MAX_DECODED {
+            return Err(ProposalError(format!(
+                "entry of {} bytes (at most {MAX_DECODED})",
+                raw.len()
+            )));
+        }
         let mut packed =
             zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| ProposalError(e.to_string()))?;
         // The buffer was sized for the worst case; recent entries stay in memory for

@@ -72,8 +72,10 @@ impl SnapshotData {
     /// MessagePack, compressed as one zstd frame, written straight from the state's maps.
     fn encode(state: &State) -> Result<Vec<u8>, StoreError> {
         let fail = |e: std::io::Error| StoreError::Db(format!("encode snapshot: {e}"));
-        let mut out =
+        let out =
             zstd::stream::write::Encoder::new(Vec::new(), SNAPSHOT_ZSTD_LEVEL).map_err(fail)?;
+        // MessagePack writes a few bytes at a time; zstd should see them in blocks.
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
         rmp_serde::encode::write_named(
             &mut out,
             &SnapshotOf {
@@ -82,7 +84,10 @@ impl SnapshotData {
             },
         )
         .map_err(|e| StoreError::Db(format!("encode snapshot: {e}")))?;
-        out.finish().map_err(fail)
+        out.into_inner()
+            .map_err(|e| fail(e.into_error()))?
+            .finish()
+            .map_err(fail)
     }
 
     /// Reads a compressed snapshot, or an uncompressed one written before compression. A

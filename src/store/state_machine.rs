@@ -97,18 +97,7 @@ impl SnapshotData {
             table: "snapshot",
             detail,
         };
-        let decoded: Result<SnapshotData, String> = if data.starts_with(&ZSTD_MAGIC) {
-            // MessagePack is read a few bytes at a time; each read of the decoder would run
-            // zstd for those bytes alone.
-            zstd::stream::read::Decoder::new(data)
-                .map_err(|e| e.to_string())
-                .and_then(|z| {
-                    let buffered = std::io::BufReader::with_capacity(1 << 16, z);
-                    rmp_serde::from_read(buffered).map_err(|e| e.to_string())
-                })
-        } else {
-            rmp_serde::from_slice(data).map_err(|e| e.to_string())
-        };
+        let decoded: Result<SnapshotData, String> = read(data);
         match decoded {
             Ok(snapshot) if snapshot.format == SNAPSHOT_FORMAT => Ok(snapshot.rows),
             Ok(snapshot) => Err(corrupt(format!(
@@ -131,13 +120,18 @@ fn probe_format(data: &[u8]) -> Option<u32> {
     struct Probe {
         format: u32,
     }
-    let probe: Result<Probe, _> = if data.starts_with(&ZSTD_MAGIC) {
-        let z = zstd::stream::read::Decoder::new(data).ok()?;
-        rmp_serde::from_read(z)
-    } else {
-        rmp_serde::from_slice(data)
-    };
-    probe.ok().map(|p| p.format)
+    read::<Probe>(data).ok().map(|p| p.format)
+}
+
+/// Decodes snapshot bytes, compressed (streamed through the decompressor) or not.
+fn read<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
+    if !data.starts_with(&ZSTD_MAGIC) {
+        return rmp_serde::from_slice(data).map_err(|e| e.to_string());
+    }
+    let z = zstd::stream::read::Decoder::new(data).map_err(|e| e.to_string())?;
+    // MessagePack is read a few bytes at a time; each read of the decoder would run zstd for
+    // those bytes alone.
+    rmp_serde::from_read(std::io::BufReader::with_capacity(1 << 16, z)).map_err(|e| e.to_string())
 }
 
 /// Writes a snapshot (header and data) in one durable transaction, replacing the previous one

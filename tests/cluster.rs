@@ -870,6 +870,88 @@ async fn a_renew_sent_to_a_paused_and_replaced_leader_reaches_the_new_leader() {
     );
 }
 
+/// A write forwarded by a follower to a leader that is then paused gets its answer as soon as a
+/// new leader is known, not at the forward's 10 s timeout: a 500 that says its outcome is
+/// unknown (it may still commit under the new leader, so it is not sent again).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_forwarded_to_a_paused_leader_ends_once_a_new_leader_is_known() {
+    let _one = serial().await;
+    let c = Cluster::start("");
+    let old = leader_index(&c, &[0, 1, 2]).await;
+    let via = (old + 1) % 3;
+
+    signal(&c.nodes[old], "-STOP");
+    let (st, body) = kv(&c.nodes[via], "forwarded", "v").await;
+    signal(&c.nodes[old], "-CONT");
+    assert_eq!(st, 500, "{body}");
+    assert!(
+        body.contains("may or may not have been applied"),
+        "the forward was not abandoned when the leader changed: {body}"
+    );
+    // The cluster writes again through the same follower.
+    let (st, body) = kv(&c.nodes[via], "after", "v").await;
+    assert_eq!((st, body.as_str()), (200, "true"));
+}
+
+/// A server SIGKILLed while it led restarts as a follower: it must not name itself leader
+/// (`/v1/status/leader`) on the strength of its own old term. The other two are paused while it
+/// restarts, so nothing could tell it about a newer term; before the fix it claimed leadership
+/// from its first answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_restarted_after_crashing_as_leader_does_not_claim_leadership() {
+    let _one = serial().await;
+    let mut c = Cluster::start("");
+    let old = leader_index(&c, &[0, 1, 2]).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let (st, _) = kv(&c.nodes[old], "before", "v").await;
+    assert_eq!(st, 200);
+    for &i in &others {
+        signal(&c.nodes[i], "-STOP");
+    }
+    c.nodes[old].server.kill();
+    c.nodes[old].server = Server::spawn(&c.nodes[old].args, &c.nodes[old].dir);
+    // Ten election timeouts and more: a restored leader would answer with itself at once.
+    let watched = std::time::Instant::now();
+    let mut answers = 0;
+    while watched.elapsed() < Duration::from_secs(3) {
+        if let Ok(r) = http()
+            .get(c.nodes[old].url("/v1/status/leader"))
+            .send()
+            .await
+        {
+            let named: String = r.json().await.unwrap();
+            assert_eq!(named, "", "the restarted server names a leader alone");
+            answers += 1;
+        }
+        if let Ok(r) = http()
+            .get(c.nodes[old].url("/v1/kv/before?stale"))
+            .send()
+            .await
+        {
+            assert_eq!(r.headers()["X-Consul-KnownLeader"], "false");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answers > 10, "the restarted server hardly answered");
+    for &i in &others {
+        signal(&c.nodes[i], "-CONT");
+    }
+    // Once the others are back, all three agree on one leader and the write survived.
+    let leader = leader_index(&c, &[0, 1, 2]).await;
+    eventually("all three name one leader", || async {
+        let mut named = BTreeSet::new();
+        for n in &c.nodes {
+            named.insert(leader_of(n).await);
+        }
+        (named.len() == 1 && named.contains(&c.nodes[leader].rpc)).then_some(())
+    })
+    .await;
+    eventually("the restarted server has the write", || async {
+        raw(&c.nodes[old], "before").await.filter(|v| v == "v")
+    })
+    .await;
+}
+
 /// Garbage, an HTTP request, a frame that is not MessagePack and a caller of another cluster on a
 /// server's RPC port: each loses its connection (logged with the peer's address) and nothing
 /// else changes: the server keeps replicating and answering.

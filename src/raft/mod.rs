@@ -95,7 +95,8 @@ impl RaftNode {
                 .validate()
                 .map_err(|e| StartError::Config(e.to_string()))?,
         );
-        let log = LogStore::new(db.clone());
+        let mut log = LogStore::new(db.clone());
+        restart_as_follower(&mut log, id).await?;
         let sm = StateMachineStore::load(db, view.clone())?;
         let pool = Pool::new(cluster_id(&view), Limits::default(), tls.clone());
         let anyone = Pool::new(Arc::new(String::new), Limits::default(), tls);
@@ -152,7 +153,12 @@ impl RaftNode {
             let index = if self.is_leader() {
                 self.read_index_local(linearizable).await
             } else if let Some(leader) = self.leader_addr() {
-                self.client.read_index(&leader, linearizable).await
+                tokio::select! {
+                    index = self.client.read_index(&leader, linearizable) => index,
+                    // A paused or cut-off leader does not answer until its call times out;
+                    // asking changes nothing, so the question moves to its successor at once.
+                    () = self.leader_moved_from(&leader) => Err(WriteError::NoLeader),
+                }
             } else {
                 Err(WriteError::NoLeader)
             };
@@ -177,6 +183,18 @@ impl RaftNode {
                 return Err(WriteError::NoLeader);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Resolves once a leader other than the one at `addr` is known (a newer term elected it),
+    /// so a call still waiting on `addr` waits on a deposed, paused or cut-off server.
+    async fn leader_moved_from(&self, addr: &str) {
+        let mut metrics = self.raft.metrics();
+        while self.leader_addr().is_none_or(|now| now == addr) {
+            if metrics.changed().await.is_err() {
+                // Raft stopped: nothing will move; the call itself ends the wait.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -678,9 +696,17 @@ impl Writer for RaftWriter {
         let (outcome, index) = if self.forward {
             let attempt = || async {
                 match self.node.write_local(request.clone()).await {
-                    Err(WriteError::NotLeader(leader)) => {
-                        self.node.client.forward_write(&leader, &request).await
-                    }
+                    Err(WriteError::NotLeader(leader)) => tokio::select! {
+                        outcome = self.node.client.forward_write(&leader, &request) => outcome,
+                        // The leader it went to was replaced (paused, cut off, killed): its
+                        // answer would come at the call's timeout, if ever. Delivered or not,
+                        // the entry may still commit under the new leader, so it is not sent
+                        // again (as Consul does not retry a forwarded write): the caller
+                        // learns at once that the outcome is unknown.
+                        () = self.node.leader_moved_from(&leader) => Err(WriteError::Failed(
+                            format!("the leader changed while this write was forwarded to {leader}; it may or may not have been applied"),
+                        )),
+                    },
                     other => other,
                 }
             };
@@ -704,6 +730,29 @@ impl Writer for RaftWriter {
         }
         Ok(outcome)
     }
+}
+
+/// A server that crashed while it led starts as a follower, as a restarted Consul server
+/// does. openraft would restore its leadership from the committed vote it persisted
+/// (`Engine::startup`) and report itself leader until it heard of the newer term that has
+/// usually replaced it by then. The vote stays (same term, for itself: one vote per term, as
+/// Raft requires); only its "committed" mark goes, so the server waits for the current leader
+/// or wins a new election, a one-server cluster included.
+async fn restart_as_follower(log: &mut LogStore, id: NodeId) -> Result<(), StartError> {
+    use openraft::storage::RaftLogStorage;
+    let store = |e: crate::store::types::StorageError| StartError::Raft(format!("the vote: {e}"));
+    let Some(vote) = log.read_vote().await.map_err(store)? else {
+        return Ok(());
+    };
+    if vote.is_committed() && vote.leader_id().voted_for() == Some(id) {
+        let uncommitted = openraft::Vote::new(vote.leader_id().get_term(), id);
+        log.save_vote(&uncommitted).await.map_err(store)?;
+        tracing::info!(
+            term = vote.leader_id().get_term(),
+            "this server led before it stopped; it starts as a follower"
+        );
+    }
+    Ok(())
 }
 
 /// Wall-clock milliseconds since the Unix epoch, stamped on each proposed command.

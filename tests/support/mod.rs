@@ -106,7 +106,22 @@ impl Server {
 
     /// Starts `beacon` and learns its addresses, without waiting for a leader.
     pub fn spawn(args: &[String], data_dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_beacon"))
+        Server::spawn_via(&[], args, data_dir)
+    }
+
+    /// [`Server::spawn`] under a wrapper command that execs `beacon` in its place (`ip netns
+    /// exec NS`), so the child's pid is beacon's own and signals reach it.
+    pub fn spawn_via(wrapper: &[String], args: &[String], data_dir: &Path) -> Server {
+        let beacon = env!("CARGO_BIN_EXE_beacon");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(beacon);
+                c
+            }
+            None => Command::new(beacon),
+        };
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info,openraft=warn,hickory_server=warn")
             .stdout(Stdio::null())

@@ -1,0 +1,684 @@
+//! Linearizability under faults: a real 3-server cluster, each server in its own network
+//! namespace, while clients run KV operations through every server and a seeded schedule injects
+//! at least 5 faults of each kind: SIGKILL and restart of the leader, of a random server, SIGSTOP
+//! pauses longer than the election timeout, and partitions (leader isolated, a minority/majority
+//! split, a bridge of two halves sharing one server) made of nftables rules that drop the
+//! packets.
+//!
+//! Checks afterwards:
+//! - every key's history (`PUT`, `?cas=` writes, `DELETE`, `GET ?consistent`, with call and
+//!   return times, an operation without an answer recorded as possibly applied) is
+//!   linearizable as a register with compare-and-set (`support/linearizability.rs`), final
+//!   reads after healing included, so an acknowledged write lost is a violation;
+//! - blocking-query indexes (`X-Consul-Index`, `?stale`, from each server's own state) never go
+//!   backwards while a server process lives;
+//! - DNS on every live server (running, not paused; partitions do not cut the test off) answered
+//!   every query.
+//!
+//! It also reports the share of reads answered with an error and the p99 latency of the reads
+//! issued while the leader was paused.
+//!
+//! The schedule's seed is printed; `BEACON_FAULT_SEED=<seed>` replays it. The run lasts about
+//! 100 s. Needs root, iproute2 and nftables (`.ci/run` installs nftables). This binary holds a
+//! single test, so no other cluster shares the machine with it.
+
+#[path = "support/faults.rs"]
+mod faults;
+#[path = "support/linearizability.rs"]
+mod linearizability;
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use faults::{Cluster, Liveness};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+use linearizability::{Operation, RegisterOp, Verdict, check_register};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+const SERVERS: usize = 3;
+const KEYS: usize = 8;
+const CLIENTS: usize = 6;
+const FAULTS_PER_KIND: usize = 5;
+/// How long a fault lasts: well over the election timeout (250–350 ms).
+const HOLD_MS: std::ops::Range<u64> = 1_000..2_000;
+/// A client's timeout. A write without an answer by then is recorded as possibly applied.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline for the cluster to agree on a leader after a fault healed.
+const LEADER_DEADLINE: Duration = Duration::from_secs(30);
+/// Distinct (linearized set, value) pairs the checker may visit per key.
+const CHECK_BUDGET: usize = 5_000_000;
+/// Snapshots every 200 entries keeping 50: restarts load a snapshot and the log after it.
+const CONFIG: &str = "raft_snapshot_threshold = 200\nraft_trailing_logs = 50\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    KillLeader,
+    KillRandom,
+    Pause,
+    IsolateLeader,
+    SplitMinority,
+    Bridge,
+}
+
+const KINDS: [Fault; 6] = [
+    Fault::KillLeader,
+    Fault::KillRandom,
+    Fault::Pause,
+    Fault::IsolateLeader,
+    Fault::SplitMinority,
+    Fault::Bridge,
+];
+
+/// What the clients saw, on one clock (nanoseconds since the run began).
+struct Recorder {
+    t0: Instant,
+    ops: Mutex<Vec<(usize, Operation<RegisterOp>)>>,
+    /// (call, return, answered) of every read that reached a server.
+    reads: Mutex<Vec<(u64, u64, bool)>>,
+    writes_acked: AtomicU64,
+    writes_unknown: AtomicU64,
+    next_value: AtomicU64,
+}
+
+impl Recorder {
+    fn now(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+}
+
+fn key_path(key: usize) -> String {
+    format!("/v1/kv/lin/k{key}")
+}
+
+/// What a `GET ?consistent` answered: (value, ModifyIndex), or None for an error.
+async fn read_key(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<Option<(Option<u64>, u64)>, reqwest::Error> {
+    let r = http.get(url).send().await?;
+    let status = r.status().as_u16();
+    let body = r.text().await?;
+    Ok(match status {
+        404 => Some((None, 0)),
+        200 => {
+            let v: serde_json::Value = serde_json::from_str(&body).expect("KV JSON");
+            let entry = &v[0];
+            let value = entry["Value"].as_str().map(|b| {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .expect("base64 value");
+                String::from_utf8(raw)
+                    .unwrap()
+                    .parse::<u64>()
+                    .expect("a value we wrote")
+            });
+            Some((value, entry["ModifyIndex"].as_u64().expect("ModifyIndex")))
+        }
+        _ => None,
+    })
+}
+
+/// One client: random operations on random keys through random servers until `stop`.
+async fn client(seed: u64, urls: Vec<String>, rec: Arc<Recorder>, stop: Arc<AtomicBool>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let http = reqwest::Client::builder()
+        .timeout(CLIENT_TIMEOUT)
+        .build()
+        .unwrap();
+    // The last value and ModifyIndex this client read of each key, for `?cas=`.
+    let mut seen: BTreeMap<usize, (Option<u64>, u64)> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let key = rng.random_range(0..KEYS);
+        let base = &urls[rng.random_range(0..urls.len())];
+        let roll = rng.random_range(0..100);
+        if roll < 40 {
+            let url = format!("{base}{}?consistent", key_path(key));
+            let call = rec.now();
+            let outcome = read_key(&http, &url).await;
+            let ret = rec.now();
+            match outcome {
+                Err(e) if e.is_connect() => {}
+                Ok(Some((value, index))) => {
+                    rec.reads.lock().unwrap().push((call, ret, true));
+                    seen.insert(key, (value, index));
+                    let op = Operation {
+                        op: RegisterOp::Read(value),
+                        call,
+                        ret: Some(ret),
+                    };
+                    rec.ops.lock().unwrap().push((key, op));
+                }
+                // An error or a timeout: a read changes nothing, so it leaves the history.
+                _ => rec.reads.lock().unwrap().push((call, ret, false)),
+            }
+        } else {
+            let value = rec.next_value.fetch_add(1, Ordering::Relaxed);
+            let (request, op) = if roll < 65 || (roll < 90 && !seen.contains_key(&key)) {
+                let url = format!("{base}{}", key_path(key));
+                (
+                    http.put(url).body(value.to_string()),
+                    RegisterOp::Write(value),
+                )
+            } else if roll < 90 {
+                let (expect, index) = seen[&key];
+                let url = format!("{base}{}?cas={index}", key_path(key));
+                let op = RegisterOp::Cas {
+                    expect,
+                    new: value,
+                    ok: None,
+                };
+                (http.put(url).body(value.to_string()), op)
+            } else {
+                let url = format!("{base}{}", key_path(key));
+                (http.delete(url), RegisterOp::Delete)
+            };
+            let call = rec.now();
+            let outcome = match request.send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    r.text().await.map(|t| (status, t))
+                }
+                Err(e) => Err(e),
+            };
+            let ret = rec.now();
+            let answer = match &outcome {
+                // Refused: nothing was sent (a killed server); no operation happened.
+                Err(e) if e.is_connect() => continue,
+                Ok((200, body)) if body == "true" => Some(true),
+                Ok((200, body)) if body == "false" => Some(false),
+                // A 5xx, a timeout, a reset: it may or may not have been applied. This client
+                // identity is retired: its next operation is concurrent with this one for
+                // ever, as the checker treats an operation without a return.
+                _ => None,
+            };
+            let op = match (op, answer) {
+                (RegisterOp::Cas { expect, new, .. }, Some(ok)) => RegisterOp::Cas {
+                    expect,
+                    new,
+                    ok: Some(ok),
+                },
+                (other, Some(false)) => panic!("{other:?} answered false"),
+                (other, _) => other,
+            };
+            if answer.is_some() {
+                rec.writes_acked.fetch_add(1, Ordering::Relaxed);
+            } else {
+                rec.writes_unknown.fetch_add(1, Ordering::Relaxed);
+            }
+            let op = Operation {
+                op,
+                call,
+                ret: answer.map(|_| ret),
+            };
+            rec.ops.lock().unwrap().push((key, op));
+        }
+        let think = rng.random_range(0..20);
+        tokio::time::sleep(Duration::from_millis(think)).await;
+    }
+}
+
+/// Asks server `i` its own node name over DNS while it stays live; counts queries and failures.
+async fn dns_probe(
+    i: usize,
+    server: std::net::SocketAddr,
+    liveness: Arc<Vec<Liveness>>,
+    stop: Arc<AtomicBool>,
+    asked: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+) {
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    let name = format!("n{i}.node.consul.");
+    let mut buf = vec![0u8; 4096];
+    let mut id: u16 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        id = id.wrapping_add(1);
+        let mut query = support::query_message(&name, RecordType::A, None);
+        query.metadata.id = id;
+        let (live_before, epoch) = liveness[i].now();
+        let started = Instant::now();
+        sock.send_to(&query.to_vec().unwrap(), server)
+            .await
+            .unwrap();
+        // Replies to earlier, timed-out queries are skipped by their ID.
+        let reply = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                let (n, _) = sock.recv_from(&mut buf).await.unwrap();
+                if let Ok(m) = Message::from_vec(&buf[..n])
+                    && m.metadata.id == id
+                {
+                    return m;
+                }
+            }
+        })
+        .await;
+        let (live_after, epoch_after) = liveness[i].now();
+        if live_before && live_after && epoch == epoch_after {
+            asked.fetch_add(1, Ordering::Relaxed);
+            let failure = match &reply {
+                Err(_) => Some("no reply within 1 s".to_string()),
+                Ok(m) if m.metadata.response_code != ResponseCode::NoError => {
+                    Some(format!("{:?}", m.metadata.response_code))
+                }
+                Ok(m) if support::a_records(m).is_empty() => Some("no A record".to_string()),
+                Ok(_) => None,
+            };
+            if let Some(f) = failure {
+                failures.lock().unwrap().push(format!(
+                    "n{i}: {f} (query sent {:?} ago)",
+                    started.elapsed()
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Follows a blocking query on server `i`'s own state (`?stale`) and records any index that
+/// is lower than the one before it from the same process.
+async fn index_watch(
+    i: usize,
+    base: String,
+    liveness: Arc<Vec<Liveness>>,
+    stop: Arc<AtomicBool>,
+    answers: Arc<AtomicU64>,
+    backwards: Arc<Mutex<Vec<String>>>,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let mut last: Option<(u64, u64)> = None; // (incarnation, index)
+    while !stop.load(Ordering::Relaxed) {
+        let incarnation = liveness[i].incarnation();
+        let index = match last {
+            Some((inc, index)) if inc == incarnation => index,
+            _ => 0,
+        };
+        let url = format!("{base}/v1/kv/lin/?recurse&stale&index={index}&wait=1s");
+        let Ok(r) = http.get(&url).send().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let got: Option<u64> = r
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        if liveness[i].incarnation() != incarnation {
+            continue;
+        }
+        let Some(got) = got else { continue };
+        answers.fetch_add(1, Ordering::Relaxed);
+        if let Some((inc, before)) = last
+            && inc == incarnation
+            && got < before
+        {
+            backwards.lock().unwrap().push(format!(
+                "n{i} (process {incarnation}): index {before} then {got}"
+            ));
+        }
+        last = Some((incarnation, got));
+    }
+}
+
+/// The server every live server names as leader, if they agree on one of themselves.
+async fn agreed_leader(http: &reqwest::Client, cluster: &Cluster) -> Option<usize> {
+    let mut agreed: Option<String> = None;
+    for i in 0..cluster.len() {
+        if !cluster.is_running(i) || cluster.is_paused(i) {
+            continue;
+        }
+        let r = http
+            .get(format!("{}/v1/status/leader", cluster.url(i)))
+            .send()
+            .await
+            .ok()?;
+        let named: String = r.json().await.ok()?;
+        if named.is_empty() || agreed.get_or_insert_with(|| named.clone()) != &named {
+            return None;
+        }
+    }
+    let agreed = agreed?;
+    (0..cluster.len()).find(|&i| cluster.rpc(i) == agreed)
+}
+
+async fn wait_leader(http: &reqwest::Client, cluster: &Cluster) -> usize {
+    let started = Instant::now();
+    loop {
+        if let Some(l) = agreed_leader(http, cluster).await {
+            return l;
+        }
+        assert!(
+            started.elapsed() < LEADER_DEADLINE,
+            "no agreed leader within {LEADER_DEADLINE:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
+    let seed: u64 = std::env::var("BEACON_FAULT_SEED")
+        .ok()
+        .map(|s| s.parse().expect("BEACON_FAULT_SEED is a number"))
+        .unwrap_or_else(rand::random);
+    println!("fault schedule seed: {seed} (replay with BEACON_FAULT_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = blocking(|| Cluster::start(SERVERS, CONFIG));
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    wait_leader(&probe, &cluster).await;
+    // Every server's node is in the catalog before DNS is probed for it.
+    for i in 0..SERVERS {
+        support::eventually(&format!("n{i} in the catalog"), || {
+            let url = format!("{}/v1/catalog/node/n{i}?stale", cluster.url(0));
+            let probe = probe.clone();
+            async move {
+                let r = probe.get(url).send().await.ok()?;
+                (r.status().as_u16() == 200 && !r.text().await.ok()?.contains("null")).then_some(())
+            }
+        })
+        .await;
+    }
+
+    let rec = Arc::new(Recorder {
+        t0: Instant::now(),
+        ops: Mutex::default(),
+        reads: Mutex::default(),
+        writes_acked: AtomicU64::new(0),
+        writes_unknown: AtomicU64::new(0),
+        next_value: AtomicU64::new(1),
+    });
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let stop_probes = Arc::new(AtomicBool::new(false));
+    let urls: Vec<String> = (0..SERVERS).map(|i| cluster.url(i)).collect();
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        clients.push(tokio::spawn(client(
+            seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            urls.clone(),
+            rec.clone(),
+            stop_clients.clone(),
+        )));
+    }
+    let dns_asked = Arc::new(AtomicU64::new(0));
+    let dns_failures = Arc::new(Mutex::new(Vec::new()));
+    let index_answers = Arc::new(AtomicU64::new(0));
+    let backwards = Arc::new(Mutex::new(Vec::new()));
+    let mut probes = Vec::new();
+    for i in 0..SERVERS {
+        probes.push(tokio::spawn(dns_probe(
+            i,
+            cluster.dns(i),
+            cluster.liveness.clone(),
+            stop_probes.clone(),
+            dns_asked.clone(),
+            dns_failures.clone(),
+        )));
+        probes.push(tokio::spawn(index_watch(
+            i,
+            cluster.url(i),
+            cluster.liveness.clone(),
+            stop_probes.clone(),
+            index_answers.clone(),
+            backwards.clone(),
+        )));
+    }
+
+    let mut schedule: Vec<Fault> = KINDS
+        .iter()
+        .flat_map(|k| std::iter::repeat_n(*k, FAULTS_PER_KIND))
+        .collect();
+    schedule.shuffle(&mut rng);
+    let mut done: BTreeMap<Fault, usize> = BTreeMap::new();
+    // Windows (start, end) during which the leader was paused.
+    let mut leader_paused: Vec<(u64, u64)> = Vec::new();
+    for fault in schedule {
+        let leader = wait_leader(&probe, &cluster).await;
+        let hold = Duration::from_millis(rng.random_range(HOLD_MS));
+        let mut others: Vec<usize> = (0..SERVERS).filter(|&i| i != leader).collect();
+        others.shuffle(&mut rng);
+        let any = rng.random_range(0..SERVERS);
+        let what = match fault {
+            Fault::KillLeader | Fault::KillRandom => {
+                let victim = if fault == Fault::KillLeader {
+                    leader
+                } else {
+                    any
+                };
+                cluster.kill(victim);
+                tokio::time::sleep(hold).await;
+                blocking(|| cluster.restart(victim));
+                format!("killed n{victim} for {hold:?}")
+            }
+            Fault::Pause => {
+                // Every other pause is the leader's (the reads during those are reported).
+                let pauses = done.get(&Fault::Pause).copied().unwrap_or(0);
+                let victim = if pauses % 2 == 0 { leader } else { any };
+                let start = rec.now();
+                cluster.pause(victim);
+                tokio::time::sleep(hold).await;
+                cluster.resume(victim);
+                if victim == leader {
+                    leader_paused.push((start, rec.now()));
+                }
+                format!("paused n{victim} for {hold:?}")
+            }
+            Fault::IsolateLeader => {
+                blocking(|| cluster.net.partition(&[vec![leader], others.clone()]));
+                tokio::time::sleep(hold).await;
+                blocking(|| cluster.net.heal());
+                format!("isolated leader n{leader} for {hold:?}")
+            }
+            Fault::SplitMinority => {
+                let mut all: Vec<usize> = (0..SERVERS).collect();
+                all.shuffle(&mut rng);
+                let minority = all.split_off(SERVERS.div_ceil(2));
+                let sides = [minority, all];
+                blocking(|| cluster.net.partition(&sides));
+                tokio::time::sleep(hold).await;
+                blocking(|| cluster.net.heal());
+                format!("split {:?} from {:?} for {hold:?}", sides[0], sides[1])
+            }
+            Fault::Bridge => {
+                let mut all: Vec<usize> = (0..SERVERS).collect();
+                all.shuffle(&mut rng);
+                let half = SERVERS / 2;
+                let sides = [all[..=half].to_vec(), all[half..].to_vec()];
+                blocking(|| cluster.net.partition(&sides));
+                tokio::time::sleep(hold).await;
+                blocking(|| cluster.net.heal());
+                format!("bridge {:?} | {:?} for {hold:?}", sides[0], sides[1])
+            }
+        };
+        println!("{:>7.2}s {what}", rec.t0.elapsed().as_secs_f64());
+        *done.entry(fault).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..700))).await;
+    }
+
+    // Healed and settled: the clients stop, then every key is read once through every server,
+    // so a lost acknowledged write shows as a violation.
+    wait_leader(&probe, &cluster).await;
+    stop_clients.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for key in 0..KEYS {
+        for base in &urls {
+            let call = rec.now();
+            let url = format!("{base}{}?consistent", key_path(key));
+            let (value, _) = read_key(&http, &url)
+                .await
+                .expect("final read")
+                .expect("final read answered");
+            let ret = rec.now();
+            rec.ops.lock().unwrap().push((
+                key,
+                Operation {
+                    op: RegisterOp::Read(value),
+                    call,
+                    ret: Some(ret),
+                },
+            ));
+        }
+    }
+    stop_probes.store(true, Ordering::Relaxed);
+    for p in probes {
+        p.await.unwrap();
+    }
+    let elapsed = rec.t0.elapsed();
+
+    // Figures.
+    let ops = std::mem::take(&mut *rec.ops.lock().unwrap());
+    let definite = ops.iter().filter(|(_, o)| o.ret.is_some()).count();
+    let acked = rec.writes_acked.load(Ordering::Relaxed);
+    let unknown = rec.writes_unknown.load(Ordering::Relaxed);
+    let reads = rec.reads.lock().unwrap().clone();
+    let read_errors = reads.iter().filter(|r| !r.2).count();
+    let mut paused_latency: Vec<u64> = reads
+        .iter()
+        .filter(|(call, _, _)| leader_paused.iter().any(|(s, e)| call >= s && call <= e))
+        .map(|(call, ret, _)| ret - call)
+        .collect();
+    paused_latency.sort_unstable();
+    let p99 = paused_latency
+        .get((paused_latency.len() * 99 / 100).min(paused_latency.len().saturating_sub(1)))
+        .map(|ns| Duration::from_nanos(*ns));
+    let dns_failures = dns_failures.lock().unwrap().clone();
+    let backwards = backwards.lock().unwrap().clone();
+    println!(
+        "{elapsed:.1?}: {} operations, {definite} with a definite outcome; writes {acked} \
+         acknowledged, {unknown} unknown; faults {done:?}",
+        ops.len()
+    );
+    println!(
+        "reads: {} answered with an error or timed out of {} ({:.2} %); reads issued while the \
+         leader was paused: {}, p99 {p99:?}",
+        read_errors,
+        reads.len(),
+        100.0 * read_errors as f64 / reads.len().max(1) as f64,
+        paused_latency.len()
+    );
+    println!(
+        "DNS: {} queries to live servers, {} failed; blocking-query answers: {}, {} went backwards",
+        dns_asked.load(Ordering::Relaxed),
+        dns_failures.len(),
+        index_answers.load(Ordering::Relaxed),
+        backwards.len()
+    );
+
+    // Linearizability, key by key.
+    let mut by_key: BTreeMap<usize, Vec<Operation<RegisterOp>>> = BTreeMap::new();
+    for (key, op) in ops {
+        by_key.entry(key).or_default().push(op);
+    }
+    let mut violations = Vec::new();
+    for (key, history) in &by_key {
+        let started = Instant::now();
+        let verdict = blocking(|| check_register(history, CHECK_BUDGET));
+        println!(
+            "key k{key}: {} operations, {:?}, checked in {:.1?}",
+            history.len(),
+            match &verdict {
+                Verdict::Violation { .. } => "NOT linearizable",
+                Verdict::Linearizable => "linearizable",
+                Verdict::Inconclusive { .. } => "inconclusive",
+            },
+            started.elapsed()
+        );
+        if verdict != Verdict::Linearizable {
+            violations.push(describe(*key, history, &verdict));
+        }
+    }
+
+    let failed = !violations.is_empty() || !dns_failures.is_empty() || !backwards.is_empty();
+    if failed {
+        eprintln!("{}", cluster.logs());
+    }
+    assert!(
+        violations.is_empty(),
+        "seed {seed}:\n{}",
+        violations.join("\n")
+    );
+    assert!(
+        dns_failures.is_empty(),
+        "seed {seed}: DNS failed on live servers:\n{}",
+        dns_failures.join("\n")
+    );
+    assert!(
+        backwards.is_empty(),
+        "seed {seed}: blocking-query indexes went backwards:\n{}",
+        backwards.join("\n")
+    );
+    for kind in KINDS {
+        assert!(
+            done.get(&kind).copied().unwrap_or(0) >= FAULTS_PER_KIND,
+            "{done:?}"
+        );
+    }
+    assert!(
+        definite >= 2_000,
+        "only {definite} operations with a definite outcome"
+    );
+    assert!(
+        acked >= unknown,
+        "only {acked} of {} writes acknowledged",
+        acked + unknown
+    );
+    assert!(
+        dns_asked.load(Ordering::Relaxed) > 1_000,
+        "DNS was hardly asked"
+    );
+}
+
+/// A violation's report: the verdict and the operations around where the search got stuck.
+fn describe(key: usize, history: &[Operation<RegisterOp>], verdict: &Verdict) -> String {
+    let mut out = format!("key k{key}: {verdict:?}\n");
+    if let Verdict::Violation { longest, stuck } = verdict {
+        let from = stuck
+            .iter()
+            .map(|&i| history[i].call)
+            .min()
+            .unwrap_or(0)
+            .saturating_sub(2_000_000_000);
+        let mut near: Vec<(usize, &Operation<RegisterOp>)> = history
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.ret.is_none_or(|r| r >= from) && o.call <= from + 4_000_000_000)
+            .collect();
+        near.sort_by_key(|(_, o)| o.call);
+        let last_linearized = longest.last();
+        for (i, o) in near {
+            out.push_str(&format!(
+                "  #{i} {:?} call {:.3}s ret {:?}{}{}\n",
+                o.op,
+                o.call as f64 / 1e9,
+                o.ret.map(|r| r as f64 / 1e9),
+                if stuck.contains(&i) { "  <- stuck" } else { "" },
+                if Some(&i) == last_linearized {
+                    "  <- last linearized"
+                } else {
+                    ""
+                },
+            ));
+        }
+    }
+    out
+}

@@ -1025,6 +1025,74 @@ async fn bad_rpc_frames_close_their_connection_and_the_server_keeps_serving() {
     assert!(log.contains("closing RPC connection"), "{log}");
 }
 
+/// Bad peers on the server-RPC and gossip ports: a flood of 1,000 connections that never say
+/// hello, a half-open connection (a frame's length, part of it, then silence), and 2,000
+/// datagrams of random bytes to the gossip port. The server closes the silent connections after
+/// its handshake timeout, ignores the garbage, and stays a working member throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_floods_half_open_connections_and_gossip_garbage_leave_the_server_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _one = serial().await;
+    let c = Cluster::start("");
+    let f = follower(&c).await;
+    let rpc = c.nodes[f].rpc.clone();
+
+    let mut silent = Vec::new();
+    for _ in 0..1000 {
+        silent.push(tokio::net::TcpStream::connect(&rpc).await.unwrap());
+    }
+    let mut half_open = tokio::net::TcpStream::connect(&rpc).await.unwrap();
+    half_open.write_all(&[0, 0, 0, 100, 1, 2, 3]).await.unwrap();
+    silent.push(half_open);
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for _ in 0..2000 {
+        let len = rand::random_range(1..1400);
+        let garbage: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+        udp.send_to(&garbage, &c.nodes[f].serf).await.unwrap();
+    }
+
+    // Meanwhile a write through that server commits and reaches every server.
+    assert_eq!(
+        kv(&c.nodes[f], "after/flood", "v").await,
+        (200, "true".into())
+    );
+    for n in &c.nodes {
+        eventually("every server has the write", || async {
+            (raw(n, "after/flood").await.as_deref() == Some("v")).then_some(())
+        })
+        .await;
+    }
+    // The silent connections are closed by the server, not left to pile up.
+    for mut stream in silent {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a connection that never said hello stayed open"
+        );
+    }
+    // Gossip still sees every member alive, and the server answers RPC.
+    eventually("three alive members", || async {
+        let (st, v) = get_json(&c.nodes[f].url("/v1/agent/members")).await;
+        let alive = v.as_array()?.iter().filter(|m| m["Status"] == 1).count();
+        (st == 200 && alive == 3).then_some(())
+    })
+    .await;
+    assert!(rpc_info(&rpc).await.is_some());
+    assert_eq!(
+        kv(&c.nodes[f], "after/garbage", "v").await,
+        (200, "true".into())
+    );
+}
+
 /// What the server at `rpc_addr` says about itself over server RPC (as a server would ask it).
 async fn rpc_info(rpc_addr: &str) -> Option<beacon::raft::ServerInfo> {
     use beacon::raft::rpc::{Method, decode, encode};

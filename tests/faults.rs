@@ -10,6 +10,8 @@
 //!   return times, an operation without an answer recorded as possibly applied) is
 //!   linearizable as a register with compare-and-set (`support/linearizability.rs`), final
 //!   reads after healing included, so an acknowledged write lost is a violation;
+//! - every lock's history (`?acquire=`, `?release=`, session destroy with lock-delay, reads of
+//!   the holder) is linearizable as a lock: never held by two sessions at once;
 //! - blocking-query indexes (`X-Consul-Index`, `?stale`, from each server's own state) never go
 //!   backwards while a server process lives;
 //! - DNS on every live server (running, not paused; partitions do not cut the test off) answered
@@ -37,15 +39,20 @@ use base64::Engine;
 use faults::{Cluster, Liveness};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
-use linearizability::{Operation, RegisterOp, Verdict, check_register};
+use linearizability::{Lock, LockOp, Operation, RegisterOp, Verdict, check, check_register};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 const SERVERS: usize = 3;
 const KEYS: usize = 8;
+/// Clients doing every kind of operation through random servers; besides them, one reader
+/// per server.
 const CLIENTS: usize = 6;
 const FAULTS_PER_KIND: usize = 5;
+/// Lock keys, and the clients taking them with sessions.
+const LOCKS: usize = 2;
+const LOCKERS: usize = 4;
 /// How long a fault lasts: well over the election timeout (250–350 ms).
 const HOLD_MS: std::ops::Range<u64> = 1_000..2_000;
 /// A client's timeout. A write without an answer by then is recorded as possibly applied.
@@ -53,7 +60,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline for the cluster to agree on a leader after a fault healed.
 const LEADER_DEADLINE: Duration = Duration::from_secs(30);
 /// Distinct (linearized set, value) pairs the checker may visit per key.
-const CHECK_BUDGET: usize = 5_000_000;
+const CHECK_BUDGET: usize = 1_000_000;
 /// Snapshots every 200 entries keeping 50: restarts load a snapshot and the log after it.
 const CONFIG: &str = "raft_snapshot_threshold = 200\nraft_trailing_logs = 50\n";
 
@@ -80,8 +87,12 @@ const KINDS: [Fault; 6] = [
 struct Recorder {
     t0: Instant,
     ops: Mutex<Vec<(usize, Operation<RegisterOp>)>>,
-    /// (call, return, answered) of every read that reached a server.
-    reads: Mutex<Vec<(u64, u64, bool)>>,
+    /// Every read that reached a server.
+    reads: Mutex<Vec<Read>>,
+    locks: Mutex<Vec<(usize, Operation<LockOp>)>>,
+    /// Session IDs by number (the lock model's session numbers).
+    sessions: Mutex<Vec<String>>,
+    acquired: AtomicU64,
     writes_acked: AtomicU64,
     writes_unknown: AtomicU64,
     next_value: AtomicU64,
@@ -91,6 +102,190 @@ impl Recorder {
     fn now(&self) -> u64 {
         self.t0.elapsed().as_nanos() as u64
     }
+
+    fn session_number(&self, id: &str) -> u64 {
+        let mut sessions = self.sessions.lock().unwrap();
+        let n = sessions.iter().position(|s| s == id).unwrap_or_else(|| {
+            sessions.push(id.to_string());
+            sessions.len() - 1
+        });
+        n as u64
+    }
+
+    /// Records a lock operation called at `call`, returned now if `definite`.
+    fn lock_op(&self, lock: usize, op: LockOp, call: u64, definite: bool) {
+        let ret = definite.then(|| self.now());
+        self.locks
+            .lock()
+            .unwrap()
+            .push((lock, Operation { op, call, ret }));
+    }
+}
+
+/// How a `true`/`false` write ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Yes,
+    No,
+    /// A 5xx, a timeout, a reset: it may or may not have been applied.
+    Unknown,
+    /// Refused at connect: nothing was sent.
+    NotSent,
+}
+
+impl Answer {
+    fn ok(self) -> Option<bool> {
+        match self {
+            Answer::Yes => Some(true),
+            Answer::No => Some(false),
+            _ => None,
+        }
+    }
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> Answer {
+    match request.send().await {
+        Err(e) if e.is_connect() => Answer::NotSent,
+        Err(_) => Answer::Unknown,
+        Ok(r) => {
+            let status = r.status().as_u16();
+            match (status, r.text().await.as_deref()) {
+                (200, Ok("true")) => Answer::Yes,
+                (200, Ok("false")) => Answer::No,
+                _ => Answer::Unknown,
+            }
+        }
+    }
+}
+
+fn lock_path(lock: usize) -> String {
+    format!("/v1/kv/lin-lock/l{lock}")
+}
+
+/// The session holding `lock` (`GET ?consistent`), or None for an error.
+async fn lock_holder(
+    http: &reqwest::Client,
+    rec: &Recorder,
+    base: &str,
+    lock: usize,
+) -> Option<Option<u64>> {
+    let r = http
+        .get(format!("{base}{}?consistent", lock_path(lock)))
+        .send()
+        .await
+        .ok()?;
+    match r.status().as_u16() {
+        404 => Some(None),
+        200 => {
+            let v: serde_json::Value = r.json().await.ok()?;
+            Some(v[0]["Session"].as_str().map(|id| rec.session_number(id)))
+        }
+        _ => None,
+    }
+}
+
+/// One lock client: a session without health checks (only its destroy ends it), then acquire,
+/// hold a moment, read the holder, and release (or, one time in five, destroy the session and
+/// start a new one), on random locks through random servers, until `stop`. A release or destroy
+/// without an answer is repeated until one comes, so no lock stays taken by a lost client.
+async fn locker(seed: u64, urls: Vec<String>, rec: Arc<Recorder>, stop: Arc<AtomicBool>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let http = reqwest::Client::builder()
+        .timeout(CLIENT_TIMEOUT)
+        .build()
+        .unwrap();
+    let pause = |ms: std::ops::Range<u64>, rng: &mut StdRng| {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(ms)))
+    };
+    'session: while !stop.load(Ordering::Relaxed) {
+        let base = &urls[rng.random_range(0..urls.len())];
+        let created = http
+            .put(format!("{base}/v1/session/create"))
+            .body(r#"{"LockDelay":"500ms","NodeChecks":[],"Behavior":"release"}"#)
+            .send()
+            .await;
+        let id = match created {
+            Ok(r) if r.status().as_u16() == 200 => {
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                v["ID"].as_str().map(str::to_string)
+            }
+            _ => None,
+        };
+        let Some(id) = id else {
+            pause(50..100, &mut rng).await;
+            continue;
+        };
+        let session = rec.session_number(&id);
+        while !stop.load(Ordering::Relaxed) {
+            let lock = rng.random_range(0..LOCKS);
+            let base = &urls[rng.random_range(0..urls.len())];
+            let call = rec.now();
+            let url = format!("{base}{}?acquire={id}", lock_path(lock));
+            let acquired = answer(http.put(url).body(format!("s{session}"))).await;
+            if acquired == Answer::NotSent {
+                continue;
+            }
+            let op = LockOp::Acquire {
+                session,
+                ok: acquired.ok(),
+            };
+            rec.lock_op(lock, op, call, acquired != Answer::Unknown);
+            if acquired == Answer::Yes {
+                rec.acquired.fetch_add(1, Ordering::Relaxed);
+                pause(5..30, &mut rng).await;
+                let call = rec.now();
+                if let Some(holder) = lock_holder(&http, &rec, base, lock).await {
+                    rec.lock_op(lock, LockOp::Read(holder), call, true);
+                }
+            }
+            if acquired == Answer::Yes && rng.random_bool(0.2) {
+                // Destroy the session: the lock is freed, with lock-delay.
+                while !stop.load(Ordering::Relaxed) {
+                    let base = &urls[rng.random_range(0..urls.len())];
+                    let call = rec.now();
+                    let url = format!("{base}/v1/session/destroy/{id}");
+                    match answer(http.put(url)).await {
+                        Answer::NotSent => continue,
+                        Answer::Yes | Answer::No => {
+                            rec.lock_op(lock, LockOp::Destroy { session }, call, true);
+                            continue 'session;
+                        }
+                        Answer::Unknown => {
+                            rec.lock_op(lock, LockOp::Destroy { session }, call, false);
+                            pause(100..200, &mut rng).await;
+                        }
+                    }
+                }
+            } else if acquired != Answer::No {
+                while !stop.load(Ordering::Relaxed) {
+                    let base = &urls[rng.random_range(0..urls.len())];
+                    let call = rec.now();
+                    let url = format!("{base}{}?release={id}", lock_path(lock));
+                    let released = answer(http.put(url)).await;
+                    if released == Answer::NotSent {
+                        continue;
+                    }
+                    let op = LockOp::Release {
+                        session,
+                        ok: released.ok(),
+                    };
+                    rec.lock_op(lock, op, call, released != Answer::Unknown);
+                    if released != Answer::Unknown {
+                        break;
+                    }
+                    pause(100..200, &mut rng).await;
+                }
+            }
+            pause(5..20, &mut rng).await;
+        }
+    }
+}
+
+struct Read {
+    server: usize,
+    call: u64,
+    ret: u64,
+    answered: bool,
 }
 
 fn key_path(key: usize) -> String {
@@ -125,8 +320,16 @@ async fn read_key(
     })
 }
 
-/// One client: random operations on random keys through random servers until `stop`.
-async fn client(seed: u64, urls: Vec<String>, rec: Arc<Recorder>, stop: Arc<AtomicBool>) {
+/// One client: random operations on random keys through random servers until `stop`; or,
+/// `pinned` to a server, only reads through that one (so that reads keep arriving at every
+/// server while another is paused).
+async fn client(
+    seed: u64,
+    urls: Vec<String>,
+    pinned: Option<usize>,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+) {
     let mut rng = StdRng::seed_from_u64(seed);
     let http = reqwest::Client::builder()
         .timeout(CLIENT_TIMEOUT)
@@ -136,8 +339,13 @@ async fn client(seed: u64, urls: Vec<String>, rec: Arc<Recorder>, stop: Arc<Atom
     let mut seen: BTreeMap<usize, (Option<u64>, u64)> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         let key = rng.random_range(0..KEYS);
-        let base = &urls[rng.random_range(0..urls.len())];
-        let roll = rng.random_range(0..100);
+        let server = pinned.unwrap_or_else(|| rng.random_range(0..urls.len()));
+        let base = &urls[server];
+        let roll = if pinned.is_some() {
+            0
+        } else {
+            rng.random_range(0..100)
+        };
         if roll < 40 {
             let url = format!("{base}{}?consistent", key_path(key));
             let call = rec.now();
@@ -146,7 +354,12 @@ async fn client(seed: u64, urls: Vec<String>, rec: Arc<Recorder>, stop: Arc<Atom
             match outcome {
                 Err(e) if e.is_connect() => {}
                 Ok(Some((value, index))) => {
-                    rec.reads.lock().unwrap().push((call, ret, true));
+                    rec.reads.lock().unwrap().push(Read {
+                        server,
+                        call,
+                        ret,
+                        answered: true,
+                    });
                     seen.insert(key, (value, index));
                     let op = Operation {
                         op: RegisterOp::Read(value),
@@ -156,7 +369,12 @@ async fn client(seed: u64, urls: Vec<String>, rec: Arc<Recorder>, stop: Arc<Atom
                     rec.ops.lock().unwrap().push((key, op));
                 }
                 // An error or a timeout: a read changes nothing, so it leaves the history.
-                _ => rec.reads.lock().unwrap().push((call, ret, false)),
+                _ => rec.reads.lock().unwrap().push(Read {
+                    server,
+                    call,
+                    ret,
+                    answered: false,
+                }),
             }
         } else {
             let value = rec.next_value.fetch_add(1, Ordering::Relaxed);
@@ -398,6 +616,9 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
         t0: Instant::now(),
         ops: Mutex::default(),
         reads: Mutex::default(),
+        locks: Mutex::default(),
+        sessions: Mutex::default(),
+        acquired: AtomicU64::new(0),
         writes_acked: AtomicU64::new(0),
         writes_unknown: AtomicU64::new(0),
         next_value: AtomicU64::new(1),
@@ -406,9 +627,18 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
     let stop_probes = Arc::new(AtomicBool::new(false));
     let urls: Vec<String> = (0..SERVERS).map(|i| cluster.url(i)).collect();
     let mut clients = Vec::new();
-    for c in 0..CLIENTS {
+    for c in 0..CLIENTS + SERVERS {
         clients.push(tokio::spawn(client(
             seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            urls.clone(),
+            c.checked_sub(CLIENTS),
+            rec.clone(),
+            stop_clients.clone(),
+        )));
+    }
+    for l in 0..LOCKERS {
+        clients.push(tokio::spawn(locker(
+            seed ^ (l as u64 + 101).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             urls.clone(),
             rec.clone(),
             stop_clients.clone(),
@@ -444,8 +674,8 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
         .collect();
     schedule.shuffle(&mut rng);
     let mut done: BTreeMap<Fault, usize> = BTreeMap::new();
-    // Windows (start, end) during which the leader was paused.
-    let mut leader_paused: Vec<(u64, u64)> = Vec::new();
+    // (server, start, end) of each pause of the leader.
+    let mut leader_paused: Vec<(usize, u64, u64)> = Vec::new();
     for fault in schedule {
         let leader = wait_leader(&probe, &cluster).await;
         let hold = Duration::from_millis(rng.random_range(HOLD_MS));
@@ -473,7 +703,7 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
                 tokio::time::sleep(hold).await;
                 cluster.resume(victim);
                 if victim == leader {
-                    leader_paused.push((start, rec.now()));
+                    leader_paused.push((victim, start, rec.now()));
                 }
                 format!("paused n{victim} for {hold:?}")
             }
@@ -539,6 +769,15 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
             ));
         }
     }
+    for lock in 0..LOCKS {
+        for base in &urls {
+            let call = rec.now();
+            let holder = lock_holder(&http, &rec, base, lock)
+                .await
+                .expect("final lock read answered");
+            rec.lock_op(lock, LockOp::Read(holder), call, true);
+        }
+    }
     stop_probes.store(true, Ordering::Relaxed);
     for p in probes {
         p.await.unwrap();
@@ -550,12 +789,18 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
     let definite = ops.iter().filter(|(_, o)| o.ret.is_some()).count();
     let acked = rec.writes_acked.load(Ordering::Relaxed);
     let unknown = rec.writes_unknown.load(Ordering::Relaxed);
-    let reads = rec.reads.lock().unwrap().clone();
-    let read_errors = reads.iter().filter(|r| !r.2).count();
+    let reads = std::mem::take(&mut *rec.reads.lock().unwrap());
+    let read_errors = reads.iter().filter(|r| !r.answered).count();
+    // Reads sent to the other servers while the leader was paused: they must find the new
+    // leader (those sent to the paused server itself wait for it to resume).
     let mut paused_latency: Vec<u64> = reads
         .iter()
-        .filter(|(call, _, _)| leader_paused.iter().any(|(s, e)| call >= s && call <= e))
-        .map(|(call, ret, _)| ret - call)
+        .filter(|r| {
+            leader_paused
+                .iter()
+                .any(|&(victim, s, e)| r.server != victim && r.call >= s && r.call <= e)
+        })
+        .map(|r| r.ret - r.call)
         .collect();
     paused_latency.sort_unstable();
     let p99 = paused_latency
@@ -570,7 +815,7 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
     );
     println!(
         "reads: {} answered with an error or timed out of {} ({:.2} %); reads issued while the \
-         leader was paused: {}, p99 {p99:?}",
+         leader was paused, through the other servers: {}, p99 {p99:?}",
         read_errors,
         reads.len(),
         100.0 * read_errors as f64 / reads.len().max(1) as f64,
@@ -604,7 +849,32 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
             started.elapsed()
         );
         if verdict != Verdict::Linearizable {
-            violations.push(describe(*key, history, &verdict));
+            violations.push(describe(&format!("key k{key}"), history, &verdict));
+        }
+    }
+
+    let lock_ops = std::mem::take(&mut *rec.locks.lock().unwrap());
+    let acquired = rec.acquired.load(Ordering::Relaxed);
+    println!(
+        "locks: {} operations, {acquired} acquisitions, {} sessions",
+        lock_ops.len(),
+        rec.sessions.lock().unwrap().len()
+    );
+    for lock in 0..LOCKS {
+        let history: Vec<Operation<LockOp>> = lock_ops
+            .iter()
+            .filter(|(l, _)| *l == lock)
+            .map(|(_, o)| o.clone())
+            .collect();
+        let started = Instant::now();
+        let verdict = blocking(|| check(&Lock, &history, CHECK_BUDGET));
+        println!(
+            "lock l{lock}: {} operations, {verdict:?}, checked in {:.1?}",
+            history.len(),
+            started.elapsed()
+        );
+        if verdict != Verdict::Linearizable {
+            violations.push(describe(&format!("lock l{lock}"), &history, &verdict));
         }
     }
 
@@ -637,6 +907,7 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
         definite >= 2_000,
         "only {definite} operations with a definite outcome"
     );
+    assert!(acquired >= 100, "only {acquired} lock acquisitions");
     assert!(
         acked >= unknown,
         "only {acked} of {} writes acknowledged",
@@ -649,16 +920,24 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
 }
 
 /// A violation's report: the verdict and the operations around where the search got stuck.
-fn describe(key: usize, history: &[Operation<RegisterOp>], verdict: &Verdict) -> String {
-    let mut out = format!("key k{key}: {verdict:?}\n");
+fn describe<O: std::fmt::Debug>(what: &str, history: &[Operation<O>], verdict: &Verdict) -> String {
+    let mut out = format!("{what}: ");
+    if let Verdict::Inconclusive { explored } = verdict {
+        out.push_str(&format!("inconclusive after {explored} states\n"));
+    }
     if let Verdict::Violation { longest, stuck } = verdict {
+        out.push_str(&format!(
+            "not linearizable: {} of {} operations linearized at most; stuck at {stuck:?}\n",
+            longest.len(),
+            history.len()
+        ));
         let from = stuck
             .iter()
             .map(|&i| history[i].call)
             .min()
             .unwrap_or(0)
             .saturating_sub(2_000_000_000);
-        let mut near: Vec<(usize, &Operation<RegisterOp>)> = history
+        let mut near: Vec<(usize, &Operation<O>)> = history
             .iter()
             .enumerate()
             .filter(|(_, o)| o.ret.is_none_or(|r| r >= from) && o.call <= from + 4_000_000_000)

@@ -202,6 +202,84 @@ impl Model for Register {
     }
 }
 
+/// A Consul lock: a KV key taken with `?acquire=<session>` and given back with `?release=`, or
+/// by destroying the holding session. Mutual exclusion is the register's rule: an acquire
+/// succeeds only while nobody else holds the key. Lock-delay (after a holding session is
+/// destroyed, acquires are refused for its duration) has no clock here: a destroy that freed
+/// the key allows later acquires to be refused until one succeeds.
+pub struct Lock;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LockState {
+    pub holder: Option<u64>,
+    /// A destroy freed the key and no acquire has succeeded since: lock-delay may refuse.
+    pub delayed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockOp {
+    /// `PUT ?acquire=<session>`: `ok` is the answer, None if unknown.
+    Acquire { session: u64, ok: Option<bool> },
+    /// `PUT ?release=<session>`.
+    Release { session: u64, ok: Option<bool> },
+    /// `PUT /v1/session/destroy/<session>` (Behavior `release`): the key is freed.
+    Destroy { session: u64 },
+    /// `GET ?consistent`: the key's `Session` (None: not held, or no key).
+    Read(Option<u64>),
+}
+
+impl Model for Lock {
+    type State = LockState;
+    type Op = LockOp;
+
+    fn init(&self) -> LockState {
+        LockState::default()
+    }
+
+    fn step(&self, state: &LockState, op: &LockOp) -> Option<LockState> {
+        let free_or_mine = |s: u64| state.holder.is_none() || state.holder == Some(s);
+        let held = |s: u64| LockState {
+            holder: Some(s),
+            delayed: false,
+        };
+        match op {
+            LockOp::Acquire { session, ok } => match ok {
+                Some(true) => free_or_mine(*session).then(|| held(*session)),
+                Some(false) => (!free_or_mine(*session)
+                    || (state.holder.is_none() && state.delayed))
+                    .then(|| state.clone()),
+                // Refused or not applied is the same as taking effect after everything else.
+                None => Some(if free_or_mine(*session) {
+                    held(*session)
+                } else {
+                    state.clone()
+                }),
+            },
+            LockOp::Release { session, ok } => {
+                let mine = state.holder == Some(*session);
+                let freed = LockState {
+                    holder: None,
+                    delayed: state.delayed,
+                };
+                match ok {
+                    Some(true) => mine.then_some(freed),
+                    Some(false) => (!mine).then(|| state.clone()),
+                    None => Some(if mine { freed } else { state.clone() }),
+                }
+            }
+            LockOp::Destroy { session } => Some(if state.holder == Some(*session) {
+                LockState {
+                    holder: None,
+                    delayed: true,
+                }
+            } else {
+                state.clone()
+            }),
+            LockOp::Read(holder) => (*holder == state.holder).then(|| state.clone()),
+        }
+    }
+}
+
 /// [`check`] for a [`Register`], first without the operations of unknown outcome whose value
 /// nobody observed (no read returned it, no compare-and-set expected it). Without them the
 /// search stays small; and if the rest is linearizable, so is the whole (each of them can take
@@ -401,6 +479,143 @@ mod tests {
             ),
         ];
         assert_eq!(verdict(&h), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_lock_is_never_held_by_two_sessions() {
+        use LockOp::*;
+        let lock = |h: &[Operation<LockOp>]| check(&Lock, h, 1_000_000);
+        let o = |op, call, ret| Operation { op, call, ret };
+        let fine = [
+            o(
+                Acquire {
+                    session: 1,
+                    ok: Some(true),
+                },
+                0,
+                Some(1),
+            ),
+            o(
+                Acquire {
+                    session: 2,
+                    ok: Some(false),
+                },
+                2,
+                Some(3),
+            ),
+            o(Read(Some(1)), 4, Some(5)),
+            o(
+                Release {
+                    session: 1,
+                    ok: Some(true),
+                },
+                6,
+                Some(7),
+            ),
+            o(
+                Release {
+                    session: 1,
+                    ok: Some(false),
+                },
+                8,
+                Some(9),
+            ),
+            o(
+                Acquire {
+                    session: 2,
+                    ok: Some(true),
+                },
+                10,
+                Some(11),
+            ),
+            o(Destroy { session: 2 }, 12, Some(13)),
+            // Lock-delay after the destroy.
+            o(
+                Acquire {
+                    session: 3,
+                    ok: Some(false),
+                },
+                14,
+                Some(15),
+            ),
+            o(
+                Acquire {
+                    session: 3,
+                    ok: Some(true),
+                },
+                16,
+                Some(17),
+            ),
+        ];
+        assert_eq!(lock(&fine), Verdict::Linearizable);
+        let two_holders = [
+            o(
+                Acquire {
+                    session: 1,
+                    ok: Some(true),
+                },
+                0,
+                Some(1),
+            ),
+            o(
+                Acquire {
+                    session: 2,
+                    ok: Some(true),
+                },
+                2,
+                Some(3),
+            ),
+        ];
+        assert!(matches!(lock(&two_holders), Verdict::Violation { .. }));
+        // Refused while free, with no destroy to explain a lock-delay.
+        let refused = [
+            o(
+                Acquire {
+                    session: 1,
+                    ok: Some(true),
+                },
+                0,
+                Some(1),
+            ),
+            o(
+                Release {
+                    session: 1,
+                    ok: Some(true),
+                },
+                2,
+                Some(3),
+            ),
+            o(
+                Acquire {
+                    session: 2,
+                    ok: Some(false),
+                },
+                4,
+                Some(5),
+            ),
+        ];
+        assert!(matches!(lock(&refused), Verdict::Violation { .. }));
+        // An unknown acquire explains a later holder, and a refusal.
+        let unknown = [
+            o(
+                Acquire {
+                    session: 1,
+                    ok: None,
+                },
+                0,
+                None,
+            ),
+            o(
+                Acquire {
+                    session: 2,
+                    ok: Some(false),
+                },
+                4,
+                Some(5),
+            ),
+            o(Read(Some(1)), 6, Some(7)),
+        ];
+        assert_eq!(lock(&unknown), Verdict::Linearizable);
     }
 
     #[test]

@@ -647,11 +647,16 @@ fn file_config(value: serde_json::Value) -> Result<FileConfig, ConfigError> {
 
 /// Builds the config from flags and one TOML file's text. Never reads the environment.
 pub fn resolve(flags: &Flags, file_text: Option<&str>) -> Result<Config, ConfigError> {
-    let file = match file_text {
-        Some(text) => file_config(sources::parse(Path::new("config.toml"), text)?)?,
-        None => FileConfig::default(),
-    };
-    resolve_file(flags, file)
+    match file_text {
+        Some(text) => resolve_as(flags, Path::new("config.toml"), text),
+        None => resolve_file(flags, FileConfig::default()),
+    }
+}
+
+/// Builds the config from flags and one file's text, in the format its name's extension says
+/// (`.json`, `.hcl`, else TOML). Never reads the environment.
+pub fn resolve_as(flags: &Flags, name: &Path, text: &str) -> Result<Config, ConfigError> {
+    resolve_file(flags, file_config(sources::parse(name, text)?)?)
 }
 
 fn resolve_file(flags: &Flags, mut file: FileConfig) -> Result<Config, ConfigError> {

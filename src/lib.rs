@@ -52,6 +52,8 @@
 //! - [`transport`]: the binary server-RPC transport: framed MessagePack over persistent,
 //!   multiplexed connections with a version/cluster handshake; opaque bodies; TLS when
 //!   configured.
+//! - `fuzz`: entry points for the fuzz targets in `fuzz/` and their replay as tests (DNS
+//!   packets, HTTP bodies, config files, Go durations, `?filter=`, server-RPC frames); not API.
 //! - [`tls`]: certificates and rustls configs for HTTPS, server RPC and DNS over TLS, swapped
 //!   on reload; who counts as a server (`verify_server_hostname`).
 
@@ -60,6 +62,8 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gossip;
 pub mod http;
 pub mod leader;

@@ -212,6 +212,26 @@ fn decode(raw: &[u8]) -> Result<Frame<'_>, ConnectionError> {
     rmp_serde::from_slice(raw).map_err(|e| ConnectionError::Malformed(e.to_string()))
 }
 
+/// The calls and subscriptions (method, body) a connection would read from `bytes`: frames cut
+/// by the length-delimited codec with the default limits and decoded, up to the first error, as
+/// a connection stops there. The server-RPC fuzz target's way in (`crate::fuzz`).
+pub(crate) fn calls_in(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    use tokio_util::codec::Decoder;
+    let mut codec = codec(&Limits::default());
+    let mut buf = bytes::BytesMut::from(bytes);
+    let mut calls = Vec::new();
+    while let Ok(Some(frame)) = codec.decode(&mut buf) {
+        match decode(&frame) {
+            Ok(Frame::Call { method, body, .. } | Frame::Subscribe { method, body, .. }) => {
+                calls.push((method, body.to_vec()))
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    calls
+}
+
 fn codec(limits: &Limits) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(limits.max_frame)

@@ -41,6 +41,7 @@ use crate::tasks::Tasks;
 use crate::view::View;
 use encode::{error_info, response_edns, send};
 use forward::Forwarder;
+pub(crate) use udp::Harness;
 pub use udp::UdpServer;
 pub use zone::Reply;
 use zone::{ConsulZone, Dependency, Order};

@@ -244,9 +244,8 @@ async fn full_path(
             return;
         };
         let reply = UdpReply {
-            socket: socket.clone(),
+            out: Out::Socket(socket.clone(), metrics.clone()),
             dst: src,
-            metrics: metrics.clone(),
         };
         let handler = handler.clone();
         tasks.spawn(async move {
@@ -290,18 +289,28 @@ async fn handle_full(handler: &DnsHandler, packet: Vec<u8>, reply: UdpReply) {
 /// Sends a full-path answer back through the receive socket.
 #[derive(Clone)]
 struct UdpReply {
-    socket: Arc<UdpSocket>,
+    out: Out,
     dst: SocketAddr,
-    metrics: Arc<DnsMetrics>,
+}
+
+/// Where a full-path answer goes.
+#[derive(Clone)]
+enum Out {
+    Socket(Arc<UdpSocket>, Arc<DnsMetrics>),
+    /// Kept for the caller: the fuzz harness, which has no socket.
+    Kept(Arc<std::sync::Mutex<Option<Vec<u8>>>>),
 }
 
 impl UdpReply {
     fn send(&self, bytes: &[u8]) {
-        match self.socket.send_to(bytes, self.dst) {
-            Ok(_) => {
-                self.metrics.answered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(error) => tracing::debug!(%error, dst = %self.dst, "dns: udp send failed"),
+        match &self.out {
+            Out::Socket(socket, metrics) => match socket.send_to(bytes, self.dst) {
+                Ok(_) => {
+                    metrics.answered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => tracing::debug!(%error, dst = %self.dst, "dns: udp send failed"),
+            },
+            Out::Kept(kept) => *kept.lock().expect("kept answer") = Some(bytes.to_vec()),
         }
     }
 
@@ -347,5 +356,51 @@ impl ResponseHandler for UdpReply {
                 Ok(self.send_header(metadata))
             }
         }
+    }
+}
+
+/// One UDP query answered as a receive loop answers it (the pre-encoded answers first, the full
+/// handler for what they leave), without sockets: the fuzz target's way in (`crate::fuzz`).
+pub(crate) struct Harness {
+    handler: Arc<DnsHandler>,
+    cache: AnswerCache,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Harness {
+    pub(crate) fn new(handler: DnsHandler) -> Harness {
+        Harness {
+            handler: Arc::new(handler),
+            cache: AnswerCache::new(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime"),
+        }
+    }
+
+    /// The answer sent to `packet` from 127.0.0.1:5353, if one is sent.
+    pub(crate) fn answer(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
+        if packet.len() < 12 {
+            return None;
+        }
+        let src = SocketAddr::from(([127, 0, 0, 1], 5353));
+        let state = self.handler.view().load();
+        self.cache.sync_generation(self.handler.generation());
+        let mut out = Vec::new();
+        if self
+            .cache
+            .answer(&self.handler, &state, packet, src, &mut out)
+        {
+            return Some(out);
+        }
+        let kept = Arc::new(std::sync::Mutex::new(None));
+        let reply = UdpReply {
+            out: Out::Kept(kept.clone()),
+            dst: src,
+        };
+        self.runtime
+            .block_on(handle_full(&self.handler, packet.to_vec(), reply));
+        kept.lock().expect("kept answer").take()
     }
 }

@@ -13,7 +13,7 @@ use super::{Api, ApiError, Params, json, keep};
 use crate::agent::SERF_HEALTH;
 use crate::catalog::aggregate;
 use crate::cluster::{Member, PoolError, PoolMember};
-use crate::model::CheckStatus;
+use crate::model::{CheckSpec, CheckStatus, ServiceSpec};
 
 fn ok() -> Response {
     StatusCode::OK.into_response()
@@ -24,9 +24,7 @@ pub async fn register_service(
     params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let service: ServiceIn = dto::decode(&body)?;
-    dto::validate_agent_weights(&service)?;
-    let (service, checks) = service.into_registration()?;
+    let (service, checks) = service_registration(&body)?;
     let replace = params.bool("replace-existing-checks")?.unwrap_or(false);
     api.agent.register_service(service, checks, replace).await?;
     Ok(ok())
@@ -180,12 +178,30 @@ pub async fn check_update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let update: CheckUpdate = dto::decode(&body)?;
-    let status = dto::parse_status(&update.status)?;
-    api.agent
-        .update_ttl(&id, status, Some(update.output))
-        .await?;
+    let (status, output) = ttl_update(&body)?;
+    api.agent.update_ttl(&id, status, Some(output)).await?;
     Ok(ok())
+}
+
+/// `PUT /v1/agent/service/register`'s body, checked: the service and its checks.
+fn service_registration(body: &[u8]) -> Result<(ServiceSpec, Vec<CheckSpec>), ApiError> {
+    let service: ServiceIn = dto::decode(body)?;
+    dto::validate_agent_weights(&service)?;
+    service.into_registration()
+}
+
+/// `PUT /v1/agent/check/update/:id`'s body: the status and output.
+fn ttl_update(body: &[u8]) -> Result<(CheckStatus, String), ApiError> {
+    let update: CheckUpdate = dto::decode(body)?;
+    Ok((dto::parse_status(&update.status)?, update.output))
+}
+
+/// Every request body this module decodes, for `crate::fuzz`: bad input must be refused with
+/// an error, never a panic.
+pub(crate) fn decode_bodies(body: &[u8]) {
+    let _ = service_registration(body);
+    let _ = dto::decode(body).and_then(dto::check_registration);
+    let _ = ttl_update(body);
 }
 
 /// 200 passing, 429 warning, 503 critical; the body lists each instance with its checks.

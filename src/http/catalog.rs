@@ -106,6 +106,19 @@ struct RegisterIn {
 pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     let reg: RegisterIn = dto::decode(&body)?;
     api.reaches_datacenter(&reg.datacenter)?;
+    if let Some(s) = &reg.service {
+        api.agent.warn_if_undiscoverable(&s.service);
+    }
+    let registration = registration(reg, &api.datacenter)?;
+    api.writer
+        .write(Command::Register(Box::new(registration)))
+        .await??;
+    Ok(json_true())
+}
+
+/// A catalog registration from Consul's `structs.RegisterRequest`, checked; `datacenter` is
+/// this agent's, for a request that names none.
+fn registration(reg: RegisterIn, datacenter: &str) -> Result<Registration, ApiError> {
     if reg.node.is_empty() {
         return Err(ApiError::BadRequest("Must provide node".into()));
     }
@@ -117,7 +130,6 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
             if s.service.is_empty() {
                 return Err(ApiError::BadRequest("Must provide service name".into()));
             }
-            api.agent.warn_if_undiscoverable(&s.service);
             Some(s.into_agent_form().into_registration()?.0)
         }
         None => None,
@@ -161,7 +173,7 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
             name: reg.node.into(),
             address: reg.address.into(),
             datacenter: if reg.datacenter.is_empty() {
-                api.datacenter.as_str().into()
+                datacenter.into()
             } else {
                 reg.datacenter.into()
             },
@@ -173,10 +185,14 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, A
         checks,
         replace_existing_checks: false,
     };
-    api.writer
-        .write(Command::Register(Box::new(registration)))
-        .await??;
-    Ok(json_true())
+    Ok(registration)
+}
+
+/// Every request body this module decodes, for `crate::fuzz`: bad input must be refused with
+/// an error, never a panic.
+pub(crate) fn decode_bodies(body: &[u8]) {
+    let _ = dto::decode::<RegisterIn>(body).and_then(|reg| registration(reg, "dc1"));
+    let _ = dto::decode::<DeregisterIn>(body);
 }
 
 /// Consul's `structs.DeregisterRequest`.

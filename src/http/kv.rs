@@ -299,6 +299,22 @@ fn txn_op(n: usize, item: TxnItem) -> Result<TxnOp, String> {
     })
 }
 
+/// A transaction's items as catalog operations; the first bad one is a 400 naming it.
+fn txn_ops(items: Vec<TxnItem>) -> Result<Vec<TxnOp>, ApiError> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(n, item)| txn_op(n, item))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::BadRequest)
+}
+
+/// Every request body this module decodes as JSON (`/v1/txn`), for `crate::fuzz`: bad input
+/// must be refused with an error, never a panic.
+pub(crate) fn decode_bodies(body: &[u8]) {
+    let _ = dto::decode_list::<TxnItem>(body).and_then(txn_ops);
+}
+
 pub async fn txn(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     if body.len() > MAX_TXN_BYTES {
         return Ok(too_large(format!(
@@ -313,12 +329,7 @@ pub async fn txn(State(api): State<Api>, body: Bytes) -> Result<Response, ApiErr
             items.len()
         )));
     }
-    let ops = items
-        .into_iter()
-        .enumerate()
-        .map(|(n, item)| txn_op(n, item))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ApiError::BadRequest)?;
+    let ops = txn_ops(items)?;
     let content = [(header::CONTENT_TYPE, "application/json")];
     match api.writer.write(Command::Txn(ops)).await? {
         Ok(Applied::Txn(entries)) => {

@@ -25,7 +25,43 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde_json::Value;
 
+pub(crate) use dto::GoDuration;
 pub use error::ApiError;
+
+/// Gives `body` to every JSON request-body decoder of the API (with the checks that need no
+/// agent), and parses it as a `?filter=` expression against every endpoint's schema, matching
+/// each parsed filter against a sample item: the fuzz targets' way in (`crate::fuzz`). Bad input
+/// must be refused with an error, never a panic.
+pub(crate) fn decode_bodies(body: &[u8]) {
+    agent::decode_bodies(body);
+    catalog::decode_bodies(body);
+    kv::decode_bodies(body);
+    session::decode_bodies(body);
+    operator::decode_bodies(body);
+}
+
+/// Parses `expr` as a `?filter=` expression for every endpoint's schema and matches each filter
+/// that parses against a sample item (see [`decode_bodies`]).
+pub(crate) fn parse_filters(expr: &str) {
+    use filter::{Filter, schemas};
+    let sample = serde_json::json!({
+        "Node": "n1", "Address": "10.0.0.1", "ServiceName": "web", "ServiceTags": ["a", "b"],
+        "ServiceMeta": {"k": "v"}, "NodeMeta": {"rack": "r1"}, "Status": "passing",
+        "ServicePort": 80, "Checks": [{"Status": "critical"}], "Tags": {"role": "node"}
+    });
+    for schema in [
+        &*schemas::CHECK,
+        &*schemas::NODE,
+        &*schemas::NODE_SERVICE,
+        &*schemas::SERVICE_NODE,
+        &*schemas::CHECK_SERVICE_NODE,
+        &*schemas::MEMBER,
+    ] {
+        if let Ok(filter) = Filter::parse(expr, schema) {
+            filter.matches(&sample);
+        }
+    }
+}
 
 use crate::agent::Agent;
 use crate::cluster::{Cluster, Forward, Gossip, HttpCall, HttpReply, LocalApi, Writer};

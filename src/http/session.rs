@@ -70,10 +70,42 @@ pub fn session_json(s: &Session) -> Value {
 }
 
 pub async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+    let session = new_session(&body, &api.agent.node().name)?;
+    let id = session.id.clone();
+    match api.writer.write(Command::SessionCreate(session)).await? {
+        Ok(_) => {}
+        Err(ApplyError::UnknownNode(n)) => {
+            return Err(ApiError::BadRequest(format!(
+                "Failed to create session: node {n:?} not found"
+            )));
+        }
+        Err(e) => {
+            return Err(ApiError::BadRequest(format!(
+                "Failed to create session: {e}"
+            )));
+        }
+    }
+    // The leader's timers pick the new session up at their next scan (within 250 ms).
+    Ok(json(
+        api.view.load().indexes().sessions,
+        &json!({"ID": id}),
+        &Params::default(),
+    ))
+}
+
+/// Every request body this module decodes, for `crate::fuzz`: bad input must be refused with
+/// an error, never a panic.
+pub(crate) fn decode_bodies(body: &[u8]) {
+    let _ = new_session(body, "node");
+}
+
+/// The session `PUT /v1/session/create`'s body asks for (an empty body: the defaults), on
+/// `this_node` unless it names one; checked as Consul checks it.
+fn new_session(body: &[u8], this_node: &str) -> Result<Session, ApiError> {
     let input: CreateIn = if body.iter().all(u8::is_ascii_whitespace) {
         CreateIn::default()
     } else {
-        dto::decode(&body)?
+        dto::decode(body)?
     };
     let behavior = match input.behavior.to_ascii_lowercase().as_str() {
         "" | "release" => SessionBehavior::Release,
@@ -120,7 +152,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, Api
         id: uuid::Uuid::new_v4().to_string(),
         name: input.name,
         node: if input.node.is_empty() {
-            api.agent.node().name.clone()
+            this_node.into()
         } else {
             input.node
         },
@@ -137,26 +169,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, Api
         create_index: 0,
         modify_index: 0,
     };
-    let id = session.id.clone();
-    match api.writer.write(Command::SessionCreate(session)).await? {
-        Ok(_) => {}
-        Err(ApplyError::UnknownNode(n)) => {
-            return Err(ApiError::BadRequest(format!(
-                "Failed to create session: node {n:?} not found"
-            )));
-        }
-        Err(e) => {
-            return Err(ApiError::BadRequest(format!(
-                "Failed to create session: {e}"
-            )));
-        }
-    }
-    // The leader's timers pick the new session up at their next scan (within 250 ms).
-    Ok(json(
-        api.view.load().indexes().sessions,
-        &json!({"ID": id}),
-        &Params::default(),
-    ))
+    Ok(session)
 }
 
 pub async fn destroy(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {

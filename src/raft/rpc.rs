@@ -268,6 +268,30 @@ impl Rpc {
     }
 }
 
+/// Decodes `body` as `method`'s request, and the proposals in an append's entries as the state
+/// machine would; whether it all decoded. The server-RPC fuzz target's way in (`crate::fuzz`):
+/// bad bytes must give an error, never a panic.
+pub(crate) fn decode_request(method: u16, body: &[u8]) -> bool {
+    match Method::from_u16(method) {
+        Some(Method::Append) => decode::<AppendEntriesRequest<TypeConfig>>(body).is_ok_and(|a| {
+            a.entries.iter().all(|entry| match &entry.payload {
+                openraft::EntryPayload::Normal(proposal) => proposal.decode().is_ok(),
+                _ => true,
+            })
+        }),
+        Some(Method::Vote) => decode::<VoteRequest<NodeId>>(body).is_ok(),
+        Some(Method::InstallSnapshot) => decode::<InstallSnapshotRequest<TypeConfig>>(body).is_ok(),
+        Some(Method::Info | Method::Backup) => decode::<()>(body).is_ok(),
+        Some(Method::Write) => decode::<Request>(body).is_ok(),
+        Some(Method::ReadIndex) => decode::<bool>(body).is_ok(),
+        Some(Method::Membership) => decode::<MembershipChange>(body).is_ok(),
+        Some(Method::SessionRenew) => decode::<String>(body).is_ok(),
+        Some(Method::Http) => decode::<HttpCall>(body).is_ok(),
+        Some(Method::CatalogRows) => decode::<CatalogWait>(body).is_ok(),
+        None => false,
+    }
+}
+
 impl Handler for Rpc {
     /// Raft's own calls, membership changes and full backups need a server's certificate
     /// when `verify_server_hostname` is in force; client agents forward writes and HTTP.

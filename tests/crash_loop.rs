@@ -1,5 +1,6 @@
-//! Crash loop: the leader of a real 3-server cluster is killed with SIGKILL 20 times while four
-//! writers keep writing, and each time it is restarted on its own ports and data dir.
+//! Crash loop: the leader of a real 3-server cluster is killed with SIGKILL 20 times
+//! (`BEACON_CRASH_CYCLES`; `benches/faults.sh` runs 100) while four writers keep writing, and each
+//! time it is restarted on its own ports and data dir.
 //!
 //! Proves that (1) every write acknowledged with `200 true` (by a leader killed a moment later,
 //! or by the survivors while it was down) is present with its value on every server afterwards,
@@ -23,7 +24,13 @@ use base64::Engine;
 use support::*;
 
 const SERVERS: usize = 3;
-const CYCLES: usize = 20;
+/// Leader kills: `BEACON_CRASH_CYCLES` if set (`benches/faults.sh` runs 100), else 20.
+fn cycles() -> usize {
+    std::env::var("BEACON_CRASH_CYCLES")
+        .ok()
+        .map(|n| n.parse().expect("BEACON_CRASH_CYCLES is a number"))
+        .unwrap_or(20)
+}
 const WRITERS: usize = 4;
 /// Deadline per condition. An election takes about a second and a restart a few; the margin is
 /// for a loaded 2-core CI machine.
@@ -348,7 +355,8 @@ async fn twenty_leader_kills_during_writes_lose_no_acknowledged_write() {
     let mut slowest_election = Duration::ZERO;
     let mut slowest_restart = Duration::ZERO;
     let mut restarted_with_snapshot = 0;
-    for cycle in 1..=CYCLES {
+    let cycles = cycles();
+    for cycle in 1..=cycles {
         let leader = eventually_within(WAIT, "all three servers agree on a leader", || {
             agreed_leader(&probe, &members, &all)
         })
@@ -415,7 +423,7 @@ async fn twenty_leader_kills_during_writes_lose_no_acknowledged_write() {
     let unknown = ledger.unknown.load(Ordering::Relaxed);
     eprintln!(
         "{} writes acknowledged, {unknown} unknown; slowest election {} ms, slowest restart {} ms; \
-         {restarted_with_snapshot} of {CYCLES} restarts had a snapshot",
+         {restarted_with_snapshot} of {cycles} restarts had a snapshot",
         acked.len(),
         slowest_election.as_millis(),
         slowest_restart.as_millis()
@@ -427,7 +435,7 @@ async fn twenty_leader_kills_during_writes_lose_no_acknowledged_write() {
     );
     assert!(
         acked.len() >= MIN_ACKED,
-        "only {} writes acknowledged in {CYCLES} cycles",
+        "only {} writes acknowledged in {cycles} cycles",
         acked.len()
     );
 

@@ -49,7 +49,20 @@ const KEYS: usize = 8;
 /// Clients doing every kind of operation through random servers; besides them, one reader
 /// per server.
 const CLIENTS: usize = 6;
-const FAULTS_PER_KIND: usize = 5;
+/// Faults of each kind: `BEACON_FAULTS_PER_KIND` if set, else 5 (CI's run). The leader kills
+/// alone: `BEACON_LEADER_KILLS` if set (`benches/faults.sh` runs 100).
+fn faults_of(kind: Fault) -> usize {
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|n| n.parse::<usize>().expect("a number of faults"))
+    };
+    let per_kind = env("BEACON_FAULTS_PER_KIND").unwrap_or(5);
+    match kind {
+        Fault::KillLeader => env("BEACON_LEADER_KILLS").unwrap_or(per_kind),
+        _ => per_kind,
+    }
+}
 /// Lock keys, and the clients taking them with sessions.
 const LOCKS: usize = 2;
 const LOCKERS: usize = 4;
@@ -670,7 +683,7 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
 
     let mut schedule: Vec<Fault> = KINDS
         .iter()
-        .flat_map(|k| std::iter::repeat_n(*k, FAULTS_PER_KIND))
+        .flat_map(|k| std::iter::repeat_n(*k, faults_of(*k)))
         .collect();
     schedule.shuffle(&mut rng);
     let mut done: BTreeMap<Fault, usize> = BTreeMap::new();
@@ -899,7 +912,7 @@ async fn kv_is_linearizable_under_kills_pauses_and_partitions() {
     );
     for kind in KINDS {
         assert!(
-            done.get(&kind).copied().unwrap_or(0) >= FAULTS_PER_KIND,
+            done.get(&kind).copied().unwrap_or(0) >= faults_of(kind),
             "{done:?}"
         );
     }

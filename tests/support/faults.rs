@@ -78,16 +78,16 @@ pub struct Net {
 }
 
 impl Net {
-    /// Creates `n` namespaces named after this process (so two runs cannot collide), clearing
-    /// any left behind by a killed earlier run of the same pid.
+    /// Creates `n` namespaces named after this process (so two runs cannot collide), after
+    /// clearing what killed earlier runs left behind.
     pub fn create(n: usize) -> Net {
-        let tag = std::process::id() % 100_000;
+        clear_leftovers();
+        let pid = std::process::id();
         let net = Net {
-            names: (0..n).map(|i| format!("bcnf{tag}-{i}")).collect(),
-            bridge: format!("bcnf{tag}"),
-            subnet: (tag % 250) as u8,
+            names: (0..n).map(|i| format!("bcnf{pid}-{i}")).collect(),
+            bridge: format!("bcnf{pid}"),
+            subnet: (pid % 250) as u8,
         };
-        net.destroy();
         run("ip", &["link", "add", &net.bridge, "type", "bridge"]);
         run(
             "ip",
@@ -195,6 +195,39 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         self.destroy();
+    }
+}
+
+/// Removes the namespaces and bridges of earlier runs whose process is gone (killed before its
+/// `Drop` ran), so a leftover bridge cannot hold this run's subnet.
+fn clear_leftovers() {
+    let dead = |name: &str| {
+        let pid: String = name
+            .trim_start_matches("bcnf")
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists()
+    };
+    let listed = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for line in listed(&["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with("bcnf") && dead(name) {
+            run_quiet("ip", &["netns", "del", name]);
+        }
+    }
+    for line in listed(&["-o", "link", "show", "type", "bridge"]).lines() {
+        // "12: bcnf1234: <BROADCAST,…"
+        let name = line.split(':').nth(1).unwrap_or("").trim();
+        if name.starts_with("bcnf") && dead(name) {
+            run_quiet("ip", &["link", "del", name]);
+        }
     }
 }
 

@@ -17,7 +17,7 @@ mkdir -p target
 status=0
 cargo test --release --test faults -- --nocapture kv_is_linearizable 2>&1 \
     | tee target/faults-long.log \
-    | grep -E '^(fault schedule|[0-9.]+s: |reads:|DNS:|locks:|key |lock |test result)' || status=1
+    | grep -E '^(fault schedule|[0-9.]+s: |reads:|DNS:|locks:|key |lock |test result)|^ *[0-9.]+s (killed|paused|isolated|split|bridge)' || status=1
 cargo test --release --test crash_loop -- --nocapture 2>&1 \
     | tee target/crash-loop-long.log \
     | grep -E 'writes acknowledged|test result' || status=1

@@ -927,8 +927,9 @@ async fn a_server_restarted_after_crashing_as_leader_does_not_claim_leadership()
             .get(c.nodes[old].url("/v1/kv/before?stale"))
             .send()
             .await
+            && let Some(known) = r.headers().get("X-Consul-KnownLeader")
         {
-            assert_eq!(r.headers()["X-Consul-KnownLeader"], "false");
+            assert_eq!(known, "false");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1025,7 +1026,7 @@ async fn bad_rpc_frames_close_their_connection_and_the_server_keeps_serving() {
     assert!(log.contains("closing RPC connection"), "{log}");
 }
 
-/// Bad peers on the server-RPC and gossip ports: a flood of 1,000 connections that never say
+/// Bad peers on the server-RPC and gossip ports: a flood of 500 connections that never say
 /// hello, a half-open connection (a frame's length, part of it, then silence), and 2,000
 /// datagrams of random bytes to the gossip port. The server closes the silent connections after
 /// its handshake timeout, ignores the garbage, and stays a working member throughout.
@@ -1038,7 +1039,8 @@ async fn connection_floods_half_open_connections_and_gossip_garbage_leave_the_se
     let rpc = c.nodes[f].rpc.clone();
 
     let mut silent = Vec::new();
-    for _ in 0..1000 {
+    // 500: well inside the default limit of 1,024 open files of this process and the server.
+    for _ in 0..500 {
         silent.push(tokio::net::TcpStream::connect(&rpc).await.unwrap());
     }
     let mut half_open = tokio::net::TcpStream::connect(&rpc).await.unwrap();

@@ -106,10 +106,10 @@ struct RegisterIn {
 pub async fn register(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     let reg: RegisterIn = dto::decode(&body)?;
     api.reaches_datacenter(&reg.datacenter)?;
-    if let Some(s) = &reg.service {
-        api.agent.warn_if_undiscoverable(&s.service);
-    }
     let registration = registration(reg, &api.datacenter)?;
+    if let Some(s) = &registration.service {
+        api.agent.warn_if_undiscoverable(&s.name);
+    }
     api.writer
         .write(Command::Register(Box::new(registration)))
         .await??;

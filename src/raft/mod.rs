@@ -696,6 +696,13 @@ impl Writer for RaftWriter {
         let (outcome, index) = if self.forward {
             let attempt = || async {
                 match self.node.write_local(request.clone()).await {
+                    // Raft names a leader the metrics already say was replaced: nothing was
+                    // sent, so the next attempt goes to the new one.
+                    Err(WriteError::NotLeader(leader))
+                        if self.node.leader_addr().is_some_and(|now| now != leader) =>
+                    {
+                        Err(WriteError::NoLeader)
+                    }
                     Err(WriteError::NotLeader(leader)) => tokio::select! {
                         outcome = self.node.client.forward_write(&leader, &request) => outcome,
                         // The leader it went to was replaced (paused, cut off, killed): its

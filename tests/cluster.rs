@@ -833,14 +833,6 @@ async fn a_session_renewed_only_through_a_follower_lives_and_expires_at_twice_it
     .await;
 }
 
-fn signal(node: &Node, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &node.server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// A leader paused (SIGSTOP) and replaced must not acknowledge a renew that its successor, who
 /// now owns the session timers, never sees.
 #[tokio::test(flavor = "multi_thread")]
@@ -850,13 +842,13 @@ async fn a_renew_sent_to_a_paused_and_replaced_leader_reaches_the_new_leader() {
     let old = leader_index(&c, &[0, 1, 2]).await;
     let sid = create_ttl_session(&c.nodes[old]).await;
 
-    signal(&c.nodes[old], "-STOP");
+    c.nodes[old].server.signal("-STOP");
     let renew_url = c.nodes[old].url(&format!("/v1/session/renew/{sid}"));
     let renew = tokio::spawn(async move { put(&renew_url, "").await });
     let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
     let new = leader_index(&c, &others).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    signal(&c.nodes[old], "-CONT");
+    c.nodes[old].server.signal("-CONT");
     let (st, renewed) = renew.await.unwrap();
     let answered = std::time::Instant::now();
     assert_eq!(st, 200, "{renewed}");
@@ -880,9 +872,9 @@ async fn a_write_forwarded_to_a_paused_leader_ends_once_a_new_leader_is_known() 
     let old = leader_index(&c, &[0, 1, 2]).await;
     let via = (old + 1) % 3;
 
-    signal(&c.nodes[old], "-STOP");
+    c.nodes[old].server.signal("-STOP");
     let (st, body) = kv(&c.nodes[via], "forwarded", "v").await;
-    signal(&c.nodes[old], "-CONT");
+    c.nodes[old].server.signal("-CONT");
     assert_eq!(st, 500, "{body}");
     assert!(
         body.contains("may or may not have been applied"),
@@ -906,7 +898,7 @@ async fn a_server_restarted_after_crashing_as_leader_does_not_claim_leadership()
     let (st, _) = kv(&c.nodes[old], "before", "v").await;
     assert_eq!(st, 200);
     for &i in &others {
-        signal(&c.nodes[i], "-STOP");
+        c.nodes[i].server.signal("-STOP");
     }
     c.nodes[old].server.kill();
     c.nodes[old].server = Server::spawn(&c.nodes[old].args, &c.nodes[old].dir);
@@ -935,7 +927,7 @@ async fn a_server_restarted_after_crashing_as_leader_does_not_claim_leadership()
     }
     assert!(answers > 10, "the restarted server hardly answered");
     for &i in &others {
-        signal(&c.nodes[i], "-CONT");
+        c.nodes[i].server.signal("-CONT");
     }
     // Once the others are back, all three agree on one leader and the write survived.
     let leader = leader_index(&c, &[0, 1, 2]).await;
@@ -958,7 +950,7 @@ async fn a_server_restarted_after_crashing_as_leader_does_not_claim_leadership()
 /// else changes: the server keeps replicating and answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rpc_frames_close_their_connection_and_the_server_keeps_serving() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let _one = serial().await;
     let c = Cluster::start("");
     let f = follower(&c).await;
@@ -976,18 +968,8 @@ async fn bad_rpc_frames_close_their_connection_and_the_server_keeps_serving() {
     for bytes in attempts {
         let mut stream = tokio::net::TcpStream::connect(&target).await.unwrap();
         stream.write_all(bytes).await.unwrap();
-        let mut buf = [0u8; 256];
-        let closed = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
         assert!(
-            closed.is_ok(),
+            closed_by_peer(&mut stream, Duration::from_secs(10)).await,
             "the server kept a connection sending {bytes:?}"
         );
     }
@@ -1032,7 +1014,7 @@ async fn bad_rpc_frames_close_their_connection_and_the_server_keeps_serving() {
 /// its handshake timeout, ignores the garbage, and stays a working member throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_floods_half_open_connections_and_gossip_garbage_leave_the_server_serving() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let _one = serial().await;
     let c = Cluster::start("");
     let f = follower(&c).await;
@@ -1066,18 +1048,8 @@ async fn connection_floods_half_open_connections_and_gossip_garbage_leave_the_se
     }
     // The silent connections are closed by the server, not left to pile up.
     for mut stream in silent {
-        let mut buf = [0u8; 64];
-        let closed = tokio::time::timeout(DEADLINE, async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
         assert!(
-            closed.is_ok(),
+            closed_by_peer(&mut stream, DEADLINE).await,
             "a connection that never said hello stayed open"
         );
     }
@@ -1093,6 +1065,20 @@ async fn connection_floods_half_open_connections_and_gossip_garbage_leave_the_se
         kv(&c.nodes[f], "after/garbage", "v").await,
         (200, "true".into())
     );
+}
+
+/// Whether the other end closes `stream` (end of stream or an error) within `within`; what it
+/// sends meanwhile is read and dropped.
+async fn closed_by_peer(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(within, async {
+        while let Ok(n) = stream.read(&mut buf).await
+            && n > 0
+        {}
+    })
+    .await
+    .is_ok()
 }
 
 /// What the server at `rpc_addr` says about itself over server RPC (as a server would ask it).

@@ -197,6 +197,33 @@ async fn lock_holder(
     }
 }
 
+/// `PUT path` on random servers until an answer is definite (or `stop`), so no lock stays taken
+/// by a lost request; `record` gets each answer that was sent (refused ones are not) with its
+/// call time.
+async fn until_definite(
+    http: &reqwest::Client,
+    urls: &[String],
+    rng: &mut StdRng,
+    stop: &AtomicBool,
+    rec: &Recorder,
+    path: &str,
+    mut record: impl FnMut(Answer, u64),
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let base = &urls[rng.random_range(0..urls.len())];
+        let call = rec.now();
+        match answer(http.put(format!("{base}{path}"))).await {
+            Answer::NotSent => {}
+            Answer::Unknown => {
+                record(Answer::Unknown, call);
+                let wait = rng.random_range(100..200);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            definite => return record(definite, call),
+        }
+    }
+}
+
 /// One lock client: a session without health checks (only its destroy ends it), then acquire,
 /// hold a moment, read the holder, and release (or, one time in five, destroy the session and
 /// start a new one), on random locks through random servers, until `stop`. A release or destroy
@@ -252,48 +279,44 @@ async fn locker(seed: u64, urls: Vec<String>, rec: Arc<Recorder>, stop: Arc<Atom
                 }
             }
             if acquired == Answer::Yes && rng.random_bool(0.2) {
-                // Destroy the session: the lock is freed, with lock-delay.
-                while !stop.load(Ordering::Relaxed) {
-                    let base = &urls[rng.random_range(0..urls.len())];
-                    let call = rec.now();
-                    let url = format!("{base}/v1/session/destroy/{id}");
-                    match answer(http.put(url)).await {
-                        Answer::NotSent => continue,
-                        // Into every lock's history: an acquire of another lock that timed
-                        // out may still have been applied, and the destroy frees that too.
-                        Answer::Yes | Answer::No => {
-                            for l in 0..LOCKS {
-                                rec.lock_op(l, LockOp::Destroy { session }, call, true);
-                            }
-                            continue 'session;
+                // Destroy the session: the lock is freed, with lock-delay. Into every lock's
+                // history: an acquire of another lock that timed out may still have been
+                // applied, and the destroy frees that too.
+                let path = format!("/v1/session/destroy/{id}");
+                until_definite(
+                    &http,
+                    &urls,
+                    &mut rng,
+                    &stop,
+                    &rec,
+                    &path,
+                    |answer, call| {
+                        for l in 0..LOCKS {
+                            let definite = answer != Answer::Unknown;
+                            rec.lock_op(l, LockOp::Destroy { session }, call, definite);
                         }
-                        Answer::Unknown => {
-                            for l in 0..LOCKS {
-                                rec.lock_op(l, LockOp::Destroy { session }, call, false);
-                            }
-                            pause(100..200, &mut rng).await;
-                        }
-                    }
-                }
+                    },
+                )
+                .await;
+                continue 'session;
             } else if acquired != Answer::No {
-                while !stop.load(Ordering::Relaxed) {
-                    let base = &urls[rng.random_range(0..urls.len())];
-                    let call = rec.now();
-                    let url = format!("{base}{}?release={id}", lock_path(lock));
-                    let released = answer(http.put(url)).await;
-                    if released == Answer::NotSent {
-                        continue;
-                    }
-                    let op = LockOp::Release {
-                        session,
-                        ok: released.ok(),
-                    };
-                    rec.lock_op(lock, op, call, released != Answer::Unknown);
-                    if released != Answer::Unknown {
-                        break;
-                    }
-                    pause(100..200, &mut rng).await;
-                }
+                let path = format!("{}?release={id}", lock_path(lock));
+                until_definite(
+                    &http,
+                    &urls,
+                    &mut rng,
+                    &stop,
+                    &rec,
+                    &path,
+                    |answer, call| {
+                        let op = LockOp::Release {
+                            session,
+                            ok: answer.ok(),
+                        };
+                        rec.lock_op(lock, op, call, answer != Answer::Unknown);
+                    },
+                )
+                .await;
             }
             pause(5..20, &mut rng).await;
         }
@@ -417,24 +440,14 @@ async fn client(
                 (http.delete(url), RegisterOp::Delete)
             };
             let call = rec.now();
-            let outcome = match request.send().await {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    r.text().await.map(|t| (status, t))
-                }
-                Err(e) => Err(e),
+            let answer = match answer(request).await {
+                // Refused: nothing was sent (a killed server); no operation happened.
+                Answer::NotSent => continue,
+                // Unknown: this client identity is retired. Its next operation is concurrent
+                // with this one for ever, as the checker treats an operation without a return.
+                definite => definite.ok(),
             };
             let ret = rec.now();
-            let answer = match &outcome {
-                // Refused: nothing was sent (a killed server); no operation happened.
-                Err(e) if e.is_connect() => continue,
-                Ok((200, body)) if body == "true" => Some(true),
-                Ok((200, body)) if body == "false" => Some(false),
-                // A 5xx, a timeout, a reset: it may or may not have been applied. This client
-                // identity is retired: its next operation is concurrent with this one for
-                // ever, as the checker treats an operation without a return.
-                _ => None,
-            };
             let op = match (op, answer) {
                 (RegisterOp::Cas { expect, new, .. }, Some(ok)) => RegisterOp::Cas {
                     expect,

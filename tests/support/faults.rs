@@ -414,12 +414,12 @@ impl Cluster {
     /// SIGSTOP: the process stays, silent, with its connections open.
     pub fn pause(&mut self, i: usize) {
         self.liveness[i].set(false);
-        signal(self.nodes[i].server.as_ref().unwrap().pid(), libc::SIGSTOP);
+        self.nodes[i].server.as_ref().unwrap().signal("-STOP");
         self.nodes[i].paused = true;
     }
 
     pub fn resume(&mut self, i: usize) {
-        signal(self.nodes[i].server.as_ref().unwrap().pid(), libc::SIGCONT);
+        self.nodes[i].server.as_ref().unwrap().signal("-CONT");
         self.nodes[i].paused = false;
         self.liveness[i].set(true);
     }
@@ -460,16 +460,4 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) with a pid this test spawned and still owns (not yet waited for, so the
-    // pid cannot have been reused); it touches no memory of ours.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
-    assert_eq!(
-        rc,
-        0,
-        "kill({pid}, {sig}): {}",
-        std::io::Error::last_os_error()
-    );
 }

@@ -328,6 +328,18 @@ mod tests {
     use super::RegisterOp::*;
     use super::*;
 
+    fn cas(expect: Option<u64>, new: u64, ok: Option<bool>) -> RegisterOp {
+        RegisterOp::Cas { expect, new, ok }
+    }
+
+    fn acquire(session: u64, ok: Option<bool>) -> LockOp {
+        LockOp::Acquire { session, ok }
+    }
+
+    fn release(session: u64, ok: Option<bool>) -> LockOp {
+        LockOp::Release { session, ok }
+    }
+
     fn op(op: RegisterOp, call: u64, ret: Option<u64>) -> Operation<RegisterOp> {
         Operation { op, call, ret }
     }
@@ -348,24 +360,8 @@ mod tests {
             op(Read(None), 0, Some(1)),
             op(Write(1), 2, Some(3)),
             op(Read(Some(1)), 4, Some(5)),
-            op(
-                Cas {
-                    expect: Some(1),
-                    new: 2,
-                    ok: Some(true),
-                },
-                6,
-                Some(7),
-            ),
-            op(
-                Cas {
-                    expect: Some(1),
-                    new: 3,
-                    ok: Some(false),
-                },
-                8,
-                Some(9),
-            ),
+            op(cas(Some(1), 2, Some(true)), 6, Some(7)),
+            op(cas(Some(1), 3, Some(false)), 8, Some(9)),
             op(Delete, 10, Some(11)),
             op(Read(None), 12, Some(13)),
         ];
@@ -451,44 +447,20 @@ mod tests {
         let h = [
             op(Write(1), 0, Some(1)),
             op(Write(2), 2, Some(3)),
-            op(
-                Cas {
-                    expect: Some(1),
-                    new: 3,
-                    ok: Some(true),
-                },
-                4,
-                Some(5),
-            ),
+            op(cas(Some(1), 3, Some(true)), 4, Some(5)),
         ];
         assert!(matches!(verdict(&h), Verdict::Violation { .. }));
         // A failed one when nothing changed the value.
         let h = [
             op(Write(1), 0, Some(1)),
-            op(
-                Cas {
-                    expect: Some(1),
-                    new: 3,
-                    ok: Some(false),
-                },
-                4,
-                Some(5),
-            ),
+            op(cas(Some(1), 3, Some(false)), 4, Some(5)),
         ];
         assert!(matches!(verdict(&h), Verdict::Violation { .. }));
         // A failed one explained by a concurrent unknown write.
         let h = [
             op(Write(1), 0, Some(1)),
             op(Write(9), 2, None),
-            op(
-                Cas {
-                    expect: Some(1),
-                    new: 3,
-                    ok: Some(false),
-                },
-                4,
-                Some(5),
-            ),
+            op(cas(Some(1), 3, Some(false)), 4, Some(5)),
         ];
         assert_eq!(verdict(&h), Verdict::Linearizable);
     }
@@ -499,132 +471,34 @@ mod tests {
         let lock = |h: &[Operation<LockOp>]| check(&Lock, h, 1_000_000);
         let o = |op, call, ret| Operation { op, call, ret };
         let fine = [
-            o(
-                Acquire {
-                    session: 1,
-                    ok: Some(true),
-                },
-                0,
-                Some(1),
-            ),
-            o(
-                Acquire {
-                    session: 2,
-                    ok: Some(false),
-                },
-                2,
-                Some(3),
-            ),
+            o(acquire(1, Some(true)), 0, Some(1)),
+            o(acquire(2, Some(false)), 2, Some(3)),
             o(Read(Some(1)), 4, Some(5)),
-            o(
-                Release {
-                    session: 1,
-                    ok: Some(true),
-                },
-                6,
-                Some(7),
-            ),
-            o(
-                Release {
-                    session: 1,
-                    ok: Some(false),
-                },
-                8,
-                Some(9),
-            ),
-            o(
-                Acquire {
-                    session: 2,
-                    ok: Some(true),
-                },
-                10,
-                Some(11),
-            ),
+            o(release(1, Some(true)), 6, Some(7)),
+            o(release(1, Some(false)), 8, Some(9)),
+            o(acquire(2, Some(true)), 10, Some(11)),
             o(Destroy { session: 2 }, 12, Some(13)),
             // Lock-delay after the destroy.
-            o(
-                Acquire {
-                    session: 3,
-                    ok: Some(false),
-                },
-                14,
-                Some(15),
-            ),
-            o(
-                Acquire {
-                    session: 3,
-                    ok: Some(true),
-                },
-                16,
-                Some(17),
-            ),
+            o(acquire(3, Some(false)), 14, Some(15)),
+            o(acquire(3, Some(true)), 16, Some(17)),
         ];
         assert_eq!(lock(&fine), Verdict::Linearizable);
         let two_holders = [
-            o(
-                Acquire {
-                    session: 1,
-                    ok: Some(true),
-                },
-                0,
-                Some(1),
-            ),
-            o(
-                Acquire {
-                    session: 2,
-                    ok: Some(true),
-                },
-                2,
-                Some(3),
-            ),
+            o(acquire(1, Some(true)), 0, Some(1)),
+            o(acquire(2, Some(true)), 2, Some(3)),
         ];
         assert!(matches!(lock(&two_holders), Verdict::Violation { .. }));
         // Refused while free, with no destroy to explain a lock-delay.
         let refused = [
-            o(
-                Acquire {
-                    session: 1,
-                    ok: Some(true),
-                },
-                0,
-                Some(1),
-            ),
-            o(
-                Release {
-                    session: 1,
-                    ok: Some(true),
-                },
-                2,
-                Some(3),
-            ),
-            o(
-                Acquire {
-                    session: 2,
-                    ok: Some(false),
-                },
-                4,
-                Some(5),
-            ),
+            o(acquire(1, Some(true)), 0, Some(1)),
+            o(release(1, Some(true)), 2, Some(3)),
+            o(acquire(2, Some(false)), 4, Some(5)),
         ];
         assert!(matches!(lock(&refused), Verdict::Violation { .. }));
         // An unknown acquire explains a later holder, and a refusal.
         let unknown = [
-            o(
-                Acquire {
-                    session: 1,
-                    ok: None,
-                },
-                0,
-                None,
-            ),
-            o(
-                Acquire {
-                    session: 2,
-                    ok: Some(false),
-                },
-                4,
-                Some(5),
-            ),
+            o(acquire(1, None), 0, None),
+            o(acquire(2, Some(false)), 4, Some(5)),
             o(Read(Some(1)), 6, Some(7)),
         ];
         assert_eq!(lock(&unknown), Verdict::Linearizable);

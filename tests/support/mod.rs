@@ -226,17 +226,18 @@ impl Server {
 
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        unsafe_sigterm(self.pid());
+        self.signal("-TERM");
         self.wait_exit()
     }
-}
 
-fn unsafe_sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    /// Sends a signal (`kill`'s spelling: "-STOP", "-CONT", "-TERM") to the running process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {}", self.pid());
+    }
 }
 
 impl Drop for Server {

@@ -39,7 +39,8 @@
 //!   format 2); the openraft type configuration (`store::types`).
 //! - [`view`]: the published catalog (lock-free reads) and the watchers of blocking queries.
 //! - [`catalog`]: the pure, deterministic state machine (`command`, `kv`): no tokio, clock or I/O.
-//! - [`model`]: domain types once: node, service and check specs, stored records, durations.
+//! - [`model`]: domain types once: node, service and check specs, stored records, durations,
+//!   and the one MessagePack decoder (with a nesting bound) for what other processes wrote.
 //! - [`metrics`]: counters and prometheus-client timings written by one module and read by
 //!   `/v1/agent/metrics`.
 //! - [`logs`]: the agent's log as a stream for `/v1/agent/monitor`; the rotated log file

@@ -209,7 +209,7 @@ fn encode(frame: &Frame<'_>, max: usize) -> Result<Bytes, String> {
 }
 
 fn decode(raw: &[u8]) -> Result<Frame<'_>, ConnectionError> {
-    rmp_serde::from_slice(raw).map_err(|e| ConnectionError::Malformed(e.to_string()))
+    crate::model::msgpack::from_slice(raw).map_err(|e| ConnectionError::Malformed(e.to_string()))
 }
 
 /// The calls and subscriptions (method, body) a connection would read from `bytes`: frames cut

@@ -991,6 +991,27 @@ async fn bad_rpc_frames_close_their_connection_and_the_server_keeps_serving() {
         refused.to_string().contains("belongs to cluster"),
         "{refused}"
     );
+    // A member's call whose body nests 100,000 maps: once a stack overflow that aborted the
+    // server (fuzz/regressions/rpc_frames/nested-maps), now an undecodable request.
+    let member = beacon::transport::Pool::new(
+        std::sync::Arc::new(String::new),
+        beacon::transport::Limits::default(),
+        None,
+    );
+    let nested_maps = [[0x81, 0xa1, b'a'].repeat(100_000), vec![0xc0]].concat();
+    let undecodable = member
+        .call(
+            &target,
+            beacon::raft::rpc::Method::Append as u16,
+            nested_maps.into(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        undecodable.to_string().contains("depth limit"),
+        "{undecodable}"
+    );
 
     // Still a working member: it takes a write and replicates it to the others.
     assert_eq!(

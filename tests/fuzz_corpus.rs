@@ -91,3 +91,98 @@ fn the_rpc_seeds_hold_calls_that_decode() {
         assert_eq!(beacon::fuzz::rpc_frames(&data), 1, "seed-{name}");
     }
 }
+
+/// A server-RPC frame (length-prefixed MessagePack `{"Call": [id, method, bin]}`) carrying `body`.
+fn call_frame(method: u8, body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x81, 0xa4, b'C', b'a', b'l', b'l', 0x93, 0x01, method, 0xc6];
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+    out.extend(frame);
+    out
+}
+
+fn nested(open: &[u8], depth: usize, leaf: &[u8], close: &[u8]) -> Vec<u8> {
+    let mut out = open.repeat(depth);
+    out.extend_from_slice(leaf);
+    out.extend(close.repeat(depth));
+    out
+}
+
+/// Deeply nested input (the classic way to overflow a recursive decoder's stack, which aborts
+/// the whole process) is refused on the 2 MiB stack a server's worker thread has.
+#[test]
+fn deeply_nested_inputs_are_refused_not_a_stack_overflow() {
+    let deep = 100_000;
+    let arrays = nested(&[0x91], deep, &[0xc0], &[]);
+    let maps = nested(&[0x81, 0xa1, b'a'], deep, &[0xc0], &[]);
+    let mut rpc: Vec<Vec<u8>> = Vec::new();
+    let mut raw = (arrays.len() as u32).to_be_bytes().to_vec();
+    raw.extend(&arrays);
+    rpc.push(raw);
+    for method in 0..=24u8 {
+        rpc.push(call_frame(method, &arrays));
+        rpc.push(call_frame(method, &maps));
+    }
+    for input in &rpc {
+        beacon::fuzz::rpc_frames(input);
+    }
+    let mut config = Vec::new();
+    for (format, text) in [
+        (0u8, nested(b"{\"a\":", deep, b"1", b"}")),
+        (0, nested(b"[", deep, b"1", b"]")),
+        (
+            1,
+            [b"a = ".to_vec(), nested(b"[", deep, b"1", b"]")].concat(),
+        ),
+        (
+            1,
+            [b"a = ".to_vec(), nested(b"(", deep, b"1", b")")].concat(),
+        ),
+        (
+            1,
+            [b"a = ".to_vec(), nested(b"{b = ", deep, b"1", b"}")].concat(),
+        ),
+        (1, nested(b"a {\n", deep, b"", b"}\n")),
+        (
+            1,
+            [b"a = ".to_vec(), nested(b"-", deep, b"1", b"")].concat(),
+        ),
+        (
+            1,
+            [b"a = ".to_vec(), nested(b"!", deep, b"true", b"")].concat(),
+        ),
+        (
+            1,
+            [b"a = ".to_vec(), nested(b"true ? ", deep, b"1", b" : 2")].concat(),
+        ),
+        (
+            1,
+            [
+                &b"a = \""[..],
+                &nested(b"${", deep, b"1", b"}")[..],
+                &b"\""[..],
+            ]
+            .concat(),
+        ),
+        (
+            2,
+            [b"a = ".to_vec(), nested(b"[", deep, b"1", b"]")].concat(),
+        ),
+        (
+            2,
+            [b"a = ".to_vec(), nested(b"{b = ", deep, b"1", b"}")].concat(),
+        ),
+    ] {
+        let mut input = vec![format];
+        input.extend(text);
+        config.push(input);
+    }
+    for input in &config {
+        beacon::fuzz::config_file(input);
+    }
+    beacon::fuzz::http_body(&nested(b"[", deep, b"1", b"]"));
+    beacon::fuzz::http_body(&nested(b"{\"Service\":", deep, b"1", b"}"));
+    beacon::fuzz::filter_expression(&nested(b"(", deep, b"a == b", b")"));
+    beacon::fuzz::filter_expression(&nested(b"not ", deep, b"a == b", b""));
+}

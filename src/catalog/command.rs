@@ -147,7 +147,7 @@ impl Proposal {
         } else {
             std::borrow::Cow::Borrowed(&self.0[..])
         };
-        rmp_serde::from_slice(&raw).map_err(|e| ProposalError(e.to_string()))
+        crate::model::msgpack::from_slice(&raw).map_err(|e| ProposalError(e.to_string()))
     }
 
     /// The encoded size in bytes.

@@ -4,6 +4,7 @@
 //! `store`. Everything here is serde-serializable so Raft entries and snapshots can carry it.
 
 mod duration;
+pub mod msgpack;
 
 pub use duration::{ParseDurationError, format_duration, parse_duration};
 

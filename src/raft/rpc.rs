@@ -101,7 +101,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {
 
 /// Decodes a message body; the error says what could not be read.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    rmp_serde::from_slice(bytes).map_err(|e| {
+    crate::model::msgpack::from_slice(bytes).map_err(|e| {
         format!(
             "undecodable {} message: {e}",
             std::any::type_name::<T>().rsplit("::").next().unwrap_or("")

@@ -288,7 +288,7 @@ pub(super) fn decode<T: DeserializeOwned>(
     table: &'static str,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+    crate::model::msgpack::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table,
         detail: e.to_string(),
     })

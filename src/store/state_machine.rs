@@ -126,12 +126,13 @@ fn probe_format(data: &[u8]) -> Option<u32> {
 /// Decodes snapshot bytes, compressed (streamed through the decompressor) or not.
 fn read<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
     if !data.starts_with(&ZSTD_MAGIC) {
-        return rmp_serde::from_slice(data).map_err(|e| e.to_string());
+        return crate::model::msgpack::from_slice(data).map_err(|e| e.to_string());
     }
     let z = zstd::stream::read::Decoder::new(data).map_err(|e| e.to_string())?;
     // MessagePack is read a few bytes at a time; each read of the decoder would run zstd for
     // those bytes alone.
-    rmp_serde::from_read(std::io::BufReader::with_capacity(1 << 16, z)).map_err(|e| e.to_string())
+    crate::model::msgpack::from_read(std::io::BufReader::with_capacity(1 << 16, z))
+        .map_err(|e| e.to_string())
 }
 
 /// Writes a snapshot (header and data) in one durable transaction, replacing the previous one

@@ -243,11 +243,22 @@ async fn reads_carry_index_and_pretty_formats() {
         "/v1/catalog/nodes",
         "/v1/health/state/any",
         "/v1/agent/checks",
-        "/v1/status/leader",
     ] {
         let r = get(&s.url(path)).await;
         assert_eq!(r.status().as_u16(), 200, "{path}");
         assert!(index_of(&r) >= 1, "{path}");
+    }
+    // Status endpoints are not queries in Consul: no query headers, so no leader claimed.
+    for path in ["/v1/status/leader", "/v1/status/peers"] {
+        let r = get(&s.url(path)).await;
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        for header in [
+            "X-Consul-Index",
+            "X-Consul-KnownLeader",
+            "X-Consul-LastContact",
+        ] {
+            assert!(r.headers().get(header).is_none(), "{path} has {header}");
+        }
     }
     let r = get(&s.url("/v1/catalog/datacenters?pretty")).await;
     let text = r.text().await.unwrap();

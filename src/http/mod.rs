@@ -459,18 +459,17 @@ async fn check_datacenter(State(api): State<Api>, request: Request, next: Next) 
     next.run(request).await
 }
 
+// Consul's status endpoints are not queries: no index, leader or contact headers
+// (`agent/status_endpoint.go` sets no query meta), so none claims a leader it does not know.
 async fn status_leader(State(api): State<Api>, params: Params) -> Response {
-    let index = api.view.load().indexes().last;
-    json(
-        index,
+    json_body(
         &Value::String(api.cluster.leader().unwrap_or_default()),
         &params,
     )
 }
 
 async fn status_peers(State(api): State<Api>, params: Params) -> Response {
-    let index = api.view.load().indexes().last;
-    json(index, &serde_json::json!(api.cluster.peers()), &params)
+    json_body(&serde_json::json!(api.cluster.peers()), &params)
 }
 
 /// The query string, parsed once. Consul's flags are presence-only (`?passing`, `?pretty`).
@@ -556,8 +555,18 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
     }
 }
 
-/// A JSON read response with Consul's headers. The index is never below 1.
+/// A JSON read response with Consul's query headers. The index is never below 1.
 pub fn json(index: u64, body: &Value, params: &Params) -> Response {
+    let mut response = json_body(body, params);
+    let headers = response.headers_mut();
+    headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
+    headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
+    headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+    response
+}
+
+/// A 200 with `body` as JSON (indented under `?pretty`) and no query headers.
+pub fn json_body(body: &Value, params: &Params) -> Response {
     let text = if params.has("pretty") {
         serde_json::to_string_pretty(body)
     } else {
@@ -565,14 +574,10 @@ pub fn json(index: u64, body: &Value, params: &Params) -> Response {
     }
     .unwrap_or_else(|_| "null".into());
     let mut response = (StatusCode::OK, text).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
-    headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
-    headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
     response
 }
 

@@ -26,12 +26,15 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hickory_proto::op::{MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{LowerName, Name, RecordType};
+use hickory_proto::serialize::binary::BinDecoder;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::file::{FileConfig, FileZoneHandler};
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
+use hickory_server::zone_handler::{
+    AxfrPolicy, Catalog, MessageResponseBuilder, Queries, ZoneType,
+};
 use tokio::net::TcpListener;
 
 use crate::catalog::State;
@@ -227,6 +230,28 @@ fn is_reverse(name: &LowerName) -> bool {
         || text.ends_with("ip6.arpa")
 }
 
+/// Whether a name in the question section (`questions`, the section's bytes as received, which
+/// starts at offset 12 of the message) has a compression pointer (RFC 1035 §4.1.4) to an offset
+/// below 12, inside the header. Pointers to earlier questions keep their meaning in the reply,
+/// which repeats the section at the same offset.
+fn points_into_header(questions: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(&len) = questions.get(at) {
+        if len & 0xc0 == 0xc0 {
+            let low = questions.get(at + 1).copied().unwrap_or(0xff);
+            if u16::from_be_bytes([len & 0x3f, low]) < 12 {
+                return true;
+            }
+            at += 2 + 4; // the pointer ends the name; QTYPE and QCLASS follow
+        } else if len == 0 {
+            at += 1 + 4;
+        } else {
+            at += 1 + len as usize;
+        }
+    }
+    false
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for DnsHandler {
     /// The full handler, timed (`beacon_dns_full_path_duration_seconds`).
@@ -263,6 +288,15 @@ impl DnsHandler {
         };
         if request.metadata.message_type != MessageType::Query {
             return error_info(request, ResponseCode::FormErr);
+        }
+        if points_into_header(request.queries.as_bytes()) {
+            // hickory echoes the question as it came, so such a pointer would point into the
+            // reply's header, whose flags differ: a reply no client can decode (found by the
+            // `dns_query` fuzz target). The answer carries no question.
+            let none = Queries::read(&mut BinDecoder::new(&[]), 0).expect("zero questions");
+            let response = MessageResponseBuilder::new(&none, None)
+                .error_msg(&request.metadata, ResponseCode::FormErr);
+            return send(&mut response_handle, response, request).await;
         }
         if request.metadata.op_code != OpCode::Query {
             let response = builder.build_no_records(metadata_with(ResponseCode::NotImp));
@@ -466,5 +500,25 @@ impl RequestHandler for SharedHandler {
         self.0
             .handle_request::<R, T>(request, response_handle)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::points_into_header;
+
+    #[test]
+    fn only_pointers_into_the_header_are_flagged() {
+        let plain = b"\x03web\x07service\x06consul\x00\x00\x01\x00\x01";
+        assert!(!points_into_header(plain));
+        // A second question whose name points at the first (offset 12): still valid when echoed.
+        let mut two = plain.to_vec();
+        two.extend_from_slice(b"\x01a\xc0\x0c\x00\x01\x00\x01");
+        assert!(!points_into_header(&two));
+        // A name ending in a pointer to offset 2 (the flags) or 11 (inside the header).
+        for target in [2u8, 11] {
+            let into = [b"\x01a\xc0".as_slice(), &[target], b"\x00\x01\x00\x01"].concat();
+            assert!(points_into_header(&into), "offset {target}");
+        }
     }
 }

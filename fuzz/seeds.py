@@ -107,5 +107,7 @@ write("rpc_frames", "vote", hello + call(2, vote))
 write("rpc_frames", "read-index", hello + call(12, True))
 write("rpc_frames", "renew", hello + call(15, "8f3c6a0e-0000-4000-8000-000000000000"))
 write("rpc_frames", "catalog-wait", hello + call(21, [10, 1000]))
+write("rpc_frames", "service-stream", hello + frame(
+    {"Subscribe": [2, 22, msgpack.packb({"service": "web", "after": 0}, use_bin_type=True)]}))
 write("rpc_frames", "append-empty", hello + call(1, [[[7, 1], True], [[6, 1], 40], [], [[6, 1], 40]]))
 write("rpc_frames", "cancel", hello + frame({"Cancel": [3]}) + frame({"Fail": [1, "x"]}))

@@ -33,12 +33,15 @@
 //! - [`raft`]: openraft glue: `RaftNode`, server RPC (`rpc`: its messages and handler, `client`,
 //!   `network` for Raft's own calls), `formation` and membership, group commit (`batch`).
 //! - [`remote`]: a client agent's calls to the servers over server RPC: forwarded writes and
-//!   HTTP requests, the long poll keeping its catalog copy current.
+//!   HTTP requests, the long poll keeping its catalog copy current; materialized per-service
+//!   views fed by the servers' event stream (`views`).
 //! - [`store`]: redb: the Raft log with its recent entries in memory (`log`), the in-memory
 //!   catalog state machine persisted by snapshots (`state_machine`), `schema` (data dir
 //!   format 2); the openraft type configuration (`store::types`).
-//! - [`view`]: the published catalog (lock-free reads) and the watchers of blocking queries.
-//! - [`catalog`]: the pure, deterministic state machine (`command`, `kv`): no tokio, clock or I/O.
+//! - [`view`]: the published catalog (lock-free reads), the watchers of blocking queries, and
+//!   the event stream's server side (`stream`: one service name's snapshots as it changes).
+//! - [`catalog`]: the pure, deterministic state machine (`command`, `kv`; `topic`: a service
+//!   name's snapshot, and a client's copy taking one in): no tokio, clock or I/O.
 //! - [`model`]: domain types once: node, service and check specs, stored records, durations,
 //!   and the one MessagePack decoder (with a nesting bound) for what other processes wrote.
 //! - [`metrics`]: counters and prometheus-client timings written by one module and read by

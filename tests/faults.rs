@@ -578,31 +578,10 @@ async fn index_watch(
     }
 }
 
-/// The server every live server names as leader, if they agree on one of themselves.
-async fn agreed_leader(http: &reqwest::Client, cluster: &Cluster) -> Option<usize> {
-    let mut agreed: Option<String> = None;
-    for i in 0..cluster.len() {
-        if !cluster.is_running(i) || cluster.is_paused(i) {
-            continue;
-        }
-        let r = http
-            .get(format!("{}/v1/status/leader", cluster.url(i)))
-            .send()
-            .await
-            .ok()?;
-        let named: String = r.json().await.ok()?;
-        if named.is_empty() || agreed.get_or_insert_with(|| named.clone()) != &named {
-            return None;
-        }
-    }
-    let agreed = agreed?;
-    (0..cluster.len()).find(|&i| cluster.rpc(i) == agreed)
-}
-
 async fn wait_leader(http: &reqwest::Client, cluster: &Cluster) -> usize {
     let started = Instant::now();
     loop {
-        if let Some(l) = agreed_leader(http, cluster).await {
+        if let Some(l) = cluster.agreed_leader(http).await {
             return l;
         }
         assert!(

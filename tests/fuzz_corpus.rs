@@ -86,6 +86,7 @@ fn the_rpc_seeds_hold_calls_that_decode() {
         "renew",
         "catalog-wait",
         "append-empty",
+        "service-stream",
     ] {
         let data = std::fs::read(dir.join(format!("seed-{name}"))).unwrap();
         assert_eq!(beacon::fuzz::rpc_frames(&data), 1, "seed-{name}");

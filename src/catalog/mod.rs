@@ -9,8 +9,10 @@
 
 mod command;
 mod kv;
+mod topic;
 
 pub use kv::{SESSION_TTL_MAX, SESSION_TTL_MIN};
+pub use topic::{InstanceRow, ServiceSnapshot};
 
 pub use command::{
     Applied, ApplyError, Command, Outcome, Proposal, Registration, Request, TxnError, TxnOp,

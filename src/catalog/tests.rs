@@ -672,3 +672,138 @@ fn instance_sets_stay_sorted_across_their_small_and_large_forms() {
     assert!(set.is_empty());
     assert!(matches!(set, InstanceSet::Small(_)));
 }
+
+// === service snapshots: the event stream and a client's materialized views ===
+
+fn instance(state: &mut State, index: Index, node_name: &str, addr: &str, id: &str, name: &str) {
+    let (out, _) = register(
+        state,
+        index,
+        Registration {
+            node: node(node_name, addr),
+            service: Some(service(id, name, &[])),
+            checks: vec![ttl_check(&format!("service:{id}"), id, None)],
+            ..Default::default()
+        },
+    );
+    out.unwrap();
+}
+
+fn node_check(state: &mut State, index: Index, node_name: &str, status: CheckStatus) {
+    let (out, _) = register(
+        state,
+        index,
+        Registration {
+            node: node(node_name, "10.0.0.1"),
+            checks: vec![ttl_check("serfHealth", "", Some(status))],
+            skip_node_update: true,
+            ..Default::default()
+        },
+    );
+    out.unwrap();
+}
+
+fn apply(state: &mut State, index: Index, command: Command) {
+    state.apply(index, 0, &command, &mut Vec::new()).unwrap();
+}
+
+/// A client holding web and db from snapshots answers for both exactly as the server does,
+/// through every kind of change, and forgets the rows of what it dropped.
+#[test]
+fn a_client_copy_built_from_snapshots_matches_the_server() {
+    let mut server = State::new();
+    instance(&mut server, 1, "n1", "10.0.0.1", "web1", "web");
+    instance(&mut server, 2, "n2", "10.0.0.2", "web2", "web");
+    instance(&mut server, 3, "n1", "10.0.0.1", "db1", "db");
+    node_check(&mut server, 4, "n1", CheckStatus::Passing);
+    let mut client = State::new();
+    let same = |client: &State, server: &State| {
+        for name in ["web", "db"] {
+            assert_eq!(
+                client.service_snapshot(name),
+                server.service_snapshot(name),
+                "{name}"
+            );
+        }
+    };
+    client.replace_service(server.service_snapshot("web"));
+    client.replace_service(server.service_snapshot("DB"));
+    same(&client, &server);
+
+    apply(
+        &mut server,
+        5,
+        Command::UpdateCheck {
+            node: "n2".into(),
+            check_id: "service:web2".into(),
+            status: CheckStatus::Passing,
+            output: None,
+        },
+    );
+    node_check(&mut server, 6, "n1", CheckStatus::Critical);
+    apply(
+        &mut server,
+        7,
+        Command::Deregister {
+            node: "n2".into(),
+            service_id: None,
+            check_id: None,
+        },
+    );
+    client.replace_service(server.service_snapshot("web"));
+    client.replace_service(server.service_snapshot("db"));
+    same(&client, &server);
+    assert_eq!(client.service_index("web"), 7);
+    assert!(
+        client.node("n2").is_none(),
+        "a node nothing runs on is dropped"
+    );
+
+    client.drop_service("web");
+    assert!(client.instances("web").is_empty());
+    assert!(client.check("n1", "service:web1").is_none());
+    assert!(client.node("n1").is_some(), "db still runs on n1");
+    client.drop_service("db");
+    assert_eq!(client.nodes().count(), 0);
+    assert_eq!(client.all_checks().count(), 0);
+    assert_eq!(client.all_services().count(), 0);
+}
+
+/// Snapshots of two names from servers at different indexes: a node check shared by both
+/// keeps the newer copy, and a node check deleted by the newer snapshot's index goes.
+#[test]
+fn shared_node_rows_keep_the_newer_copy() {
+    let mut server = State::new();
+    instance(&mut server, 1, "n1", "10.0.0.1", "web1", "web");
+    instance(&mut server, 2, "n1", "10.0.0.1", "db1", "db");
+    node_check(&mut server, 3, "n1", CheckStatus::Passing);
+    let old_db = server.service_snapshot("db");
+    node_check(&mut server, 4, "n1", CheckStatus::Critical);
+
+    let mut client = State::new();
+    client.replace_service(server.service_snapshot("web"));
+    client.replace_service(old_db);
+    let serf = client.check("n1", "serfHealth").unwrap();
+    assert_eq!(
+        serf.status,
+        CheckStatus::Critical,
+        "the older db snapshot lost"
+    );
+    assert_eq!(client.instances("web")[0].status(), CheckStatus::Critical);
+
+    apply(
+        &mut server,
+        5,
+        Command::Deregister {
+            node: "n1".into(),
+            service_id: None,
+            check_id: Some("serfHealth".into()),
+        },
+    );
+    client.replace_service(server.service_snapshot("db"));
+    assert!(
+        client.check("n1", "serfHealth").is_none(),
+        "deleted at index 5, which the snapshot has reached"
+    );
+    assert_eq!(client.service_snapshot("web").instances[0].checks.len(), 1);
+}

@@ -60,7 +60,30 @@ pub enum Method {
     /// `CatalogWait` → `Rows` without KV and sessions: this server's nodes, services and
     /// checks once their index passes `after` (or `wait` ends), for a client agent's DNS.
     CatalogRows = 21,
+    /// Stream, `ServiceWatch` → pushes of `ServiceEvent`: one service name's snapshots from
+    /// this server's applied state (`view::stream`), for a client agent's materialized view.
+    ServiceStream = 22,
 }
+
+/// A client agent's subscription to one service name (`Method::ServiceStream`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceWatch {
+    pub service: String,
+    /// The index the subscriber already has (0: none); the first push is above it.
+    pub after: u64,
+}
+
+/// One push of `Method::ServiceStream`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServiceEvent {
+    Snapshot(crate::catalog::ServiceSnapshot),
+    /// Nothing changed for [`STREAM_HEARTBEAT`]: the server is still there.
+    Heartbeat,
+}
+
+/// How long a service stream stays silent before a heartbeat; a subscriber that hears nothing
+/// for a few of these moves to another server.
+pub const STREAM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A client agent's long poll for the catalog (`Method::CatalogRows`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -86,6 +109,7 @@ impl Method {
             SessionRenew,
             Http,
             CatalogRows,
+            ServiceStream,
         ]
         .into_iter()
         .find(|m| *m as u16 == n)
@@ -264,6 +288,7 @@ impl Rpc {
                 let wait: CatalogWait = decode(&body)?;
                 encode(&catalog_rows(node.view(), wait).await)
             }
+            Method::ServiceStream => Err("ServiceStream is a stream: subscribe to it".into()),
         }
     }
 }
@@ -288,6 +313,7 @@ pub(crate) fn decode_request(method: u16, body: &[u8]) -> bool {
         Some(Method::SessionRenew) => decode::<String>(body).is_ok(),
         Some(Method::Http) => decode::<HttpCall>(body).is_ok(),
         Some(Method::CatalogRows) => decode::<CatalogWait>(body).is_ok(),
+        Some(Method::ServiceStream) => decode::<ServiceWatch>(body).is_ok(),
         None => false,
     }
 }
@@ -310,9 +336,35 @@ impl Handler for Rpc {
     fn subscribe(
         &self,
         method: u16,
-        _body: Bytes,
+        body: Bytes,
     ) -> BoxFuture<'static, Result<tokio::sync::mpsc::Receiver<Bytes>, String>> {
-        Box::pin(async move { Err(format!("no stream for method {method}")) })
+        let opened = match Method::from_u16(method) {
+            Some(Method::ServiceStream) => decode::<ServiceWatch>(&body).map(|watch| {
+                // Two in flight: one being written while the next is taken.
+                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                let view = self.node.view().clone();
+                tokio::spawn(async move {
+                    let pushed = crate::view::stream::follow_service(
+                        view,
+                        &watch.service,
+                        watch.after,
+                        STREAM_HEARTBEAT,
+                        tx,
+                        |snapshot| match snapshot {
+                            Some(s) => encode(&ServiceEvent::Snapshot(s.clone())),
+                            None => encode(&ServiceEvent::Heartbeat),
+                        },
+                    )
+                    .await;
+                    if let Err(e) = pushed {
+                        tracing::warn!(service = %watch.service, error = %e, "service stream ended");
+                    }
+                });
+                rx
+            }),
+            _ => Err(format!("no stream for method {method}")),
+        };
+        Box::pin(async move { opened })
     }
 }
 

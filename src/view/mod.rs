@@ -4,6 +4,7 @@
 //! This is the runtime side of the catalog (atomics, tokio's `Notify`), kept out of `catalog`
 //! so the state machine itself stays pure. The store publishes here after each applied batch.
 
+pub mod stream;
 pub mod watch;
 
 use std::sync::Arc;

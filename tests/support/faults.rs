@@ -448,6 +448,28 @@ impl Cluster {
     pub fn data_dir(&self, i: usize) -> &Path {
         &self.nodes[i].dir
     }
+
+    /// The server every running, unpaused server names as leader; `None` while they disagree,
+    /// name none, or one does not answer.
+    pub async fn agreed_leader(&self, http: &reqwest::Client) -> Option<usize> {
+        let mut agreed: Option<String> = None;
+        for i in 0..self.len() {
+            if !self.is_running(i) || self.is_paused(i) {
+                continue;
+            }
+            let r = http
+                .get(format!("{}/v1/status/leader", self.url(i)))
+                .send()
+                .await
+                .ok()?;
+            let named: String = r.json().await.ok()?;
+            if named.is_empty() || agreed.get_or_insert_with(|| named.clone()) != &named {
+                return None;
+            }
+        }
+        let agreed = agreed?;
+        (0..self.len()).find(|&i| self.rpc(i) == agreed)
+    }
 }
 
 impl Drop for Cluster {

@@ -19,6 +19,8 @@ use crate::raft::rpc::{CatalogWait, Method, WriteReply, call};
 use crate::transport::{CallError, Limits, Pool};
 use crate::view::View;
 
+pub mod views;
+
 /// Lists the servers' RPC addresses as the gossip pool knows them now.
 pub type ServerList = Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>;
 

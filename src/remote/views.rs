@@ -1,0 +1,314 @@
+//! A client agent's materialized views: per service name it was asked about, the instances
+//! with their nodes and checks, kept current by the servers' event stream
+//! (`Method::ServiceStream`, served by `view::stream` on every server) and held in one
+//! `View` that DNS and HTTP read as they read a server's catalog.
+//!
+//! A view starts on first use ([`Views::want`]), is dropped after `idle` without use, and
+//! follows one server at a time. It moves to another server when its stream ends, fails, or
+//! stays silent for [`SILENT_FOR`] (the server sends heartbeats, so silence means a paused or
+//! unreachable server), resuming from the last index it has: a server behind that index sends
+//! nothing until it catches up, so a view never goes back, and each push is a whole snapshot
+//! of the name, so none is missed or applied twice. With no server reachable, every view keeps
+//! answering from what it has; [`Views::oldest_contact`] says how old that is.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use compact_str::CompactString;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Servers;
+use crate::catalog::{ServiceSnapshot, key};
+use crate::model::Index;
+use crate::raft::rpc::{Method, STREAM_HEARTBEAT, ServiceEvent, ServiceWatch, decode, encode};
+use crate::view::View;
+
+/// A stream that brings nothing, not even a heartbeat, for this long is given up.
+pub const SILENT_FOR: Duration = Duration::from_millis(3 * STREAM_HEARTBEAT.as_millis() as u64);
+
+/// The materialized views of one client agent; cheap to clone.
+#[derive(Clone)]
+pub struct Views {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    servers: Servers,
+    /// What DNS and HTTP read: every held name's instances, nodes and checks.
+    catalog: View,
+    /// Followers publish by load, change, store: one at a time, or one would undo another.
+    publishing: Mutex<()>,
+    held: Mutex<HashMap<CompactString, Arc<Held>>>,
+    idle: Duration,
+    stop: CancellationToken,
+    /// Counts since start, for metrics.
+    resubscriptions: AtomicU64,
+    started: Instant,
+}
+
+/// One held name.
+struct Held {
+    /// When it was last asked for, in ms since `Inner::started`.
+    used_ms: AtomicU64,
+    /// When its server was last heard from (a snapshot or a heartbeat), in ms since
+    /// `Inner::started`; 0 until the first snapshot.
+    contact_ms: AtomicU64,
+    /// The index of the snapshot it holds (0: none yet).
+    index: AtomicU64,
+    /// Woken at the first snapshot.
+    ready: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Views {
+    /// Views kept in `catalog`, fed from `servers`, each dropped after `idle` without use;
+    /// every follower ends at `stop`.
+    pub fn new(servers: Servers, catalog: View, idle: Duration, stop: CancellationToken) -> Views {
+        Views {
+            inner: Arc::new(Inner {
+                servers,
+                catalog,
+                publishing: Mutex::new(()),
+                held: Mutex::new(HashMap::new()),
+                idle,
+                stop,
+                resubscriptions: AtomicU64::new(0),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    /// The view DNS and HTTP read.
+    pub fn catalog(&self) -> &View {
+        &self.inner.catalog
+    }
+
+    /// Marks `name` (any case) used, starting its view if it has none. True once the view has
+    /// its first snapshot, so the catalog answers for it.
+    pub fn want(&self, name: &str) -> bool {
+        let name = key(name);
+        let now = self.inner.now_ms();
+        let mut held = lock(&self.inner.held);
+        if let Some(h) = held.get(&name) {
+            h.used_ms.store(now, Ordering::Relaxed);
+            return h.index.load(Ordering::Acquire) > 0;
+        }
+        let h = Arc::new(Held {
+            used_ms: AtomicU64::new(now),
+            contact_ms: AtomicU64::new(0),
+            index: AtomicU64::new(0),
+            ready: tokio::sync::Notify::new(),
+        });
+        held.insert(name.clone(), h.clone());
+        drop(held);
+        tokio::spawn(follow(self.inner.clone(), name, h));
+        false
+    }
+
+    /// [`Views::want`], then waits up to `wait` for the view's first snapshot; whether it has
+    /// one.
+    pub async fn ready(&self, name: &str, wait: Duration) -> bool {
+        if self.want(name) {
+            return true;
+        }
+        let Some(h) = lock(&self.inner.held).get(&key(name)).cloned() else {
+            return false;
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            let woken = h.ready.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if h.index.load(Ordering::Acquire) > 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// The index of `name`'s view (0: none, or no snapshot yet).
+    pub fn index(&self, name: &str) -> Index {
+        lock(&self.inner.held)
+            .get(&key(name))
+            .map_or(0, |h| h.index.load(Ordering::Acquire))
+    }
+
+    /// How many names have a view.
+    pub fn held(&self) -> usize {
+        lock(&self.inner.held).len()
+    }
+
+    /// How many times a view moved to another server (or re-subscribed) since start.
+    pub fn resubscriptions(&self) -> u64 {
+        self.inner.resubscriptions.load(Ordering::Relaxed)
+    }
+
+    /// How long ago the least recently heard-from view heard from a server: how stale the
+    /// answers may be. `None` with no view that has a snapshot.
+    pub fn oldest_contact(&self) -> Option<Duration> {
+        let now = self.inner.now_ms();
+        lock(&self.inner.held)
+            .values()
+            .map(|h| h.contact_ms.load(Ordering::Relaxed))
+            .filter(|at| *at > 0)
+            .min()
+            .map(|at| Duration::from_millis(now.saturating_sub(at)))
+    }
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        // Never 0, which means "never" in `Held`.
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    fn idle(&self, h: &Held) -> bool {
+        let unused = self
+            .now_ms()
+            .saturating_sub(h.used_ms.load(Ordering::Relaxed));
+        unused >= self.idle.as_millis() as u64
+    }
+
+    fn apply(&self, snapshot: ServiceSnapshot) {
+        let _one = lock(&self.publishing);
+        let mut state = (*self.catalog.load()).clone();
+        let changes = state.replace_service(snapshot);
+        self.catalog.publish_changes(state, &changes);
+    }
+
+    fn forget(&self, name: &str) {
+        let _one = lock(&self.publishing);
+        let mut state = (*self.catalog.load()).clone();
+        let changes = state.drop_service(name);
+        self.catalog.publish_changes(state, &changes);
+    }
+}
+
+/// Why one subscription ended.
+enum Ended {
+    Idle,
+    Stopped,
+    /// Move on (to the next server after this one); whether this subscription brought
+    /// anything.
+    Resubscribe {
+        why: String,
+        heard: bool,
+    },
+}
+
+/// Follows one name until it goes idle or the agent stops.
+async fn follow(inner: Arc<Inner>, name: CompactString, held: Arc<Held>) {
+    const FIRST_PAUSE: Duration = Duration::from_millis(50);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        match subscribe_once(&inner, &name, &held).await {
+            Ended::Stopped => return,
+            Ended::Idle => {
+                // Under the map's lock, so a new view of the name cannot start in between
+                // and lose its first snapshot to this removal.
+                let mut views = lock(&inner.held);
+                views.remove(&name);
+                inner.forget(&name);
+                tracing::debug!(service = %name, "dropped an idle view");
+                return;
+            }
+            Ended::Resubscribe { why, heard } => {
+                inner.resubscriptions.fetch_add(1, Ordering::Relaxed);
+                if heard {
+                    pause = FIRST_PAUSE;
+                    tracing::warn!(service = %name, reason = %why, index = held.index.load(Ordering::Relaxed), "view lost its server; resubscribing (answers come from the view meanwhile)");
+                } else {
+                    tracing::debug!(service = %name, reason = %why, "resubscribing");
+                }
+            }
+        }
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One subscription on the next server, applied until it ends.
+async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
+    let resubscribe = |why: String, heard: bool| Ended::Resubscribe { why, heard };
+    let Some(server) = inner.servers.candidates().into_iter().next() else {
+        return resubscribe("no server is alive in the gossip pool".into(), false);
+    };
+    let watch = ServiceWatch {
+        service: name.to_string(),
+        after: held.index.load(Ordering::Acquire),
+    };
+    let body = match encode(&watch) {
+        Ok(body) => body,
+        Err(e) => return resubscribe(e, false),
+    };
+    let addr = server.to_string();
+    let mut sub = match inner
+        .servers
+        .pool
+        .subscribe(&addr, Method::ServiceStream as u16, body)
+        .await
+    {
+        Ok(sub) => sub,
+        Err(e) => {
+            inner.servers.skip(server);
+            return resubscribe(format!("{addr}: {e}"), false);
+        }
+    };
+    let mut heard = false;
+    let mut last_heard = Instant::now();
+    // Checked at least this often, so an unused view goes even while its name is quiet.
+    let idle_check = inner
+        .idle
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        let next = tokio::select! {
+            _ = inner.stop.cancelled() => return Ended::Stopped,
+            next = tokio::time::timeout(SILENT_FOR.min(idle_check), sub.next()) => next,
+        };
+        if inner.idle(held) {
+            return Ended::Idle;
+        }
+        let bytes = match next {
+            Err(_) if last_heard.elapsed() < SILENT_FOR => continue,
+            Err(_) => {
+                // A paused server's connection stays open: the next call must not reuse it.
+                inner.servers.pool.forget(&addr);
+                inner.servers.skip(server);
+                return resubscribe(format!("{addr}: silent for {SILENT_FOR:?}"), heard);
+            }
+            Ok(None) => return resubscribe(format!("{addr}: the stream ended"), heard),
+            Ok(Some(Err(e))) => {
+                inner.servers.skip(server);
+                return resubscribe(format!("{addr}: {e}"), heard);
+            }
+            Ok(Some(Ok(bytes))) => bytes,
+        };
+        heard = true;
+        last_heard = Instant::now();
+        held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
+        match decode::<ServiceEvent>(&bytes) {
+            Ok(ServiceEvent::Heartbeat) => {}
+            Ok(ServiceEvent::Snapshot(snapshot)) => {
+                let index = snapshot.index;
+                // The server sends only what is above `after`; this guards the view anyway.
+                if index > held.index.load(Ordering::Acquire) {
+                    inner.apply(snapshot);
+                    held.index.store(index, Ordering::Release);
+                    held.ready.notify_waiters();
+                }
+            }
+            Err(e) => return resubscribe(format!("{addr}: {e}"), heard),
+        }
+    }
+}

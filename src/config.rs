@@ -249,6 +249,10 @@ pub struct DnsConfig {
     /// Under overload, UDP queries that waited longer than this are dropped (and counted)
     /// rather than answered late. Read at start-up only.
     pub max_queue_delay: Duration,
+    /// On a client agent, a service's materialized view is dropped after this long without
+    /// use (`dns_config.view_idle`, Beacon's own key; default 10 minutes). Read at start-up
+    /// only.
+    pub view_idle: Duration,
 }
 
 impl DnsConfig {
@@ -278,6 +282,7 @@ impl Default for DnsConfig {
             zone_files: Vec::new(),
             udp_workers: 0,
             max_queue_delay: DEFAULT_MAX_QUEUE_DELAY,
+            view_idle: Duration::from_secs(600),
         }
     }
 }
@@ -610,6 +615,7 @@ struct FileDnsConfig {
     soa: Option<FileSoa>,
     udp_workers: Option<u16>,
     max_queue_delay: Option<String>,
+    view_idle: Option<String>,
 }
 
 /// Reads the config files and directories named by the flags (see `sources`) and resolves
@@ -1009,6 +1015,18 @@ fn resolve_file(flags: &Flags, mut file: FileConfig) -> Result<Config, ConfigErr
         Some(v) => duration("dns_config.max_queue_delay", &v)?,
         None => dns_defaults.max_queue_delay,
     };
+    let view_idle = match d.view_idle {
+        Some(v) => match duration("dns_config.view_idle", &v)? {
+            Duration::ZERO => {
+                return Err(ConfigError::new(
+                    "dns_config.view_idle",
+                    "must be greater than 0",
+                ));
+            }
+            idle => idle,
+        },
+        None => dns_defaults.view_idle,
+    };
     let soa_defaults = dns_defaults.soa;
     let soa = d.soa.unwrap_or_default();
     let log = LogConfig {
@@ -1124,6 +1142,7 @@ fn resolve_file(flags: &Flags, mut file: FileConfig) -> Result<Config, ConfigErr
             zone_files,
             udp_workers: d.udp_workers.map_or(dns_defaults.udp_workers, usize::from),
             max_queue_delay,
+            view_idle,
         },
         raft,
     })
@@ -1514,6 +1533,10 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
+        let err = resolve(&flags(), Some("[dns_config]\nview_idle = \"0s\"\n")).unwrap_err();
+        assert_eq!(err.key, "dns_config.view_idle");
+        let c = resolve(&flags(), Some("[dns_config]\nview_idle = \"90s\"\n")).unwrap();
+        assert_eq!(c.dns.view_idle, Duration::from_secs(90));
         let err = resolve(&flags(), Some("[dns_config]\nnode_ttl = \"soon\"\n")).unwrap_err();
         assert_eq!(err.key, "dns_config.node_ttl");
         let err = resolve(&flags(), Some("[dns_config]\nudp_answer_limit = 0\n")).unwrap_err();

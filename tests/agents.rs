@@ -796,3 +796,94 @@ tls.internal_rpc.verify_server_hostname = true
         "{log}"
     );
 }
+
+/// `?stale` and `?cached` health queries on a client agent come from its materialized view: the
+/// same JSON and index as a server's answer, blocking until the view changes, and still
+/// answered once every server is gone (when a forwarded query can only fail).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_answers_stale_health_queries_from_its_view() {
+    let _one = ONE_POOL_AT_A_TIME.lock().await;
+    let mut pool = Pool::start(1, "", &[]);
+    let instance = |node: &str, port: u16| {
+        json!({"Node": node, "Address": "10.9.0.1",
+               "Service": {"ID": format!("api-{port}"), "Service": "api", "Port": port},
+               "Check": {"CheckID": format!("api-{port}"), "Name": "c", "Status": "passing",
+                         "ServiceID": format!("api-{port}")}})
+    };
+    let (status, _) = put(
+        &pool.servers[0].url("/v1/catalog/register"),
+        instance("ext1", 7001).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let client = &pool.clients[0];
+    let http = http();
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let header = |h: &str| {
+                r.headers()
+                    .get(h)
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default()
+            };
+            let (index, consistency, cache) = (
+                header("x-consul-index"),
+                header("x-consul-effective-consistency"),
+                header("x-cache"),
+            );
+            let text = r.text().await.unwrap_or_default();
+            let body: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+            (status, index, consistency, cache, body)
+        }
+    };
+    let server_view = get(pool.servers[1].url("/v1/health/service/api")).await;
+    // Once the client has found a server in the pool.
+    let (index, consistency, body) = eventually("a stale answer on the client", || async {
+        let (status, index, consistency, _, body) =
+            get(client.url("/v1/health/service/api?stale")).await;
+        (status == 200).then_some((index, consistency, body))
+    })
+    .await;
+    assert_eq!(consistency, "stale");
+    assert_eq!(
+        (index.clone(), body),
+        (server_view.1, server_view.4),
+        "the view answers as a server does"
+    );
+
+    // A blocking query on the view wakes when the view changes.
+    let blocked = tokio::spawn(get(client.url(&format!(
+        "/v1/health/service/api?stale&index={index}&wait=60s"
+    ))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!blocked.is_finished(), "nothing changed yet");
+    let (status, _) = put(
+        &pool.servers[2].url("/v1/catalog/register"),
+        instance("ext2", 7002).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, woke_index, _, _, body) = blocked.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(woke_index.parse::<u64>().unwrap() > index.parse::<u64>().unwrap());
+    assert_eq!(body.as_array().unwrap().len(), 2, "{body}");
+
+    // No server left: the view still answers, a forwarded read cannot.
+    for s in &mut pool.servers {
+        s.server.kill();
+    }
+    let client = &pool.clients[0];
+    let (status, _, _, cache, body) = get(client.url("/v1/health/service/api?cached")).await;
+    assert_eq!((status, cache.as_str()), (200, "HIT"));
+    assert_eq!(body.as_array().unwrap().len(), 2, "{body}");
+    let (status, ..) = get(client.url("/v1/health/service/api")).await;
+    assert_eq!(
+        status, 500,
+        "a default read is forwarded, and no server answers"
+    );
+}

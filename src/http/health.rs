@@ -49,6 +49,73 @@ pub async fn service(
     ))
 }
 
+/// How long a client agent's first `?stale` health query for a name waits for its view's
+/// first snapshot before it is forwarded to a server instead.
+const FIRST_SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /v1/health/service/:name` on a client agent: with `?stale` or `?cached`, answered from
+/// the name's materialized view (`remote::views`), blocking queries included, with the JSON
+/// and `X-Consul-Index` a server would give and `X-Consul-Effective-Consistency: stale`
+/// (`?cached` adds `X-Cache` and `Age`, as Consul's agent cache). Any other read, or a name
+/// whose view has no snapshot yet, is forwarded to a server.
+pub async fn service_on_client(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    request: axum::extract::Request,
+) -> Response {
+    use axum::http::HeaderValue;
+    use tower::ServiceExt;
+    let params = Params::parse(request.uri().query());
+    let cached = params.has("cached");
+    let local = (params.has("stale") || cached) && !params.has("consistent");
+    let views = match &api.views {
+        Some(views) if local && views.ready(&name, FIRST_SNAPSHOT_WAIT).await => views.clone(),
+        _ => return super::forward(State(api), request).await,
+    };
+    // The server's handler and read modes, over the view instead of a server's catalog.
+    let over_view = Api {
+        view: views.catalog().clone(),
+        views: None,
+        ..api
+    };
+    let one = axum::Router::new()
+        .route("/v1/health/service/{*name}", axum::routing::get(service))
+        .layer(axum::middleware::from_fn_with_state(
+            over_view.clone(),
+            super::read::read_modes,
+        ))
+        .with_state(over_view);
+    // Without the outer route's path parameters, which the inner route would see twice.
+    let (mut parts, body) = request.into_parts();
+    parts.extensions = Default::default();
+    let request = axum::extract::Request::from_parts(parts, body);
+    let mut response = match one.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let contact = views.contact(&name);
+    let headers = response.headers_mut();
+    headers.insert(
+        "X-Consul-Effective-Consistency",
+        HeaderValue::from_static("stale"),
+    );
+    let fresh = contact.is_some_and(|age| age < crate::remote::views::SILENT_FOR);
+    headers.insert(
+        "X-Consul-KnownLeader",
+        HeaderValue::from_static(if fresh { "true" } else { "false" }),
+    );
+    let age = contact.unwrap_or_default();
+    headers.insert(
+        "X-Consul-LastContact",
+        HeaderValue::from(age.as_millis() as u64),
+    );
+    if cached {
+        headers.insert("X-Cache", HeaderValue::from_static("HIT"));
+        headers.insert("Age", HeaderValue::from(age.as_secs()));
+    }
+    response
+}
+
 /// The service-level checks of every instance of a service.
 pub async fn checks(
     State(api): State<Api>,

@@ -93,6 +93,9 @@ pub struct Api {
     /// On a client agent: where everything but the agent's own endpoints goes (a server).
     /// None on a server.
     pub forward: Option<Arc<dyn Forward>>,
+    /// On a client agent: the materialized views that answer `?stale` and `?cached` health
+    /// queries without a request to a server. None on a server.
+    pub views: Option<crate::remote::views::Views>,
     /// Serve the web UI at `/ui/` (`ui_config.enabled`).
     pub ui: bool,
 }
@@ -111,6 +114,7 @@ pub fn router(api: Api) -> Router {
                 api.clone(),
                 read::read_modes,
             ))
+            .route("/v1/health/service/{*name}", get(health::service_on_client))
             .fallback(forward)
     } else {
         agent_routes()

@@ -141,6 +141,17 @@ impl Views {
             .map_or(0, |h| h.index.load(Ordering::Acquire))
     }
 
+    /// How long ago `name`'s view last heard from a server; `None` without a snapshot.
+    pub fn contact(&self, name: &str) -> Option<Duration> {
+        let at = lock(&self.inner.held)
+            .get(&key(name))
+            .map(|h| h.contact_ms.load(Ordering::Relaxed))
+            .filter(|at| *at > 0)?;
+        Some(Duration::from_millis(
+            self.inner.now_ms().saturating_sub(at),
+        ))
+    }
+
     /// How many names have a view.
     pub fn held(&self) -> usize {
         lock(&self.inner.held).len()

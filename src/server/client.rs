@@ -222,7 +222,13 @@ async fn start(
         dns_metrics,
         reload: reloader,
         gossip: Some(gossip.clone()),
-        forward: Some(Arc::new(servers)),
+        forward: Some(Arc::new(servers.clone())),
+        views: Some(crate::remote::views::Views::new(
+            servers,
+            View::default(),
+            config.dns.view_idle,
+            tasks.stop().clone(),
+        )),
         ui: config.ui,
     };
     let http = serve_http(bound.http, bound.https.zip(bound.tls), api, tasks);

@@ -438,6 +438,7 @@ async fn start_services(
         reload: reloader,
         gossip,
         forward: None,
+        views: None,
         ui: config.ui,
     };
     rpc_handler.set_api(http::local_api(api.clone()));

@@ -856,6 +856,19 @@ async fn a_client_answers_stale_health_queries_from_its_view() {
         "the view answers as a server does"
     );
 
+    let metrics = http
+        .get(client.url("/v1/agent/metrics?format=prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "beacon_client_views 1"),
+        "{metrics}"
+    );
+
     // A blocking query on the view wakes when the view changes.
     let blocked = tokio::spawn(get(client.url(&format!(
         "/v1/health/service/api?stale&index={index}&wait=60s"

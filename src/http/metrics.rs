@@ -99,6 +99,7 @@ fn collect(api: &Api) -> Registry {
     catalog(&mut r, api);
     dns(&mut r, api);
     gossip(&mut r, api);
+    views(&mut r, api);
     r.register(
         "beacon_raft_writes_rejected",
         "Writes refused with 429 because the leader's write queue was full",
@@ -381,6 +382,29 @@ fn gossip(r: &mut Registry, api: &Api) {
         "consul_members_clients",
         "Alive client agents in the LAN gossip pool",
         alive("node"),
+    );
+}
+
+/// A client agent's materialized views (`remote::views`).
+fn views(r: &mut Registry, api: &Api) {
+    let Some(views) = &api.views else { return };
+    gauge(
+        r,
+        "beacon_client_views",
+        "Service names this client agent holds a streamed view of",
+        views.held() as u64,
+    );
+    r.register(
+        "beacon_client_view_resubscriptions",
+        "Times a view moved to another server or subscribed again",
+        ConstCounter::new(views.resubscriptions()),
+    );
+    gauge(
+        r,
+        "beacon_client_view_staleness_ms",
+        "Milliseconds since the least recently heard-from view heard from a server (a bound on \
+         how old the answers from views may be)",
+        views.oldest_contact().map_or(0, |d| d.as_millis() as u64),
     );
 }
 

@@ -38,6 +38,62 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// Puts `total` check updates at `rate` per second through 32 concurrent writers: write `n`
+/// (from `first`) sets service `n % SERVICES`'s check output to `n`, and `sent`/`acked` record
+/// when its call went out and was acknowledged. Returns how long the load took.
+async fn write_load(
+    http: &reqwest::Client,
+    base: &str,
+    total: u64,
+    rate: u64,
+    first: u64,
+    sent: &Times,
+    acked: &Times,
+) -> Duration {
+    let started = Instant::now();
+    let writers = 32u64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (http, base, sent, acked) =
+            (http.clone(), base.to_string(), sent.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < total {
+                // Paced: write i is due at i / rate seconds.
+                let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let (n, s) = (first + i, (i as usize) % SERVICES);
+                let body = serde_json::json!({
+                    "Node": "bench-host", "Address": "10.0.0.1",
+                    "Service": {"ID": format!("svc{s}"), "Service": format!("svc{s}"), "Port": 80},
+                    "Check": {"CheckID": format!("check:svc{s}"), "Name": "c", "Status": "passing",
+                              "ServiceID": format!("svc{s}"), "Output": n.to_string()},
+                });
+                sent.lock().unwrap().insert(n, Instant::now());
+                let r = http
+                    .put(format!("{base}/v1/catalog/register"))
+                    .json(&body)
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    acked.lock().unwrap().insert(n, Instant::now());
+                }
+                i += writers;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed()
+}
+
+/// Write number → when it happened.
+type Times = Arc<Mutex<HashMap<u64, Instant>>>;
+
+/// The first write number of the baseline load (no view follows those).
+const BASELINE: u64 = 1 << 40;
+
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let env = |k: &str, d: u64| {
@@ -86,6 +142,14 @@ fn main() {
             assert!(register(s, String::new()).await.unwrap().status().is_success());
         }
 
+        // The same write load without subscribers first: the server's CPU for the writes
+        // alone. Its writes are numbered from BASELINE, which no view is asked about.
+        let (base_sent, base_acked) = (Arc::default(), Arc::default());
+        let cpu_start = cpu_seconds(pid);
+        let base_elapsed =
+            write_load(&http, &base, seconds * rate, rate, BASELINE, &base_sent, &base_acked).await;
+        let base_cpu = cpu_seconds(pid) - cpu_start;
+
         let rss_before = common::rss_bytes(pid);
         let stop = CancellationToken::new();
         let addr: std::net::SocketAddr = rpc.parse().unwrap();
@@ -111,8 +175,7 @@ fn main() {
         // Write n carries output "n"; sent[n] and acked[n] are when its PUT went out and was
         // acknowledged; seen_at holds (n, when a view first held it), matched afterwards (a
         // view may hold a write before its acknowledgment reaches the writer).
-        let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-        let acked: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+        let (sent, acked): (Times, Times) = (Arc::default(), Arc::default());
         let seen_at: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
         let mut watchers = Vec::new();
         for (c, s) in subscriptions.iter().copied() {
@@ -146,39 +209,7 @@ fn main() {
         }
 
         let cpu_start = cpu_seconds(pid);
-        let started = Instant::now();
-        let total = seconds * rate;
-        let writers = 32u64;
-        let mut tasks = Vec::new();
-        for w in 0..writers {
-            let (http, base, sent, acked) =
-                (http.clone(), base.clone(), sent.clone(), acked.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut n = w;
-                while n < total {
-                    // Paced: write n is due at n / rate seconds.
-                    let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
-                    tokio::time::sleep_until(due.into()).await;
-                    let s = (n as usize) % SERVICES;
-                    let body = serde_json::json!({
-                        "Node": "bench-host", "Address": "10.0.0.1",
-                        "Service": {"ID": format!("svc{s}"), "Service": format!("svc{s}"), "Port": 80},
-                        "Check": {"CheckID": format!("check:svc{s}"), "Name": "c", "Status": "passing",
-                                  "ServiceID": format!("svc{s}"), "Output": n.to_string()},
-                    });
-                    sent.lock().unwrap().insert(n, Instant::now());
-                    let r = http.put(format!("{base}/v1/catalog/register")).json(&body).send().await;
-                    if r.is_ok_and(|r| r.status().is_success()) {
-                        acked.lock().unwrap().insert(n, Instant::now());
-                    }
-                    n += writers;
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let elapsed = started.elapsed();
+        let elapsed = write_load(&http, &base, seconds * rate, rate, 0, &sent, &acked).await;
         let cpu = cpu_seconds(pid) - cpu_start;
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.cancel();
@@ -204,8 +235,9 @@ fn main() {
             writes as f64 / elapsed.as_secs_f64()
         );
         println!(
-            "server CPU {:.0} % of a core; RSS {:.1} MB before subscriptions, {:.1} MB after ({:.1} KB per subscription)",
+            "server CPU {:.0} % of a core ({:.0} % for the same writes without subscribers); RSS {:.1} MB before subscriptions, {:.1} MB after ({:.1} KB per subscription)",
             100.0 * cpu / elapsed.as_secs_f64(),
+            100.0 * base_cpu / base_elapsed.as_secs_f64(),
             rss_before as f64 / 1e6,
             rss_after as f64 / 1e6,
             (rss_after as f64 - rss_before as f64) / 1e3 / subscriptions.len() as f64

@@ -842,13 +842,16 @@ async fn a_client_answers_stale_health_queries_from_its_view() {
         }
     };
     let server_view = get(pool.servers[1].url("/v1/health/service/api")).await;
-    // Once the client has found a server in the pool.
-    let (index, consistency, body) = eventually("a stale answer on the client", || async {
-        let (status, index, consistency, _, body) =
-            get(client.url("/v1/health/service/api?stale")).await;
-        (status == 200).then_some((index, consistency, body))
+    // Once the client has found a server in the pool and its view has a snapshot: X-Cache
+    // says the view answered (a server's answer has none).
+    eventually("an answer from the client's view", || async {
+        let (status, _, _, cache, _) = get(client.url("/v1/health/service/api?stale&cached")).await;
+        (status == 200 && !cache.is_empty()).then_some(())
     })
     .await;
+    let (status, index, consistency, cache, body) =
+        get(client.url("/v1/health/service/api?stale&cached")).await;
+    assert_eq!((status, cache.as_str()), (200, "HIT"));
     assert_eq!(consistency, "stale");
     assert_eq!(
         (index.clone(), body),
@@ -871,7 +874,7 @@ async fn a_client_answers_stale_health_queries_from_its_view() {
 
     // A blocking query on the view wakes when the view changes.
     let blocked = tokio::spawn(get(client.url(&format!(
-        "/v1/health/service/api?stale&index={index}&wait=60s"
+        "/v1/health/service/api?cached&index={index}&wait=60s"
     ))));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!blocked.is_finished(), "nothing changed yet");
@@ -881,8 +884,8 @@ async fn a_client_answers_stale_health_queries_from_its_view() {
     )
     .await;
     assert_eq!(status, 200);
-    let (status, woke_index, _, _, body) = blocked.await.unwrap();
-    assert_eq!(status, 200);
+    let (status, woke_index, _, cache, body) = blocked.await.unwrap();
+    assert_eq!((status, cache.as_str()), (200, "HIT"));
     assert!(woke_index.parse::<u64>().unwrap() > index.parse::<u64>().unwrap());
     assert_eq!(body.as_array().unwrap().len(), 2, "{body}");
 

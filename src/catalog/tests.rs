@@ -807,3 +807,30 @@ fn shared_node_rows_keep_the_newer_copy() {
     );
     assert_eq!(client.service_snapshot("web").instances[0].checks.len(), 1);
 }
+
+/// A service ID re-registered under another name: whichever order the two names' snapshots
+/// arrive in, the instance ends up under the name its newer row gives, and only there.
+#[test]
+fn a_renamed_instance_belongs_to_its_newer_name() {
+    let mut server = State::new();
+    instance(&mut server, 1, "n1", "10.0.0.1", "x1", "web");
+    let old_web = server.service_snapshot("web");
+    instance(&mut server, 2, "n1", "10.0.0.1", "x1", "api");
+    let (new_web, api) = (
+        server.service_snapshot("web"),
+        server.service_snapshot("api"),
+    );
+    assert!(new_web.instances.is_empty());
+
+    for order in [[&api, &old_web], [&old_web, &api]] {
+        let mut client = State::new();
+        for snapshot in order {
+            client.replace_service(snapshot.clone());
+        }
+        assert!(client.instances("web").is_empty(), "{order:?}");
+        assert_eq!(client.service_snapshot("api").instances, api.instances);
+        client.replace_service(new_web.clone());
+        assert_eq!(client.service_snapshot("api").instances, api.instances);
+        assert_eq!(client.service_snapshot("web"), new_web);
+    }
+}

@@ -10,9 +10,10 @@
 //!
 //! On a client, nodes and node checks are shared between the names it holds (one node may run
 //! `web` and `db`), and the snapshots of two names may come from servers at different indexes.
-//! Shared rows therefore keep whichever copy is newer by modify index, and a shared row missing
-//! from a snapshot is dropped only if its copy is not newer than the snapshot: it did not exist
-//! at the snapshot's index, so it was deleted.
+//! Shared rows therefore keep whichever copy is newer by modify index; a node check missing
+//! from a snapshot is dropped only if its copy is not newer than the snapshot (it did not exist
+//! at the snapshot's index, so it was deleted); a node goes once no instance held here runs on
+//! it. An instance renamed from one name to another belongs to the name its newer row says.
 
 use std::sync::Arc;
 
@@ -83,6 +84,15 @@ impl State {
                 self.drop_deleted_node_checks(&node_key, &row.checks, snapshot.index, &mut changes);
             }
             let item: ItemKey = (node_key.clone(), row.service.id.clone());
+            if let Some(existing) = self.services.get(&item) {
+                // The instance was renamed: the newer row decides which name has it.
+                let other = key(&existing.name);
+                if existing.modify_index > row.service.modify_index {
+                    continue;
+                }
+                self.unlink_instance(&other, &item);
+                changes.push(Change::ServiceIndex(other));
+            }
             for check in row.checks {
                 let check_key: ItemKey = (node_key.clone(), check.check_id.clone());
                 let newer = self
@@ -133,6 +143,13 @@ impl State {
         };
         let mut nodes: Vec<CompactString> = Vec::new();
         for item in items.iter() {
+            if !nodes.contains(&item.0) {
+                nodes.push(item.0.clone());
+            }
+            // Renamed, and the other name's newer snapshot came first: that row is not ours.
+            if self.services.get(item).is_none_or(|s| key(&s.name) != name) {
+                continue;
+            }
             self.services.remove(item);
             changes.push(Change::Service(item.clone()));
             let own: Vec<ItemKey> = self
@@ -143,9 +160,6 @@ impl State {
             for check in own {
                 self.checks.remove(&check);
                 changes.push(Change::Check(check));
-            }
-            if !nodes.contains(&item.0) {
-                nodes.push(item.0.clone());
             }
         }
         nodes

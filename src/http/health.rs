@@ -68,9 +68,17 @@ pub async fn service_on_client(
     let params = Params::parse(request.uri().query());
     let cached = params.has("cached");
     let local = (params.has("stale") || cached) && !params.has("consistent");
-    let views = match &api.views {
-        Some(views) if local && views.ready(&name, FIRST_SNAPSHOT_WAIT).await => views.clone(),
-        _ => return super::forward(State(api), request).await,
+    let Some(views) = api.views.clone().filter(|_| local) else {
+        return super::forward(State(api), request).await;
+    };
+    // A hit: the view already had its first snapshot (Consul's agent cache says MISS when
+    // it had to fetch).
+    let hit = views.want(&name);
+    if !hit && !views.ready(&name, FIRST_SNAPSHOT_WAIT).await {
+        return super::forward(State(api), request).await;
+    }
+    let Some(_reading) = views.reading(&name) else {
+        return super::forward(State(api), request).await;
     };
     // The server's handler and read modes, over the view instead of a server's catalog.
     let over_view = Api {
@@ -99,7 +107,8 @@ pub async fn service_on_client(
         "X-Consul-Effective-Consistency",
         HeaderValue::from_static("stale"),
     );
-    let fresh = contact.is_some_and(|age| age < crate::remote::views::SILENT_FOR);
+    let fresh = contact.is_some_and(|age| age < crate::remote::views::SILENT_FOR)
+        && views.leader_known(&name);
     headers.insert(
         "X-Consul-KnownLeader",
         HeaderValue::from_static(if fresh { "true" } else { "false" }),
@@ -110,7 +119,10 @@ pub async fn service_on_client(
         HeaderValue::from(age.as_millis() as u64),
     );
     if cached {
-        headers.insert("X-Cache", HeaderValue::from_static("HIT"));
+        headers.insert(
+            "X-Cache",
+            HeaderValue::from_static(if hit { "HIT" } else { "MISS" }),
+        );
         headers.insert("Age", HeaderValue::from(age.as_secs()));
     }
     response

@@ -402,8 +402,8 @@ fn views(r: &mut Registry, api: &Api) {
     gauge(
         r,
         "beacon_client_view_staleness_ms",
-        "Milliseconds since the least recently heard-from view heard from a server (a bound on \
-         how old the answers from views may be)",
+        "Milliseconds since the least recently heard-from view heard from a server that knew a \
+         leader",
         views.oldest_contact().map_or(0, |d| d.as_millis() as u64),
     );
 }

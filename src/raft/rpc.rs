@@ -77,8 +77,11 @@ pub struct ServiceWatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServiceEvent {
     Snapshot(crate::catalog::ServiceSnapshot),
-    /// Nothing changed for [`STREAM_HEARTBEAT`]: the server is still there.
-    Heartbeat,
+    /// Nothing changed for [`STREAM_HEARTBEAT`]: the server is still there, and whether it
+    /// knows a leader (one that does not may be cut off from the cluster, and behind).
+    Heartbeat {
+        known_leader: bool,
+    },
 }
 
 /// How long a service stream stays silent before a heartbeat; a subscriber that hears nothing
@@ -343,6 +346,7 @@ impl Handler for Rpc {
                 // Two in flight: one being written while the next is taken.
                 let (tx, rx) = tokio::sync::mpsc::channel(2);
                 let view = self.node.view().clone();
+                let node = self.node.clone();
                 tokio::spawn(async move {
                     let pushed = crate::view::stream::follow_service(
                         view,
@@ -352,7 +356,9 @@ impl Handler for Rpc {
                         tx,
                         |snapshot| match snapshot {
                             Some(s) => encode(&ServiceEvent::Snapshot(s.clone())),
-                            None => encode(&ServiceEvent::Heartbeat),
+                            None => encode(&ServiceEvent::Heartbeat {
+                                known_leader: node.leader_addr().is_some(),
+                            }),
                         },
                     )
                     .await;

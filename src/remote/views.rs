@@ -3,16 +3,18 @@
 //! (`Method::ServiceStream`, served by `view::stream` on every server) and held in one
 //! `View` that DNS and HTTP read as they read a server's catalog.
 //!
-//! A view starts on first use ([`Views::want`]), is dropped after `idle` without use, and
-//! follows one server at a time. It moves to another server when its stream ends, fails, or
-//! stays silent for [`SILENT_FOR`] (the server sends heartbeats, so silence means a paused or
-//! unreachable server), resuming from the last index it has: a server behind that index sends
-//! nothing until it catches up, so a view never goes back, and each push is a whole snapshot
-//! of the name, so none is missed or applied twice. With no server reachable, every view keeps
-//! answering from what it has; [`Views::oldest_contact`] says how old that is.
+//! A view starts on first use ([`Views::want`]) and is dropped after `idle` without use (a
+//! query still reading it counts as use, [`Views::reading`]). It follows one server at a time
+//! and moves to the next when its stream ends, fails, stays silent for [`SILENT_FOR`] (the
+//! server sends heartbeats, so silence means a paused or unreachable server), or the server
+//! says it knows no leader (it may be cut off, and behind). It resumes from the last index it
+//! has: a server behind that index sends nothing until it catches up, so a view never goes
+//! back, and each push is a whole snapshot of the name, so none is missed or applied twice.
+//! With no server reachable, every view keeps answering from what it has;
+//! [`Views::oldest_contact`] says how old that is.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -58,6 +60,10 @@ struct Held {
     contact_ms: AtomicU64,
     /// The index of the snapshot it holds (0: none yet).
     index: AtomicU64,
+    /// Queries reading the view now; it is not dropped under them.
+    readers: AtomicUsize,
+    /// Whether its server said, at its last heartbeat, that it knows a leader.
+    leader_known: AtomicBool,
     /// Woken at the first snapshot.
     ready: tokio::sync::Notify,
 }
@@ -103,6 +109,8 @@ impl Views {
             used_ms: AtomicU64::new(now),
             contact_ms: AtomicU64::new(0),
             index: AtomicU64::new(0),
+            readers: AtomicUsize::new(0),
+            leader_known: AtomicBool::new(true),
             ready: tokio::sync::Notify::new(),
         });
         held.insert(name.clone(), h.clone());
@@ -141,6 +149,24 @@ impl Views {
             .map_or(0, |h| h.index.load(Ordering::Acquire))
     }
 
+    /// Marks `name`'s view read until the guard drops (then used), so it is not dropped as
+    /// idle under a query, a blocking one included. `None` when the name has no view.
+    pub fn reading(&self, name: &str) -> Option<Reading> {
+        let held = lock(&self.inner.held).get(&key(name))?.clone();
+        held.readers.fetch_add(1, Ordering::AcqRel);
+        Some(Reading {
+            inner: self.inner.clone(),
+            held,
+        })
+    }
+
+    /// Whether `name`'s server knew a leader at its last heartbeat (true until one says not).
+    pub fn leader_known(&self, name: &str) -> bool {
+        lock(&self.inner.held)
+            .get(&key(name))
+            .is_some_and(|h| h.leader_known.load(Ordering::Relaxed))
+    }
+
     /// How long ago `name`'s view last heard from a server; `None` without a snapshot.
     pub fn contact(&self, name: &str) -> Option<Duration> {
         let at = lock(&self.inner.held)
@@ -175,6 +201,21 @@ impl Views {
     }
 }
 
+/// A query reading a view ([`Views::reading`]).
+pub struct Reading {
+    inner: Arc<Inner>,
+    held: Arc<Held>,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.held
+            .used_ms
+            .store(self.inner.now_ms(), Ordering::Relaxed);
+        self.held.readers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Inner {
     fn now_ms(&self) -> u64 {
         // Never 0, which means "never" in `Held`.
@@ -185,7 +226,7 @@ impl Inner {
         let unused = self
             .now_ms()
             .saturating_sub(h.used_ms.load(Ordering::Relaxed));
-        unused >= self.idle.as_millis() as u64
+        unused >= self.idle.as_millis() as u64 && h.readers.load(Ordering::Acquire) == 0
     }
 
     fn apply(&self, snapshot: ServiceSnapshot) {
@@ -223,9 +264,13 @@ async fn follow(inner: Arc<Inner>, name: CompactString, held: Arc<Held>) {
         match subscribe_once(&inner, &name, &held).await {
             Ended::Stopped => return,
             Ended::Idle => {
-                // Under the map's lock, so a new view of the name cannot start in between
-                // and lose its first snapshot to this removal.
+                // Decided again under the map's lock, which `want` and `reading` take: a use
+                // since the first look keeps the view, and a new view of the name cannot
+                // start in between and lose its first snapshot to this removal.
                 let mut views = lock(&inner.held);
+                if !inner.idle(&held) {
+                    continue;
+                }
                 views.remove(&name);
                 inner.forget(&name);
                 tracing::debug!(service = %name, "dropped an idle view");
@@ -298,7 +343,10 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
                 inner.servers.skip(server);
                 return resubscribe(format!("{addr}: silent for {SILENT_FOR:?}"), heard);
             }
-            Ok(None) => return resubscribe(format!("{addr}: the stream ended"), heard),
+            Ok(None) => {
+                inner.servers.skip(server);
+                return resubscribe(format!("{addr}: the stream ended"), heard);
+            }
             Ok(Some(Err(e))) => {
                 inner.servers.skip(server);
                 return resubscribe(format!("{addr}: {e}"), heard);
@@ -307,12 +355,20 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
         };
         heard = true;
         last_heard = Instant::now();
-        held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
         match decode::<ServiceEvent>(&bytes) {
-            Ok(ServiceEvent::Heartbeat) => {}
+            Ok(ServiceEvent::Heartbeat { known_leader }) => {
+                held.leader_known.store(known_leader, Ordering::Relaxed);
+                if !known_leader {
+                    inner.servers.skip(server);
+                    return resubscribe(format!("{addr}: knows no leader"), heard);
+                }
+                held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
+            }
             Ok(ServiceEvent::Snapshot(snapshot)) => {
                 let index = snapshot.index;
                 // The server sends only what is above `after`; this guards the view anyway.
+                held.leader_known.store(true, Ordering::Relaxed);
+                held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
                 if index > held.index.load(Ordering::Acquire) {
                     inner.apply(snapshot);
                     held.index.store(index, Ordering::Release);

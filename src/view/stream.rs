@@ -1,15 +1,18 @@
 //! The event stream's server side: a subscriber follows one service name and receives its
 //! snapshot (`catalog::ServiceSnapshot`) each time the name's index passes the last one sent.
 //!
-//! Every server serves it from its own applied state, so subscribers spread over the servers
-//! and none needs the leader. A subscriber resumes elsewhere by naming the last index it has:
-//! a server behind that index says nothing until it has caught up, so a view never goes back.
-//! A snapshot restore moves every service index (`State::restore`), which sends every name again.
+//! Every server serves it from its own applied state, so none needs the leader and client
+//! agents spread over the servers (each client's views use the server it prefers). A
+//! subscriber resumes elsewhere by naming the last index it has: a server behind that index
+//! says nothing until it has caught up, so a view never goes back. A snapshot restore moves
+//! every service index (`State::restore`), which sends every name again.
 //!
-//! Backpressure coalesces: a snapshot is taken only once the subscriber has room for it, so a
-//! slow one receives the newest state, not a queue of old ones. A heartbeat goes out whenever
-//! nothing else did for a while, so a subscriber can tell a quiet name from a server that went
-//! silent (paused, or behind a partition) and move to another.
+//! Backpressure coalesces: a snapshot is taken only once the stream's queue on the connection
+//! has room, so a subscriber whose connection backs up receives the newest state, not a queue
+//! of old ones (a client agent reads its streams into memory at once, so in practice every
+//! change is sent). A heartbeat goes out whenever nothing else did for a while, so a subscriber
+//! can tell a quiet name from a server that went silent (paused, or behind a partition) and
+//! move to another; it says whether the server knows a leader (`raft::rpc::ServiceEvent`).
 
 use std::time::Duration;
 

@@ -112,6 +112,10 @@ pub struct State {
     kv_tombstones: OrdMap<String, Index>,
     /// Set once when the cluster forms; a data dir of another cluster is refused by it.
     cluster_id: String,
+    /// Only in a client agent's copy (`topic`): per node, the highest index of a snapshot
+    /// applied with it, below which a snapshot may not bring back a node check. Empty on a
+    /// server, and never persisted.
+    node_floors: OrdMap<CompactString, Index>,
     indexes: Indexes,
 }
 

@@ -834,3 +834,32 @@ fn a_renamed_instance_belongs_to_its_newer_name() {
         assert_eq!(client.service_snapshot("web"), new_web);
     }
 }
+
+/// A node check deleted by the newer snapshot of one name is not brought back by an older
+/// snapshot of another name on the same node (from a server that was behind).
+#[test]
+fn an_older_snapshot_does_not_bring_back_a_deleted_node_check() {
+    let mut server = State::new();
+    instance(&mut server, 1, "n1", "10.0.0.1", "web1", "web");
+    instance(&mut server, 2, "n1", "10.0.0.1", "db1", "db");
+    node_check(&mut server, 3, "n1", CheckStatus::Critical);
+    let old_web = server.service_snapshot("web");
+    apply(
+        &mut server,
+        4,
+        Command::Deregister {
+            node: "n1".into(),
+            service_id: None,
+            check_id: Some("serfHealth".into()),
+        },
+    );
+    let mut client = State::new();
+    client.replace_service(server.service_snapshot("db"));
+    client.replace_service(old_web);
+    assert!(client.check("n1", "serfHealth").is_none());
+    assert_eq!(
+        client.instances("db")[0].checks.len(),
+        1,
+        "db1's own check only"
+    );
+}

@@ -83,6 +83,7 @@ impl State {
                 touched_nodes.push(node_key.clone());
                 self.drop_deleted_node_checks(&node_key, &row.checks, snapshot.index, &mut changes);
             }
+            let floor = self.node_floors.get(&node_key).copied().unwrap_or(0);
             let item: ItemKey = (node_key.clone(), row.service.id.clone());
             if let Some(existing) = self.services.get(&item) {
                 // The instance was renamed: the newer row decides which name has it.
@@ -95,10 +96,12 @@ impl State {
             }
             for check in row.checks {
                 let check_key: ItemKey = (node_key.clone(), check.check_id.clone());
-                let newer = self
-                    .checks
-                    .get(&check_key)
-                    .is_none_or(|c| c.modify_index <= check.modify_index);
+                // Absent here, from a snapshot older than one that had this node: deleted
+                // since, not new (a newer check would be above that snapshot's index too).
+                let newer = match self.checks.get(&check_key) {
+                    Some(c) => c.modify_index <= check.modify_index,
+                    None => snapshot.index >= floor,
+                };
                 if !check.service_id.is_empty() || newer {
                     self.checks.insert(check_key.clone(), Arc::new(check));
                     changes.push(Change::Check(check_key));
@@ -110,6 +113,10 @@ impl State {
                 .insert(item.clone());
             self.services.insert(item.clone(), Arc::new(row.service));
             changes.push(Change::Service(item));
+        }
+        for node_key in touched_nodes {
+            let floor = self.node_floors.entry(node_key).or_default();
+            *floor = (*floor).max(snapshot.index);
         }
         for node_key in before {
             self.drop_node_if_unused(&node_key, &mut changes);
@@ -202,5 +209,6 @@ impl State {
         if self.nodes.remove(node_key).is_some() {
             changes.push(Change::Node(node_key.clone()));
         }
+        self.node_floors.remove(node_key);
     }
 }

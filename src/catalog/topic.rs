@@ -12,8 +12,9 @@
 //! `web` and `db`), and the snapshots of two names may come from servers at different indexes.
 //! Shared rows therefore keep whichever copy is newer by modify index; a node check missing
 //! from a snapshot is dropped only if its copy is not newer than the snapshot (it did not exist
-//! at the snapshot's index, so it was deleted); a node goes once no instance held here runs on
-//! it. An instance renamed from one name to another belongs to the name its newer row says.
+//! at the snapshot's index, so it was deleted), and a snapshot older than one already applied
+//! for the node cannot bring back a node check absent here; a node goes once no instance held
+//! here runs on it. An instance renamed from one name to another belongs to the name its newer row says.
 
 use std::sync::Arc;
 

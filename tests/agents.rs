@@ -902,4 +902,9 @@ async fn a_client_answers_stale_health_queries_from_its_view() {
         status, 500,
         "a default read is forwarded, and no server answers"
     );
+    // A view older than ?max_stale allows is not used.
+    let (status, ..) = get(client.url("/v1/health/service/api?stale&max_stale=1h")).await;
+    assert_eq!(status, 200);
+    let (status, ..) = get(client.url("/v1/health/service/api?stale&max_stale=1ms")).await;
+    assert_eq!(status, 500, "too stale: forwarded, and no server answers");
 }

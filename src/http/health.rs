@@ -56,8 +56,9 @@ const FIRST_SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// `GET /v1/health/service/:name` on a client agent: with `?stale` or `?cached`, answered from
 /// the name's materialized view (`remote::views`), blocking queries included, with the JSON
 /// and `X-Consul-Index` a server would give and `X-Consul-Effective-Consistency: stale`
-/// (`?cached` adds `X-Cache` and `Age`, as Consul's agent cache). Any other read, or a name
-/// whose view has no snapshot yet, is forwarded to a server.
+/// (`?cached` adds `X-Cache` and `Age`, as Consul's agent cache). Any other read, a name whose
+/// view has no snapshot yet, or a view older than `?max_stale` (or `?max_age` with `?cached`)
+/// is forwarded to a server.
 pub async fn service_on_client(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -80,6 +81,20 @@ pub async fn service_on_client(
     let Some(_reading) = views.reading(&name) else {
         return super::forward(State(api), request).await;
     };
+    // Older than the caller accepts (`?max_stale`, or `?max_age` with `?cached`): a server
+    // answers instead, as Consul retries such a read on the leader. A bad value goes to the
+    // server too, which says what is wrong with it.
+    let age = views.contact(&name).unwrap_or(std::time::Duration::MAX);
+    let limits = [("max_stale", true), ("max_age", cached)];
+    for (param, applies) in limits {
+        if let Some(value) = params.get(param).filter(|_| applies)
+            && crate::model::parse_duration(value)
+                .ok()
+                .is_none_or(|limit| age > limit)
+        {
+            return super::forward(State(api), request).await;
+        }
+    }
     // The server's handler and read modes, over the view instead of a server's catalog.
     let over_view = Api {
         view: views.catalog().clone(),

@@ -22,18 +22,6 @@ const CLIENTS: usize = 100;
 const SERVICES: usize = 100;
 const PER_CLIENT: usize = 10;
 
-/// (user+system CPU seconds) of a process, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(") ")
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -106,24 +94,7 @@ fn main() {
     let rate = env("RATE", 1000);
     let dir = tempfile::tempdir().unwrap();
     let rpc = format!("127.0.0.1:{}", common::free_port());
-    let args: Vec<String> = [
-        "agent",
-        "--dev",
-        "--node",
-        "bench",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--dns-addr",
-        "127.0.0.1:0",
-        "--rpc-addr",
-        &rpc,
-        "--data-dir",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([dir.path().display().to_string()])
-    .collect();
-    let beacon = common::ready_agent(common::spawn_agent(&args), rpc.clone());
+    let beacon = common::start_dev_with(dir.path(), &[], Some(&rpc));
     let pid = beacon.child.id();
     let base = format!("http://{}", beacon.http);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -145,10 +116,10 @@ fn main() {
         // The same write load without subscribers first: the server's CPU for the writes
         // alone. Its writes are numbered from BASELINE, which no view is asked about.
         let (base_sent, base_acked) = (Arc::default(), Arc::default());
-        let cpu_start = cpu_seconds(pid);
+        let cpu_start = common::cpu_seconds(pid);
         let base_elapsed =
             write_load(&http, &base, seconds * rate, rate, BASELINE, &base_sent, &base_acked).await;
-        let base_cpu = cpu_seconds(pid) - cpu_start;
+        let base_cpu = common::cpu_seconds(pid) - cpu_start;
 
         let rss_before = common::rss_bytes(pid);
         let stop = CancellationToken::new();
@@ -208,9 +179,9 @@ fn main() {
             }));
         }
 
-        let cpu_start = cpu_seconds(pid);
+        let cpu_start = common::cpu_seconds(pid);
         let elapsed = write_load(&http, &base, seconds * rate, rate, 0, &sent, &acked).await;
-        let cpu = cpu_seconds(pid) - cpu_start;
+        let cpu = common::cpu_seconds(pid) - cpu_start;
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.cancel();
         for w in watchers {

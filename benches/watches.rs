@@ -12,15 +12,7 @@ mod common;
 
 /// (user+system CPU seconds, RSS bytes) of a process, from /proc.
 fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(") ")
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    (ticks / 100.0, common::rss_bytes(pid))
+    (common::cpu_seconds(pid), common::rss_bytes(pid))
 }
 
 fn main() {

@@ -98,7 +98,12 @@ fn ready(mut child: Child, rpc: String) -> Beacon {
 
 /// One dev server on ephemeral ports; `envs` are extra environment variables.
 pub fn start_dev(dir: &Path, envs: &[(&str, String)]) -> Beacon {
-    let args: Vec<String> = [
+    start_dev_with(dir, envs, None)
+}
+
+/// [`start_dev`], serving server RPC on `rpc` when given (client agents' calls and streams).
+pub fn start_dev_with(dir: &Path, envs: &[(&str, String)], rpc: Option<&str>) -> Beacon {
+    let mut args: Vec<String> = [
         "agent",
         "--dev",
         "--node",
@@ -113,8 +118,23 @@ pub fn start_dev(dir: &Path, envs: &[(&str, String)]) -> Beacon {
     .map(|s| s.to_string())
     .chain([dir.display().to_string()])
     .collect();
+    if let Some(rpc) = rpc {
+        args.extend(["--rpc-addr".to_string(), rpc.to_string()]);
+    }
     let child = command(&args, envs).spawn().expect("spawn beacon");
-    ready(child, String::new())
+    ready(child, rpc.unwrap_or_default().to_string())
+}
+
+/// User plus system CPU seconds a process has used, from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(") ")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
 }
 
 /// A UDP port free on loopback now (for gossip addresses).

@@ -803,7 +803,11 @@ tls.internal_rpc.verify_server_hostname = true
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_answers_stale_health_queries_from_its_view() {
     let _one = ONE_POOL_AT_A_TIME.lock().await;
-    let mut pool = Pool::start(1, "", &[]);
+    let client_config = |name: &str| match name {
+        "c0" => r#"dns_config = { view_idle = "3s" }"#.to_string(),
+        _ => String::new(),
+    };
+    let mut pool = Pool::start_with(1, client_config, &[]);
     let instance = |node: &str, port: u16| {
         json!({"Node": node, "Address": "10.9.0.1",
                "Service": {"ID": format!("api-{port}"), "Service": "api", "Port": port},
@@ -907,4 +911,20 @@ async fn a_client_answers_stale_health_queries_from_its_view() {
     assert_eq!(status, 200);
     let (status, ..) = get(client.url("/v1/health/service/api?stale&max_stale=1ms")).await;
     assert_eq!(status, 500, "too stale: forwarded, and no server answers");
+    // Unused for view_idle, the view goes even with no server to follow.
+    eventually("the idle view dropped", || async {
+        let metrics = http
+            .get(client.url("/v1/agent/metrics?format=prometheus"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metrics
+            .lines()
+            .any(|l| l == "beacon_client_views 0")
+            .then_some(())
+    })
+    .await;
 }

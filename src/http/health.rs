@@ -68,7 +68,8 @@ pub async fn service_on_client(
     use tower::ServiceExt;
     let params = Params::parse(request.uri().query());
     let cached = params.has("cached");
-    let local = (params.has("stale") || cached) && !params.has("consistent");
+    // `?cached&consistent` is refused by the read modes, wherever it is answered.
+    let local = params.has("stale") || cached;
     let Some(views) = api.views.clone().filter(|_| local) else {
         return super::forward(State(api), request).await;
     };
@@ -133,7 +134,8 @@ pub async fn service_on_client(
         "X-Consul-LastContact",
         HeaderValue::from(age.as_millis() as u64),
     );
-    if cached {
+    if cached && response.status().is_success() {
+        let headers = response.headers_mut();
         headers.insert(
             "X-Cache",
             HeaderValue::from_static(if hit { "HIT" } else { "MISS" }),

@@ -139,6 +139,12 @@ async fn serve(
     topics: Vec<Topic>,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(request.uri().query());
+    if params.has("cached") && params.has("consistent") {
+        // As Consul's `parseConsistency`.
+        return Err(ApiError::BadRequest(
+            "Cannot specify ?cached with ?consistent, conflicting semantics.".into(),
+        ));
+    }
     let mode = match (params.has("stale"), params.has("consistent")) {
         (true, true) => {
             return Err(ApiError::BadRequest(

@@ -236,6 +236,20 @@ impl Inner {
         self.catalog.publish_changes(state, &changes);
     }
 
+    /// Drops `name`'s view if it is still idle. Decided under the map's lock, which `want` and
+    /// `reading` take: a use since the caller's look keeps the view, and a new view of the name
+    /// cannot start in between and lose its first snapshot to this removal.
+    fn drop_if_idle(&self, name: &str, held: &Held) -> bool {
+        let mut views = lock(&self.held);
+        if !self.idle(held) {
+            return false;
+        }
+        views.remove(name);
+        self.forget(name);
+        tracing::debug!(service = %name, "dropped an idle view");
+        true
+    }
+
     fn forget(&self, name: &str) {
         let _one = lock(&self.publishing);
         let mut state = (*self.catalog.load()).clone();
@@ -263,21 +277,12 @@ async fn follow(inner: Arc<Inner>, name: CompactString, held: Arc<Held>) {
     loop {
         match subscribe_once(&inner, &name, &held).await {
             Ended::Stopped => return,
-            Ended::Idle => {
-                // Decided again under the map's lock, which `want` and `reading` take: a use
-                // since the first look keeps the view, and a new view of the name cannot
-                // start in between and lose its first snapshot to this removal.
-                let mut views = lock(&inner.held);
-                if !inner.idle(&held) {
-                    continue;
-                }
-                views.remove(&name);
-                inner.forget(&name);
-                tracing::debug!(service = %name, "dropped an idle view");
-                return;
-            }
+            Ended::Idle if inner.drop_if_idle(&name, &held) => return,
+            Ended::Idle => continue,
             Ended::Resubscribe { why, heard } => {
                 inner.resubscriptions.fetch_add(1, Ordering::Relaxed);
+                // Until a server that knows a leader is heard again.
+                held.leader_known.store(false, Ordering::Relaxed);
                 if heard {
                     pause = FIRST_PAUSE;
                     tracing::warn!(service = %name, reason = %why, index = held.index.load(Ordering::Relaxed), "view lost its server; resubscribing (answers come from the view meanwhile)");
@@ -291,6 +296,10 @@ async fn follow(inner: Arc<Inner>, name: CompactString, held: Arc<Held>) {
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(2));
+        // With no server to subscribe to, a view still goes once unused.
+        if inner.idle(&held) && inner.drop_if_idle(&name, &held) {
+            return;
+        }
     }
 }
 

@@ -857,6 +857,8 @@ async fn a_client_answers_stale_health_queries_from_its_view() {
         get(client.url("/v1/health/service/api?stale&cached")).await;
     assert_eq!((status, cache.as_str()), (200, "HIT"));
     assert_eq!(consistency, "stale");
+    let (status, .., refused) = get(client.url("/v1/health/service/api?cached&consistent")).await;
+    assert_eq!(status, 400, "conflicting modes, as Consul: {refused}");
     assert_eq!(
         (index.clone(), body),
         (server_view.1, server_view.4),

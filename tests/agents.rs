@@ -929,4 +929,28 @@ async fn a_client_answers_stale_health_queries_from_its_view() {
             .then_some(())
     })
     .await;
+
+    // Every server back at once: the client, alone in its pool, finds them again (foca stops
+    // announcing to failed members while no member is alive), and a new view catches up.
+    for s in &mut pool.servers {
+        s.server = Server::spawn(&s.args, &s.dir);
+    }
+    for s in &mut pool.servers {
+        s.server.wait_ready();
+    }
+    let client = &pool.clients[0];
+    eventually("the client sees every server alive again", || async {
+        let m = members(client).await;
+        (m.iter()
+            .filter(|(name, s)| name.starts_with('s') && *s == 1)
+            .count()
+            == 3)
+            .then_some(())
+    })
+    .await;
+    eventually("a view from the restarted servers", || async {
+        let (status, _, _, _, body) = get(client.url("/v1/health/service/api?stale")).await;
+        (status == 200 && body.as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .await;
 }

@@ -42,6 +42,12 @@ const HOUSEKEEPING: Duration = Duration::from_millis(100);
 const CATCH_UP_FOR: Duration = Duration::from_secs(5);
 const CATCH_UP_EVERY: Duration = Duration::from_millis(200);
 const CATCH_UP_FANOUT: usize = 4;
+/// While no other member is alive, foca is idle and its own announces to failed members stop
+/// with it (they run only while connected). An agent alone then announces itself this often
+/// to up to `RECONNECT_FANOUT` members it lists as failed or left, so a pool whose other
+/// members all restarted at once (every server of a client agent) comes back together.
+const RECONNECT_ALONE: Duration = Duration::from_secs(5);
+const RECONNECT_FANOUT: usize = 2;
 /// At most one warning per peer and kind of problem per this period.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 /// Bound on the rate-limiting table (spoofed sources could fill it).
@@ -150,6 +156,7 @@ pub(crate) async fn start(mut config: Config, stop: CancellationToken) -> Result
         report_version: 0,
         dirty: true,
         catch_up: None,
+        alone: None,
         send_buf: Vec::with_capacity(PACKET_SIZE),
         open_buf: Vec::with_capacity(PACKET_SIZE),
         config,
@@ -333,6 +340,8 @@ struct Driver {
     dirty: bool,
     /// Until when, and when next, to announce to random members (see `CATCH_UP_FOR`).
     catch_up: Option<(TokioInstant, TokioInstant)>,
+    /// While no other member is alive: when next to announce to failed ones (`RECONNECT_ALONE`).
+    alone: Option<TokioInstant>,
     send_buf: Vec<u8>,
     open_buf: Vec<u8>,
 }
@@ -819,6 +828,7 @@ impl Driver {
         }
         self.check_joins();
         self.catch_up(now).await;
+        self.reconnect_alone(now).await;
 
         self.reap();
         self.warned
@@ -852,6 +862,30 @@ impl Driver {
         while targets.len() < CATCH_UP_FANOUT && !alive.is_empty() {
             let i = (rand_foca::random::<u64>() % alive.len() as u64) as usize;
             targets.push(alive.swap_remove(i));
+        }
+        self.announce(&targets).await;
+    }
+
+    /// See `RECONNECT_ALONE`.
+    async fn reconnect_alone(&mut self, now: TokioInstant) {
+        match self.alone {
+            Some(at) if now >= at && !self.left && self.leaving.is_none() => {}
+            _ => return,
+        }
+        self.alone = Some(now + RECONNECT_ALONE);
+        let local = self.config.node_name.clone();
+        let mut gone: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .filter(|(name, e)| {
+                **name != local && matches!(e.status, Status::Failed | Status::Left)
+            })
+            .map(|(_, e)| e.id.addr)
+            .collect();
+        let mut targets = Vec::with_capacity(RECONNECT_FANOUT);
+        while targets.len() < RECONNECT_FANOUT && !gone.is_empty() {
+            let i = (rand_foca::random::<u64>() % gone.len() as u64) as usize;
+            targets.push(gone.swap_remove(i));
         }
         self.announce(&targets).await;
     }
@@ -1022,8 +1056,10 @@ impl Driver {
                 debug!("in contact with the gossip pool");
                 let now = TokioInstant::now();
                 self.catch_up = Some((now + CATCH_UP_FOR, now));
+                self.alone = None;
             }
             OwnedNotification::Idle => {
+                self.alone = Some(TokioInstant::now() + RECONNECT_ALONE);
                 if !self.left && self.leaving.is_none() {
                     info!("no other alive member in the gossip pool")
                 }

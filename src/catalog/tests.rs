@@ -769,13 +769,19 @@ fn a_client_copy_built_from_snapshots_matches_the_server() {
     assert_eq!(client.all_services().count(), 0);
 }
 
+/// A server state with `web1` (service `web`, index 1) and `db1` (`db`, index 2) on `n1`.
+fn web_and_db_on_n1() -> State {
+    let mut server = State::new();
+    instance(&mut server, 1, "n1", "10.0.0.1", "web1", "web");
+    instance(&mut server, 2, "n1", "10.0.0.1", "db1", "db");
+    server
+}
+
 /// Snapshots of two names from servers at different indexes: a node check shared by both
 /// keeps the newer copy, and a node check deleted by the newer snapshot's index goes.
 #[test]
 fn shared_node_rows_keep_the_newer_copy() {
-    let mut server = State::new();
-    instance(&mut server, 1, "n1", "10.0.0.1", "web1", "web");
-    instance(&mut server, 2, "n1", "10.0.0.1", "db1", "db");
+    let mut server = web_and_db_on_n1();
     node_check(&mut server, 3, "n1", CheckStatus::Passing);
     let old_db = server.service_snapshot("db");
     node_check(&mut server, 4, "n1", CheckStatus::Critical);
@@ -839,9 +845,7 @@ fn a_renamed_instance_belongs_to_its_newer_name() {
 /// snapshot of another name on the same node (from a server that was behind).
 #[test]
 fn an_older_snapshot_does_not_bring_back_a_deleted_node_check() {
-    let mut server = State::new();
-    instance(&mut server, 1, "n1", "10.0.0.1", "web1", "web");
-    instance(&mut server, 2, "n1", "10.0.0.1", "db1", "db");
+    let mut server = web_and_db_on_n1();
     node_check(&mut server, 3, "n1", CheckStatus::Critical);
     let old_web = server.service_snapshot("web");
     apply(

@@ -851,17 +851,24 @@ impl Driver {
             return;
         }
         self.catch_up = Some((until, now + CATCH_UP_EVERY));
+        self.announce_to_random(CATCH_UP_FANOUT, |s| s == Status::Alive)
+            .await;
+    }
+
+    /// Announces this agent to up to `fanout` other members picked at random among those
+    /// whose status `keep` accepts.
+    async fn announce_to_random(&mut self, fanout: usize, keep: impl Fn(Status) -> bool) {
         let local = self.config.node_name.clone();
-        let mut alive: Vec<SocketAddr> = self
+        let mut candidates: Vec<SocketAddr> = self
             .members
             .iter()
-            .filter(|(name, e)| **name != local && e.status == Status::Alive)
+            .filter(|(name, e)| **name != local && keep(e.status))
             .map(|(_, e)| e.id.addr)
             .collect();
-        let mut targets = Vec::with_capacity(CATCH_UP_FANOUT);
-        while targets.len() < CATCH_UP_FANOUT && !alive.is_empty() {
-            let i = (rand_foca::random::<u64>() % alive.len() as u64) as usize;
-            targets.push(alive.swap_remove(i));
+        let mut targets = Vec::with_capacity(fanout);
+        while targets.len() < fanout && !candidates.is_empty() {
+            let i = (rand_foca::random::<u64>() % candidates.len() as u64) as usize;
+            targets.push(candidates.swap_remove(i));
         }
         self.announce(&targets).await;
     }
@@ -873,21 +880,10 @@ impl Driver {
             _ => return,
         }
         self.alone = Some(now + RECONNECT_ALONE);
-        let local = self.config.node_name.clone();
-        let mut gone: Vec<SocketAddr> = self
-            .members
-            .iter()
-            .filter(|(name, e)| {
-                **name != local && matches!(e.status, Status::Failed | Status::Left)
-            })
-            .map(|(_, e)| e.id.addr)
-            .collect();
-        let mut targets = Vec::with_capacity(RECONNECT_FANOUT);
-        while targets.len() < RECONNECT_FANOUT && !gone.is_empty() {
-            let i = (rand_foca::random::<u64>() % gone.len() as u64) as usize;
-            targets.push(gone.swap_remove(i));
-        }
-        self.announce(&targets).await;
+        self.announce_to_random(RECONNECT_FANOUT, |s| {
+            matches!(s, Status::Failed | Status::Left)
+        })
+        .await;
     }
 
     /// Serf's reaper: failed members go after `reconnect_timeout`, left

@@ -6,6 +6,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use serde_json::json;
 use support::*;
@@ -797,11 +798,26 @@ tls.internal_rpc.verify_server_hostname = true
     );
 }
 
-/// `?stale` and `?cached` health queries on a client agent come from its materialized view: the
-/// same JSON and index as a server's answer, blocking until the view changes, and still
-/// answered once every server is gone (when a forwarded query can only fail).
+/// The value of a metric on an agent, from its Prometheus page.
+async fn metric_on(agent: &Agent, name: &str) -> Option<f64> {
+    let page = http()
+        .get(agent.url("/v1/agent/metrics?format=prometheus"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// DNS for service names and `?stale`/`?cached` health queries on a client agent come from its
+/// materialized views: the same answers, JSON and index as a server's, DNS through the
+/// pre-encoded answers and following health changes, blocking queries waking when a view
+/// changes, and still answered once every server is gone (when a forwarded query can only fail).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_answers_stale_health_queries_from_its_view() {
+async fn a_client_answers_dns_and_stale_health_queries_from_its_views() {
     let _one = ONE_POOL_AT_A_TIME.lock().await;
     let client_config = |name: &str| match name {
         "c0" => r#"dns_config = { view_idle = "3s" }"#.to_string(),
@@ -822,6 +838,11 @@ async fn a_client_answers_stale_health_queries_from_its_view() {
     assert_eq!(status, 200);
 
     let client = &pool.clients[0];
+    // DNS on the client: the name's view starts on the first question.
+    eventually("api resolves on the client", || async {
+        (srv(client, "api").await == ["ext1.node.dc1.consul."]).then_some(())
+    })
+    .await;
     let http = http();
     let get = |url: String| {
         let http = http.clone();
@@ -895,11 +916,52 @@ async fn a_client_answers_stale_health_queries_from_its_view() {
     assert!(woke_index.parse::<u64>().unwrap() > index.parse::<u64>().unwrap());
     assert_eq!(body.as_array().unwrap().len(), 2, "{body}");
 
+    // DNS on the client follows the view through its pre-encoded answers: a new instance, then
+    // its check failing and passing again.
+    let both = ["ext1.node.dc1.consul.", "ext2.node.dc1.consul."];
+    let hits_before = metric_on(client, "beacon_dns_udp_cache_hits_total")
+        .await
+        .unwrap();
+    eventually("both instances in the client's DNS", || async {
+        (srv(client, "api").await == both).then_some(())
+    })
+    .await;
+    for (status, targets) in [("critical", &both[..1]), ("passing", &both[..])] {
+        let mut flipped = instance("ext2", 7002);
+        flipped["Check"]["Status"] = json!(status);
+        let (code, _) = put(
+            &pool.servers[1].url("/v1/catalog/register"),
+            flipped.to_string(),
+        )
+        .await;
+        assert_eq!(code, 200);
+        eventually(&format!("ext2 {status} in the client's DNS"), || async {
+            (srv(client, "api").await == targets).then_some(())
+        })
+        .await;
+    }
+    let hits = metric_on(client, "beacon_dns_udp_cache_hits_total")
+        .await
+        .unwrap();
+    assert!(
+        hits > hits_before,
+        "answered through the pre-encoded answers"
+    );
+
     // No server left: the view still answers, a forwarded read cannot.
     for s in &mut pool.servers {
         s.server.kill();
     }
     let client = &pool.clients[0];
+    // DNS keeps answering from the view while it is asked, past view_idle (3 s): pre-encoded
+    // answers count as use. A name with no view cannot be answered: SERVFAIL, not "no such name".
+    let asked_until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < asked_until {
+        assert_eq!(srv(client, "api").await, both, "answered from the view");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let unknown = ask(client.server.dns, "nope.service.consul.", RecordType::SRV).await;
+    assert_eq!(unknown.metadata.response_code, ResponseCode::ServFail);
     let (status, _, _, cache, body) = get(client.url("/v1/health/service/api?cached")).await;
     assert_eq!((status, cache.as_str()), (200, "HIT"));
     assert_eq!(body.as_array().unwrap().len(), 2, "{body}");

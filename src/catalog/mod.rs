@@ -399,6 +399,13 @@ impl State {
             .unwrap_or(self.indexes.services)
     }
 
+    /// The index recorded for a service name, without the fallback of
+    /// [`State::service_index`]: on a client agent's views, `Some` exactly while the name's view
+    /// holds a snapshot (`catalog::topic`).
+    pub fn recorded_service_index(&self, name: &str) -> Option<Index> {
+        self.service_indexes.get(&key(name)).copied()
+    }
+
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.get(&key(name)).map(Arc::as_ref)
     }

@@ -4,7 +4,8 @@
 //! each hit copies the next one and patches in the query's ID and the question exactly as the
 //! client wrote it (case included). An entry stays valid while the catalog has not changed what
 //! it was computed from: for a service answer, that service's index; for anything else, any
-//! catalog change. A reload (SIGHUP) empties the cache.
+//! catalog change; on a client agent, for an answer from a view, that view's index. A reload
+//! (SIGHUP) empties the cache.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,10 +13,15 @@ use std::net::SocketAddr;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 
-use super::DnsHandler;
+use compact_str::CompactString;
+
 use super::zone::{Dependency, Order};
-use crate::catalog::State;
+use super::{DnsHandler, Loaded};
 use crate::model::Index;
+
+/// How often a pre-encoded answer from a client agent's view marks the view used at most, so a
+/// name asked only through this cache is not dropped as idle (`dns_config.view_idle`).
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// At most this many orders per answer. With more instances than this, the orders are redrawn
 /// (a new shuffle) after `REDRAW_AFTER` answers so every instance still comes first in turn.
@@ -54,10 +60,18 @@ struct Entry {
     /// The catalog's last index when the entry was built (or last found still valid).
     built_at: Index,
     served: u32,
+    /// On a client agent, the view it came from and that view's index ([`super::Prepared`]).
+    view: Option<(CompactString, Option<Index>)>,
+    /// When it last marked its view used.
+    touched: std::time::Instant,
 }
 
 impl Entry {
-    fn is_fresh(&mut self, state: &State) -> bool {
+    fn is_fresh(&mut self, loaded: &Loaded) -> bool {
+        if let Some((name, index)) = &self.view {
+            return loaded.state(true).recorded_service_index(name) == *index;
+        }
+        let state = loaded.state(false);
         let last = state.indexes().last;
         if self.built_at == last {
             return true;
@@ -105,7 +119,7 @@ impl AnswerCache {
     pub fn answer(
         &mut self,
         handler: &DnsHandler,
-        state: &State,
+        loaded: &Loaded,
         packet: &[u8],
         src: SocketAddr,
         out: &mut Vec<u8>,
@@ -116,10 +130,10 @@ impl AnswerCache {
         };
         let key = &key[..key_len];
         let stale = match self.entries.get_mut(key) {
-            Some(entry) => !entry.is_fresh(state) || entry.served >= REDRAW_AFTER,
+            Some(entry) => !entry.is_fresh(loaded) || entry.served >= REDRAW_AFTER,
             None => true,
         };
-        if stale && !self.build(handler, state, packet, src, key) {
+        if stale && !self.build(handler, loaded, packet, src, key) {
             return false;
         }
         let Some(entry) = self.entries.get_mut(key) else {
@@ -136,13 +150,19 @@ impl AnswerCache {
                 index,
                 of: entry.wanted,
             };
-            match prepare(handler, state, packet, src, order) {
-                Some(p) => {
-                    self.bytes += p.bytes.len() + 16;
-                    entry.variants.push(p.bytes.into_boxed_slice());
+            match prepare(handler, loaded, packet, src, order).and_then(|p| p.bytes) {
+                Some(bytes) => {
+                    self.bytes += bytes.len() + 16;
+                    entry.variants.push(bytes.into_boxed_slice());
                 }
                 None => return false,
             }
+        }
+        if let Some((name, _)) = &entry.view
+            && loaded.at.saturating_duration_since(entry.touched) >= TOUCH_EVERY
+        {
+            entry.touched = loaded.at;
+            handler.touch(name);
         }
         if entry.wanted == MAX_VARIANTS {
             entry.served += 1;
@@ -159,13 +179,13 @@ impl AnswerCache {
     fn build(
         &mut self,
         handler: &DnsHandler,
-        state: &State,
+        loaded: &Loaded,
         packet: &[u8],
         src: SocketAddr,
         key: &[u8],
     ) -> bool {
         // Built from a catalog at least this new, so changes after it are seen as changes.
-        let built_at = state.indexes().last;
+        let built_at = loaded.state(false).indexes().last;
         self.seed = self
             .seed
             .wrapping_mul(6364136223846793005)
@@ -173,7 +193,7 @@ impl AnswerCache {
         let seed = self.seed;
         let first = prepare(
             handler,
-            state,
+            loaded,
             packet,
             src,
             Order::Variant {
@@ -182,6 +202,14 @@ impl AnswerCache {
                 of: 1,
             },
         );
+        let (view, first) = match first {
+            Some(p) => (p.view, p.bytes.map(|b| (b, p.depends_on, p.shuffled))),
+            None => (None, None),
+        };
+        if matches!(&view, Some((_, None))) {
+            // A view without its first snapshot: the full path waits for it; nothing to keep.
+            return false;
+        }
         let entry = match first {
             None => Entry {
                 variants: Vec::new(),
@@ -191,16 +219,20 @@ impl AnswerCache {
                 depends_on: Dependency::Catalog,
                 built_at,
                 served: 0,
+                view,
+                touched: loaded.at,
             },
-            Some(first) => Entry {
-                variants: vec![first.bytes.into_boxed_slice()],
-                wanted: first.shuffled.clamp(1, MAX_VARIANTS),
+            Some((bytes, depends_on, shuffled)) => Entry {
+                variants: vec![bytes.into_boxed_slice()],
+                wanted: shuffled.clamp(1, MAX_VARIANTS),
                 seed,
                 // The first query is answered with the order just built.
                 next: 0,
-                depends_on: first.depends_on,
+                depends_on,
                 built_at,
                 served: 0,
+                view,
+                touched: loaded.at,
             },
         };
         if self.entries.len() >= MAX_ENTRIES || self.bytes >= MAX_BYTES {
@@ -224,13 +256,13 @@ fn entry_bytes(key: &[u8], entry: &Entry) -> usize {
 /// One order of the answer to `packet`, through the handler.
 fn prepare(
     handler: &DnsHandler,
-    state: &State,
+    loaded: &Loaded,
     packet: &[u8],
     src: SocketAddr,
     order: Order,
 ) -> Option<super::Prepared> {
     let request = Request::from_bytes(packet.to_vec(), src, Protocol::Udp).ok()?;
-    handler.prepare(state, &request, order)
+    Some(handler.prepare(loaded, &request, order))
 }
 
 /// Recognizes a plain query (one question, no answer or authority records, at most an EDNS

@@ -8,6 +8,12 @@
 //! server with this handler. The handler takes one lock-free load of the published catalog
 //! `State` per query: no redb transaction, no disk I/O, no global lock. Zones and settings are
 //! swapped atomically on reload (SIGHUP).
+//!
+//! On a client agent, service names (`<svc>.service`, tags, RFC 2782) are answered from the
+//! agent's streamed views (`remote::views`) instead: a name's first question starts its view
+//! and waits for its first snapshot ([`FIRST_VIEW_WAIT`], then SERVFAIL), later ones read
+//! memory, through the same pre-encoded answers. Node names, PTR and the SOA read the agent's
+//! copy of the catalog.
 
 mod cache;
 mod encode;
@@ -40,6 +46,8 @@ use tokio::net::TcpListener;
 use crate::catalog::State;
 use crate::config::DnsConfig;
 use crate::metrics::DnsMetrics;
+use crate::model::Index;
+use crate::remote::views::Views;
 use crate::tasks::Tasks;
 use crate::view::View;
 use encode::{error_info, response_edns, send};
@@ -53,6 +61,10 @@ use zone::{ConsulZone, Dependency, Order};
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest UDP answer we send, whatever the client offers.
 const MAX_UDP_PAYLOAD: u16 = 4096;
+/// How long a client agent's first question for a service name waits for the name's view to
+/// get its first snapshot before it is answered SERVFAIL (the servers are unreachable or slow;
+/// resolvers retry). A server is usually ms away.
+pub const FIRST_VIEW_WAIT: Duration = Duration::from_secs(1);
 
 /// Why the DNS zones could not be set up (at start or on reload).
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +111,8 @@ impl Handlers {
 /// The request handler.
 pub struct DnsHandler {
     view: View,
+    /// A client agent's views, which answer service names (`None` on a server).
+    views: Option<Views>,
     current: ArcSwap<Handlers>,
     /// Bumped on every reload, so pre-encoded answers built under old settings are dropped.
     generation: std::sync::atomic::AtomicU64,
@@ -106,10 +120,36 @@ pub struct DnsHandler {
 
 /// A UDP answer encoded ahead of time (ID and question case are patched per query).
 pub(crate) struct Prepared {
-    pub bytes: Vec<u8>,
+    /// `None`: the question takes the full path.
+    pub bytes: Option<Vec<u8>>,
     pub depends_on: Dependency,
     /// How many instances were shuffled: how many distinct orders are worth keeping.
     pub shuffled: usize,
+    /// On a client agent, the service name whose view answered, with the view's index then
+    /// ([`State::recorded_service_index`]; `None`: no snapshot yet). The answer holds while that
+    /// index does: views follow servers independently, so their indexes do not order one
+    /// another's changes the way a server's catalog index does.
+    pub view: Option<(compact_str::CompactString, Option<Index>)>,
+}
+
+/// The catalog states one batch of queries reads, each loaded once.
+pub(crate) struct Loaded {
+    /// The replicated catalog (on a client agent, its copy of it).
+    pub catalog: Arc<State>,
+    /// A client agent's views; `None` on a server.
+    pub views: Option<Arc<State>>,
+    /// When the batch was received, to mark views used without reading the clock per query.
+    pub at: std::time::Instant,
+}
+
+impl Loaded {
+    /// The state an answer came from: the views when it came from one.
+    pub fn state(&self, from_view: bool) -> &State {
+        match (&self.views, from_view) {
+            (Some(views), true) => views,
+            _ => &self.catalog,
+        }
+    }
 }
 
 impl DnsHandler {
@@ -117,13 +157,45 @@ impl DnsHandler {
         let handlers = build(&settings)?;
         Ok(DnsHandler {
             view,
+            views: None,
             current: ArcSwap::from_pointee(handlers),
             generation: Default::default(),
         })
     }
 
-    pub(crate) fn view(&self) -> &View {
-        &self.view
+    /// A client agent's handler: service names from `views`, the rest from `view`.
+    pub fn with_views(mut self, views: Views) -> Self {
+        self.views = Some(views);
+        self
+    }
+
+    /// The states a batch of queries reads.
+    pub(crate) fn load(&self) -> Loaded {
+        Loaded {
+            catalog: self.view.load(),
+            views: self.views.as_ref().map(|v| v.catalog().load()),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Marks `name`'s view used (a pre-encoded answer from it was sent).
+    pub(crate) fn touch(&self, name: &str) {
+        if let Some(views) = &self.views {
+            views.want(name);
+        }
+    }
+
+    /// On a client agent, the service name `query` asks about, when its answer comes from a
+    /// view (lower-cased).
+    fn view_name(
+        &self,
+        zone: &ConsulZone,
+        qname: &LowerName,
+        qtype: RecordType,
+    ) -> Option<compact_str::CompactString> {
+        self.views.as_ref()?;
+        let name = zone.service_of(qname, qtype)?;
+        Some(crate::catalog::key(&name))
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -133,32 +205,44 @@ impl DnsHandler {
     /// Encodes the UDP answer to a plain query for a name in the Beacon domain, with the
     /// instances in the given order; `None` when the question needs the full path (other
     /// zones, forwarding, answers that must be computed afresh each time).
-    pub(crate) fn prepare(
-        &self,
-        state: &State,
-        request: &Request,
-        order: Order,
-    ) -> Option<Prepared> {
+    /// On a client agent, a service name whose view has no snapshot yet takes the full path
+    /// (which waits for it) and starts the view.
+    pub(crate) fn prepare(&self, loaded: &Loaded, request: &Request, order: Order) -> Prepared {
+        let mut prepared = Prepared {
+            bytes: None,
+            depends_on: Dependency::Catalog,
+            shuffled: 0,
+            view: None,
+        };
         let plain = request.metadata.message_type == MessageType::Query
             && request.metadata.op_code == OpCode::Query
             && request.queries.len() == 1;
         if !plain {
-            return None;
+            return prepared;
         }
         let query = &request.queries.queries()[0];
         let handlers = self.current.load();
-        let zone = handlers.zone_for(query.name())?;
+        let Some(zone) = handlers.zone_for(query.name()) else {
+            return prepared;
+        };
+        let view = self.view_name(zone, query.name(), query.query_type());
+        let state = loaded.state(view.is_some());
+        if let Some(name) = view {
+            self.touch(&name);
+            let index = state.recorded_service_index(&name);
+            prepared.view = Some((name, index));
+            if index.is_none() {
+                return prepared;
+            }
+        }
         let reply = zone.answer(state, query.name(), query.query_type(), true, order);
         if !reply.external.is_empty() || reply.depends_on == Dependency::Never {
-            return None;
+            return prepared;
         }
-        let (depends_on, shuffled) = (reply.depends_on.clone(), reply.shuffled);
-        let bytes = encode::udp_bytes(request, reply, handlers.forwarder.is_some())?;
-        Some(Prepared {
-            bytes,
-            depends_on,
-            shuffled,
-        })
+        prepared.depends_on = reply.depends_on.clone();
+        prepared.shuffled = reply.shuffled;
+        prepared.bytes = encode::udp_bytes(request, reply, handlers.forwarder.is_some());
+        prepared
     }
 
     /// Re-reads the zone files and applies new DNS settings; on error the old ones stay.
@@ -309,8 +393,26 @@ impl DnsHandler {
         let query = &request.queries.queries()[0];
         let (qname, qtype) = (query.name(), query.query_type());
         let handlers = self.current.load_full();
-        let state = self.view.load();
         let udp = request.protocol() == Protocol::Udp;
+        let view = handlers
+            .zone_for(qname)
+            .and_then(|z| self.view_name(z, qname, qtype));
+        let _reading = match (&view, &self.views) {
+            (Some(name), Some(views)) => {
+                if !views.ready(name, FIRST_VIEW_WAIT).await {
+                    tracing::debug!(service = %name, "no view and no server answered in time: SERVFAIL");
+                    let response = builder.build_no_records(metadata_with(ResponseCode::ServFail));
+                    return send(&mut response_handle, response, request).await;
+                }
+                views.reading(name)
+            }
+            _ => None,
+        };
+        // Loaded after the wait, so a view's first snapshot is in it.
+        let state = match (&view, &self.views) {
+            (Some(_), Some(views)) => views.catalog().load(),
+            _ => self.view.load(),
+        };
         let recursion = handlers.forwarder.is_some();
 
         let in_static = handlers.static_origins.iter().any(|o| o.zone_of(qname));

@@ -176,7 +176,7 @@ impl Receiver {
             // A full batch means more are waiting: the server is behind.
             let behind = received == BATCH;
             was_behind = behind;
-            let state = self.handler.view().load();
+            let loaded = self.handler.load();
             self.cache.sync_generation(self.handler.generation());
             let (mut hits, mut dropped, mut malformed, mut full) = (0, 0, 0, 0);
             let mut ready = 0;
@@ -202,7 +202,7 @@ impl Receiver {
                 let mut answer = std::mem::take(&mut batch.answers[ready]);
                 let hit = self
                     .cache
-                    .answer(&self.handler, &state, packet, src, &mut answer);
+                    .answer(&self.handler, &loaded, packet, src, &mut answer);
                 batch.answers[ready] = answer;
                 if hit {
                     batch.address(ready, i);
@@ -385,12 +385,12 @@ impl Harness {
             return None;
         }
         let src = SocketAddr::from(([127, 0, 0, 1], 5353));
-        let state = self.handler.view().load();
+        let loaded = self.handler.load();
         self.cache.sync_generation(self.handler.generation());
         let mut out = Vec::new();
         if self
             .cache
-            .answer(&self.handler, &state, packet, src, &mut out)
+            .answer(&self.handler, &loaded, packet, src, &mut out)
         {
             return Some(out);
         }

@@ -151,6 +151,31 @@ impl ConsulZone {
         self.answer_in(state, qname, qtype, udp, order, 0)
     }
 
+    /// The service a question for `qname` (inside the zone) asks about, in this datacenter:
+    /// `web` for `web.service.consul`, `v1.web.service.dc1.consul` or `_web._tcp.consul` SRV.
+    pub fn service_of(&self, qname: &LowerName, qtype: RecordType) -> Option<String> {
+        let parsed = self.parse(&Name::from(qname.clone()), qtype)?;
+        if parsed.datacenter.is_some_and(|dc| dc != self.datacenter) {
+            return None;
+        }
+        match parsed.lookup {
+            Lookup::Service { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The labels in front of the domain, parsed (`None` when one is not UTF-8).
+    fn parse(&self, name: &Name, qtype: RecordType) -> Option<names::Parsed> {
+        let total = name.num_labels() as usize;
+        let labels: Vec<String> = name
+            .iter()
+            .take(total.saturating_sub(self.domain_labels))
+            .map(|l| std::str::from_utf8(l).ok().map(|s| s.to_ascii_lowercase()))
+            .collect::<Option<_>>()?;
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        Some(names::parse(&labels, qtype == RecordType::SRV))
+    }
+
     fn answer_in(
         &self,
         state: &State,
@@ -161,17 +186,9 @@ impl ConsulZone {
         depth: u8,
     ) -> Reply {
         let name = Name::from(qname.clone());
-        let total = name.num_labels() as usize;
-        let labels: Option<Vec<String>> = name
-            .iter()
-            .take(total.saturating_sub(self.domain_labels))
-            .map(|l| std::str::from_utf8(l).ok().map(|s| s.to_ascii_lowercase()))
-            .collect();
-        let Some(labels) = labels else {
+        let Some(parsed) = self.parse(&name, qtype) else {
             return self.nxdomain(state);
         };
-        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-        let parsed = names::parse(&labels, qtype == RecordType::SRV);
         if let Some(dc) = &parsed.datacenter
             && *dc != self.datacenter
         {

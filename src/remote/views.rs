@@ -49,6 +49,9 @@ struct Inner {
     /// Counts since start, for metrics.
     resubscriptions: AtomicU64,
     started: Instant,
+    /// Where followers run: `want` is also called from DNS receive loops, which are threads
+    /// outside the runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 /// One held name.
@@ -74,7 +77,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Views {
     /// Views kept in `catalog`, fed from `servers`, each dropped after `idle` without use;
-    /// every follower ends at `stop`.
+    /// every follower ends at `stop`. Call it inside the runtime the followers are to run on.
     pub fn new(servers: Servers, catalog: View, idle: Duration, stop: CancellationToken) -> Views {
         Views {
             inner: Arc::new(Inner {
@@ -86,6 +89,7 @@ impl Views {
                 stop,
                 resubscriptions: AtomicU64::new(0),
                 started: Instant::now(),
+                runtime: tokio::runtime::Handle::current(),
             }),
         }
     }
@@ -115,7 +119,9 @@ impl Views {
         });
         held.insert(name.clone(), h.clone());
         drop(held);
-        tokio::spawn(follow(self.inner.clone(), name, h));
+        self.inner
+            .runtime
+            .spawn(follow(self.inner.clone(), name, h));
         false
     }
 

@@ -1,7 +1,8 @@
 //! A client agent: no Raft and no catalog store. It runs the health checks of the services
 //! registered with it, keeps its own node in the servers' catalog by anti-entropy, answers DNS
-//! from a copy of the servers' catalog, serves the agent endpoints itself and forwards the rest
-//! of the HTTP API to a server, all found through the gossip pool.
+//! for service names from streamed views (`remote::views`, started on first use) and for the
+//! rest from a copy of the servers' catalog, serves the agent endpoints itself and forwards the
+//! rest of the HTTP API to a server, all found through the gossip pool.
 //!
 //! The data dir holds the node's ID (`node-id`, as Consul's), its services and checks
 //! (`agent::local`) and the gossip keyring.
@@ -118,7 +119,7 @@ async fn start(
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let catalog = View::default();
-    let handler = Arc::new(DnsHandler::new(catalog.clone(), zone_settings(config))?);
+    let handler = DnsHandler::new(catalog.clone(), zone_settings(config))?;
     let id = node_id(data_dir)?;
     let local_view = View::default();
     let local = Arc::new(LocalState::open(data_dir, local_view.clone())?);
@@ -144,6 +145,13 @@ async fn start(
             bound.tls.clone(),
         )
     };
+    let views = crate::remote::views::Views::new(
+        servers.clone(),
+        View::default(),
+        config.dns.view_idle,
+        tasks.stop().clone(),
+    );
+    let handler = Arc::new(handler.with_views(views.clone()));
     tasks.spawn(pool::retry_join(
         gossip.clone(),
         config.join.clone(),
@@ -223,12 +231,7 @@ async fn start(
         reload: reloader,
         gossip: Some(gossip.clone()),
         forward: Some(Arc::new(servers.clone())),
-        views: Some(crate::remote::views::Views::new(
-            servers,
-            View::default(),
-            config.dns.view_idle,
-            tasks.stop().clone(),
-        )),
+        views: Some(views),
         ui: config.ui,
     };
     let http = serve_http(bound.http, bound.https.zip(bound.tls), api, tasks);

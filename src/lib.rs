@@ -19,8 +19,8 @@
 //!   `session`, `operator` (Raft status, autopilot health, backups), `metrics` (the scrape and
 //!   the request recorder); `read` (consistency modes, blocking queries), `dto` (Consul's JSON,
 //!   decoded once into `model` specs), `error`, `ui` (the embedded web UI).
-//! - [`dns`]: the `consul.` zone answered from the view (`zone`, `names`), static zones and
-//!   forwarding (`forward`); UDP receive loops (`udp`, their system calls in `sys`) with
+//! - [`dns`]: the `consul.` zone answered from the view (`zone`, `names`; on a client agent,
+//!   service names from its `remote::views`), static zones and forwarding (`forward`); UDP receive loops (`udp`, their system calls in `sys`) with
 //!   pre-encoded answers (`cache`); `encode` builds answers for both paths.
 //! - [`agent`]: services and checks owned by this agent and the health runner (`probe`); on a
 //!   client agent, its own state (`local`) and anti-entropy with the servers (`sync`); the

@@ -2,7 +2,7 @@
 # DNS on client agents from streamed views: health change → DNS on 10 client agents, and a
 # client agent's DNS throughput against a server's (dnsperf). One command:
 #
-#   benches/client_dns.sh            # full run (about 5 minutes); paste its tables into RESULTS.md
+#   benches/client_dns.sh            # full run (about 9 minutes); paste its tables into RESULTS.md
 #   benches/client_dns.sh --quick    # a smoke run of every step
 #
 # Needs root for apt-get when dnsperf or dig are missing. Everything listens on 127.0.0.1 only.

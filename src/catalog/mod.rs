@@ -393,9 +393,12 @@ impl State {
     /// Index of the last change to the instances (or health) of a service name; falls back to
     /// the services table index for a name never seen.
     pub fn service_index(&self, name: &str) -> Index {
-        self.service_indexes
-            .get(&key(name))
-            .copied()
+        self.service_index_of_key(&key(name))
+    }
+
+    /// [`State::service_index`] of a name already lower-cased ([`key`]), without copying it.
+    pub fn service_index_of_key(&self, key: &str) -> Index {
+        self.recorded_service_index_of_key(key)
             .unwrap_or(self.indexes.services)
     }
 
@@ -403,7 +406,13 @@ impl State {
     /// [`State::service_index`]: on a client agent's views, `Some` exactly while the name's view
     /// holds a snapshot (`catalog::topic`).
     pub fn recorded_service_index(&self, name: &str) -> Option<Index> {
-        self.service_indexes.get(&key(name)).copied()
+        self.recorded_service_index_of_key(&key(name))
+    }
+
+    /// [`State::recorded_service_index`] of a name already lower-cased ([`key`]), without
+    /// copying it: the DNS cache asks on every hit.
+    pub fn recorded_service_index_of_key(&self, key: &str) -> Option<Index> {
+        self.service_indexes.get(key).copied()
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {

@@ -19,10 +19,6 @@ use super::zone::{Dependency, Order};
 use super::{DnsHandler, Loaded};
 use crate::model::Index;
 
-/// How often a pre-encoded answer from a client agent's view marks the view used at most, so a
-/// name asked only through this cache is not dropped as idle (`dns_config.view_idle`).
-const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// At most this many orders per answer. With more instances than this, the orders are redrawn
 /// (a new shuffle) after `REDRAW_AFTER` answers so every instance still comes first in turn.
 const MAX_VARIANTS: usize = 16;
@@ -69,7 +65,7 @@ struct Entry {
 impl Entry {
     fn is_fresh(&mut self, loaded: &Loaded) -> bool {
         if let Some((name, index)) = &self.view {
-            return loaded.state(true).recorded_service_index(name) == *index;
+            return loaded.state(true).recorded_service_index_of_key(name) == *index;
         }
         let state = loaded.state(false);
         let last = state.indexes().last;
@@ -77,7 +73,7 @@ impl Entry {
             return true;
         }
         let unchanged = match &self.depends_on {
-            Dependency::Service(name) => state.service_index(name) <= self.built_at,
+            Dependency::Service(name) => state.service_index_of_key(name) <= self.built_at,
             Dependency::Catalog | Dependency::Never => false,
         };
         if unchanged {
@@ -159,7 +155,9 @@ impl AnswerCache {
             }
         }
         if let Some((name, _)) = &entry.view
-            && loaded.at.saturating_duration_since(entry.touched) >= TOUCH_EVERY
+            // Often enough that a name asked only through this cache is not dropped as idle
+            // (`dns_config.view_idle`), seldom enough to keep the views' lock off most hits.
+            && loaded.at.saturating_duration_since(entry.touched) >= handler.touch_every()
         {
             entry.touched = loaded.at;
             handler.touch(name);

@@ -6,14 +6,16 @@
 //! UDP goes through `udp`'s receive loops, which answer plain questions for our domain from
 //! `cache`'s pre-encoded answers and pass everything else to this handler; TCP is hickory's
 //! server with this handler. The handler takes one lock-free load of the published catalog
-//! `State` per query: no redb transaction, no disk I/O, no global lock. Zones and settings are
-//! swapped atomically on reload (SIGHUP).
+//! `State` per query: no redb transaction, no disk I/O, no global lock (on a client agent, a
+//! service name's question that misses the pre-encoded answers also takes the views' map lock
+//! to mark its view used). Zones and settings are swapped atomically on reload (SIGHUP).
 //!
 //! On a client agent, service names (`<svc>.service`, tags, RFC 2782) are answered from the
 //! agent's streamed views (`remote::views`) instead: a name's first question starts its view
 //! and waits for its first snapshot ([`FIRST_VIEW_WAIT`], then SERVFAIL), later ones read
 //! memory, through the same pre-encoded answers. Node names, PTR and the SOA read the agent's
-//! copy of the catalog.
+//! copy of the catalog, and so do service names past the views' bound
+//! ([`MAX_VIEWS`](crate::remote::views::MAX_VIEWS)).
 
 mod cache;
 mod encode;
@@ -47,7 +49,7 @@ use crate::catalog::State;
 use crate::config::DnsConfig;
 use crate::metrics::DnsMetrics;
 use crate::model::Index;
-use crate::remote::views::Views;
+use crate::remote::views::{Views, Want};
 use crate::tasks::Tasks;
 use crate::view::View;
 use encode::{error_info, response_edns, send};
@@ -178,15 +180,27 @@ impl DnsHandler {
         }
     }
 
-    /// Marks `name`'s view used (a pre-encoded answer from it was sent).
-    pub(crate) fn touch(&self, name: &str) {
-        if let Some(views) = &self.views {
-            views.want(name);
+    /// Marks `name`'s view used (a pre-encoded answer from it was sent), starting it if there
+    /// is room; what the views said.
+    pub(crate) fn touch(&self, name: &str) -> Want {
+        match &self.views {
+            Some(views) => views.want(name),
+            None => Want::Full,
         }
     }
 
-    /// On a client agent, the service name `query` asks about, when its answer comes from a
-    /// view (lower-cased).
+    /// How often a pre-encoded answer from a view must mark it used at least
+    /// ([`Views::touch_every`]).
+    pub(crate) fn touch_every(&self) -> Duration {
+        self.views
+            .as_ref()
+            .map_or(Duration::MAX, Views::touch_every)
+    }
+
+    /// On a client agent, the service name `query` asks about, when its answer is to come
+    /// from a view (lower-cased); marks that view used, starting it. `None` also when the
+    /// agent holds [`MAX_VIEWS`](crate::remote::views::MAX_VIEWS) views and none of this name:
+    /// the catalog copy answers then.
     fn view_name(
         &self,
         zone: &ConsulZone,
@@ -194,8 +208,8 @@ impl DnsHandler {
         qtype: RecordType,
     ) -> Option<compact_str::CompactString> {
         self.views.as_ref()?;
-        let name = zone.service_of(qname, qtype)?;
-        Some(crate::catalog::key(&name))
+        let name = crate::catalog::key(&zone.service_of(qname, qtype)?);
+        (self.touch(&name) != Want::Full).then_some(name)
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -203,8 +217,8 @@ impl DnsHandler {
     }
 
     /// Encodes the UDP answer to a plain query for a name in the Beacon domain, with the
-    /// instances in the given order; `None` when the question needs the full path (other
-    /// zones, forwarding, answers that must be computed afresh each time).
+    /// instances in the given order; `bytes: None` when the question needs the full path
+    /// (other zones, forwarding, answers that must be computed afresh each time).
     /// On a client agent, a service name whose view has no snapshot yet takes the full path
     /// (which waits for it) and starts the view.
     pub(crate) fn prepare(&self, loaded: &Loaded, request: &Request, order: Order) -> Prepared {
@@ -228,7 +242,6 @@ impl DnsHandler {
         let view = self.view_name(zone, query.name(), query.query_type());
         let state = loaded.state(view.is_some());
         if let Some(name) = view {
-            self.touch(&name);
             let index = state.recorded_service_index(&name);
             prepared.view = Some((name, index));
             if index.is_none() {
@@ -237,6 +250,17 @@ impl DnsHandler {
         }
         let reply = zone.answer(state, query.name(), query.query_type(), true, order);
         if !reply.external.is_empty() || reply.depends_on == Dependency::Never {
+            return prepared;
+        }
+        // A view's answer is kept while its own index holds, so it must not read other names:
+        // one that followed a CNAME (a service address that is a name in our domain) is
+        // computed afresh each time.
+        if prepared.view.is_some()
+            && reply
+                .answers
+                .iter()
+                .any(|r| r.record_type() == RecordType::CNAME)
+        {
             return prepared;
         }
         prepared.depends_on = reply.depends_on.clone();

@@ -3,7 +3,9 @@
 //!
 //! Each loop is an OS thread with its own socket (`SO_REUSEPORT`, one per core by default), its
 //! own answer cache and its own buffers. It takes up to `BATCH` packets per `recvmmsg` and
-//! sends the answers with one `sendmmsg`: no task spawn, no allocation and no lock per query.
+//! sends the answers with one `sendmmsg`: no task spawn, no allocation and no lock per answer
+//! it has pre-encoded (building one on a client agent may take the views' lock and start a
+//! view, once per name).
 //!
 //! Overload: when a batch comes back full there is a backlog, and queries that have already
 //! waited longer than `max_queue_delay` (by their kernel receive timestamp) are dropped and

@@ -75,7 +75,7 @@ pub async fn service_on_client(
     };
     // A hit: the view already had its first snapshot (Consul's agent cache says MISS when
     // it had to fetch).
-    let hit = views.want(&name);
+    let hit = views.want(&name) == crate::remote::views::Want::Ready;
     if !hit && !views.ready(&name, FIRST_SNAPSHOT_WAIT).await {
         return super::forward(State(api), request).await;
     }

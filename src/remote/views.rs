@@ -12,6 +12,9 @@
 //! back, and each push is a whole snapshot of the name, so none is missed or applied twice.
 //! With no server reachable, every view keeps answering from what it has;
 //! [`Views::oldest_contact`] says how old that is.
+//!
+//! Names come from the network (any DNS question starts a view), so views are bounded: at most
+//! [`MAX_VIEWS`], and a view of a name with no instances goes after [`EMPTY_IDLE`] unused.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +33,26 @@ use crate::view::View;
 
 /// A stream that brings nothing, not even a heartbeat, for this long is given up.
 pub const SILENT_FOR: Duration = Duration::from_millis(3 * STREAM_HEARTBEAT.as_millis() as u64);
+
+/// Views one agent holds at most. Past it, [`Views::want`] says [`Want::Full`] for a name
+/// without a view: DNS answers it from the agent's catalog copy and HTTP forwards it, so a
+/// flood of made-up names cannot start unbounded followers and server subscriptions.
+pub const MAX_VIEWS: usize = 2048;
+
+/// A view whose name has no instances (or no snapshot yet) goes after this long unused, or
+/// after `idle` when that is shorter: a name asked by mistake holds no subscription for 10 min.
+pub const EMPTY_IDLE: Duration = Duration::from_secs(30);
+
+/// What [`Views::want`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// The view has its first snapshot: read it.
+    Ready,
+    /// The view is waiting for its first snapshot (it may have just started).
+    Starting,
+    /// No view, and [`MAX_VIEWS`] are held: answer some other way.
+    Full,
+}
 
 /// The materialized views of one client agent; cheap to clone.
 #[derive(Clone)]
@@ -65,6 +88,9 @@ struct Held {
     index: AtomicU64,
     /// Queries reading the view now; it is not dropped under them.
     readers: AtomicUsize,
+    /// Whether its last snapshot had no instances (true until the first): such a view goes
+    /// after [`EMPTY_IDLE`].
+    empty: AtomicBool,
     /// Whether its server said, at its last heartbeat, that it knows a leader.
     leader_known: AtomicBool,
     /// Woken at the first snapshot.
@@ -99,21 +125,29 @@ impl Views {
         &self.inner.catalog
     }
 
-    /// Marks `name` (any case) used, starting its view if it has none. True once the view has
-    /// its first snapshot, so the catalog answers for it.
-    pub fn want(&self, name: &str) -> bool {
+    /// Marks `name` (any case) used, starting its view if it has none and there is room
+    /// ([`MAX_VIEWS`]).
+    pub fn want(&self, name: &str) -> Want {
         let name = key(name);
         let now = self.inner.now_ms();
         let mut held = lock(&self.inner.held);
         if let Some(h) = held.get(&name) {
             h.used_ms.store(now, Ordering::Relaxed);
-            return h.index.load(Ordering::Acquire) > 0;
+            return if h.index.load(Ordering::Acquire) > 0 {
+                Want::Ready
+            } else {
+                Want::Starting
+            };
+        }
+        if held.len() >= MAX_VIEWS {
+            return Want::Full;
         }
         let h = Arc::new(Held {
             used_ms: AtomicU64::new(now),
             contact_ms: AtomicU64::new(0),
             index: AtomicU64::new(0),
             readers: AtomicUsize::new(0),
+            empty: AtomicBool::new(true),
             leader_known: AtomicBool::new(true),
             ready: tokio::sync::Notify::new(),
         });
@@ -122,14 +156,16 @@ impl Views {
         self.inner
             .runtime
             .spawn(follow(self.inner.clone(), name, h));
-        false
+        Want::Starting
     }
 
     /// [`Views::want`], then waits up to `wait` for the view's first snapshot; whether it has
-    /// one.
+    /// one (false at once when [`Want::Full`]).
     pub async fn ready(&self, name: &str, wait: Duration) -> bool {
-        if self.want(name) {
-            return true;
+        match self.want(name) {
+            Want::Ready => return true,
+            Want::Full => return false,
+            Want::Starting => {}
         }
         let Some(h) = lock(&self.inner.held).get(&key(name)).cloned() else {
             return false;
@@ -184,6 +220,12 @@ impl Views {
         ))
     }
 
+    /// How often a use must be recorded at least so a view in use is never dropped as idle:
+    /// a quarter of the idle time, at most 1 s.
+    pub fn touch_every(&self) -> Duration {
+        (self.inner.idle / 4).min(Duration::from_secs(1))
+    }
+
     /// How many names have a view.
     pub fn held(&self) -> usize {
         lock(&self.inner.held).len()
@@ -232,7 +274,12 @@ impl Inner {
         let unused = self
             .now_ms()
             .saturating_sub(h.used_ms.load(Ordering::Relaxed));
-        unused >= self.idle.as_millis() as u64 && h.readers.load(Ordering::Acquire) == 0
+        let idle = if h.empty.load(Ordering::Relaxed) {
+            self.idle.min(EMPTY_IDLE)
+        } else {
+            self.idle
+        };
+        unused >= idle.as_millis() as u64 && h.readers.load(Ordering::Acquire) == 0
     }
 
     fn apply(&self, snapshot: ServiceSnapshot) {
@@ -385,6 +432,8 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
                 held.leader_known.store(true, Ordering::Relaxed);
                 held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
                 if index > held.index.load(Ordering::Acquire) {
+                    held.empty
+                        .store(snapshot.instances.is_empty(), Ordering::Relaxed);
                     inner.apply(snapshot);
                     held.index.store(index, Ordering::Release);
                     held.ready.notify_waiters();
@@ -392,5 +441,42 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
             }
             Err(e) => return resubscribe(format!("{addr}: {e}"), heard),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Views with no server to follow: every one stays without a snapshot.
+    fn serverless(idle: Duration) -> Views {
+        let servers = Servers::new(Arc::new(Vec::new), None);
+        Views::new(
+            servers,
+            View::new(Default::default()),
+            idle,
+            CancellationToken::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn past_max_views_a_new_name_gets_none_and_held_ones_stay() {
+        let views = serverless(Duration::from_secs(600));
+        for i in 0..MAX_VIEWS {
+            assert_eq!(views.want(&format!("svc{i}")), Want::Starting);
+        }
+        assert_eq!(views.want("one-more"), Want::Full);
+        assert!(!views.ready("one-more", Duration::from_millis(1)).await);
+        assert_eq!(views.want("SVC7"), Want::Starting, "held names, any case");
+        assert_eq!(views.held(), MAX_VIEWS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_view_without_instances_goes_after_empty_idle() {
+        let views = serverless(Duration::from_secs(600));
+        views.want("typo");
+        assert_eq!(views.held(), 1);
+        tokio::time::sleep(EMPTY_IDLE + Duration::from_secs(3)).await;
+        assert_eq!(views.held(), 0, "long before the 600 s idle time");
     }
 }

@@ -286,6 +286,19 @@ async fn client_services_follow_their_agent_through_failures_restarts_and_leaves
         .map(|c| c["CheckID"].as_str().unwrap())
         .collect();
     assert!(checks.contains(&"serfHealth"), "{health}");
+    // The service reached the servers with its check in one write (as Consul's anti-entropy
+    // sends them), so it never showed as healthy before its check arrived.
+    let check_index = health[0]["Checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["CheckID"] == "service:web")
+        .map(|c| c["CreateIndex"].clone());
+    assert_eq!(
+        check_index,
+        Some(health[0]["Service"]["CreateIndex"].clone()),
+        "{health}"
+    );
 
     // Its check failing on the client removes it from DNS everywhere; passing brings it back.
     fail(&c0.server, "service:web").await;

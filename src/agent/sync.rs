@@ -114,16 +114,26 @@ impl AntiEntropy {
                 .service(&self.node, &service.id)
                 .is_none_or(|r| r.spec != service.spec);
             if differs {
+                // With its checks, in one write, as Consul's `syncService`: written apart, a
+                // new service would be healthy (no checks) until its checks' write landed.
+                let checks: Vec<&Check> = local
+                    .node_checks(&self.node)
+                    .filter(|c| c.service_id == service.id)
+                    .collect();
+                pushed_checks.extend(checks.iter().map(|c| c.check_id.clone()));
                 writes.push(Command::Register(Box::new(Registration {
                     node: node_spec.clone(),
                     skip_node_update: true,
                     service: Some(service.spec.clone()),
-                    checks: Vec::new(),
+                    checks: checks.into_iter().map(spec_of).collect(),
                     replace_existing_checks: false,
                 })));
             }
         }
         for check in local.node_checks(&self.node) {
+            if pushed_checks.contains(&check.check_id) {
+                continue;
+            }
             let push = match remote.check(&self.node, &check.check_id) {
                 None => true,
                 Some(r) if !same_check(r, check) => true,

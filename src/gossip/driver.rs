@@ -46,6 +46,10 @@ const CATCH_UP_FANOUT: usize = 4;
 /// with it (they run only while connected). An agent alone then announces itself this often
 /// to up to `RECONNECT_FANOUT` members it lists as failed or left, so a pool whose other
 /// members all restarted at once (every server of a client agent) comes back together.
+/// A client agent that sees no alive server does the same towards the servers it lists as
+/// failed or left, even while other client agents keep foca busy: Consul's servers rejoin the
+/// members their Serf snapshot lists when they restart, Beacon's servers restart knowing only
+/// each other, and the clients would otherwise find them at the next 30 s reconnect.
 const RECONNECT_ALONE: Duration = Duration::from_secs(5);
 const RECONNECT_FANOUT: usize = 2;
 /// At most one warning per peer and kind of problem per this period.
@@ -157,6 +161,7 @@ pub(crate) async fn start(mut config: Config, stop: CancellationToken) -> Result
         dirty: true,
         catch_up: None,
         alone: None,
+        server_lookout: TokioInstant::now(),
         send_buf: Vec::with_capacity(PACKET_SIZE),
         open_buf: Vec::with_capacity(PACKET_SIZE),
         config,
@@ -342,6 +347,9 @@ struct Driver {
     catch_up: Option<(TokioInstant, TokioInstant)>,
     /// While no other member is alive: when next to announce to failed ones (`RECONNECT_ALONE`).
     alone: Option<TokioInstant>,
+    /// On a client agent: when next to look for failed servers to announce to, should none be
+    /// alive (`RECONNECT_ALONE`).
+    server_lookout: TokioInstant,
     send_buf: Vec<u8>,
     open_buf: Vec<u8>,
 }
@@ -829,6 +837,7 @@ impl Driver {
         self.check_joins();
         self.catch_up(now).await;
         self.reconnect_alone(now).await;
+        self.reconnect_servers(now).await;
 
         self.reap();
         self.warned
@@ -851,18 +860,18 @@ impl Driver {
             return;
         }
         self.catch_up = Some((until, now + CATCH_UP_EVERY));
-        self.announce_to_random(CATCH_UP_FANOUT, |s| s == Status::Alive)
+        self.announce_to_random(CATCH_UP_FANOUT, |e| e.status == Status::Alive)
             .await;
     }
 
     /// Announces this agent to up to `fanout` other members picked at random among those
-    /// whose status `keep` accepts.
-    async fn announce_to_random(&mut self, fanout: usize, keep: impl Fn(Status) -> bool) {
+    /// `keep` accepts.
+    async fn announce_to_random(&mut self, fanout: usize, keep: impl Fn(&Entry) -> bool) {
         let local = self.config.node_name.clone();
         let mut candidates: Vec<SocketAddr> = self
             .members
             .iter()
-            .filter(|(name, e)| **name != local && keep(e.status))
+            .filter(|(name, e)| **name != local && keep(e))
             .map(|(_, e)| e.id.addr)
             .collect();
         let mut targets = Vec::with_capacity(fanout);
@@ -880,8 +889,32 @@ impl Driver {
             _ => return,
         }
         self.alone = Some(now + RECONNECT_ALONE);
-        self.announce_to_random(RECONNECT_FANOUT, |s| {
-            matches!(s, Status::Failed | Status::Left)
+        self.announce_to_random(RECONNECT_FANOUT, |e| {
+            matches!(e.status, Status::Failed | Status::Left)
+        })
+        .await;
+    }
+
+    /// See `RECONNECT_ALONE`.
+    async fn reconnect_servers(&mut self, now: TokioInstant) {
+        let is_server = |id: &NodeId| id.tags.iter().any(|(k, v)| k == "role" && v == "consul");
+        if now < self.server_lookout
+            || self.left
+            || self.leaving.is_some()
+            || self.config.tags.get("role").is_some_and(|r| r == "consul")
+        {
+            return;
+        }
+        self.server_lookout = now + RECONNECT_ALONE;
+        if self
+            .members
+            .values()
+            .any(|e| e.status == Status::Alive && is_server(&e.id))
+        {
+            return;
+        }
+        self.announce_to_random(RECONNECT_FANOUT, |e| {
+            matches!(e.status, Status::Failed | Status::Left) && is_server(&e.id)
         })
         .await;
     }

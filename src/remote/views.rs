@@ -43,6 +43,9 @@ pub const MAX_VIEWS: usize = 2048;
 /// after `idle` when that is shorter: a name asked by mistake holds no subscription for 10 min.
 pub const EMPTY_IDLE: Duration = Duration::from_secs(30);
 
+/// At most one warning per this long that views lost their server (the rest go to debug).
+const LOSS_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// What [`Views::want`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Want {
@@ -71,6 +74,9 @@ struct Inner {
     stop: CancellationToken,
     /// Counts since start, for metrics.
     resubscriptions: AtomicU64,
+    /// When a view last warned that it lost its server (ms since `started`): one warning per
+    /// [`LOSS_WARN_EVERY`] for the agent, not one per view, when a server goes.
+    loss_warned_ms: AtomicU64,
     started: Instant,
     /// Where followers run: `want` is also called from DNS receive loops, which are threads
     /// outside the runtime.
@@ -114,6 +120,7 @@ impl Views {
                 idle,
                 stop,
                 resubscriptions: AtomicU64::new(0),
+                loss_warned_ms: AtomicU64::new(0),
                 started: Instant::now(),
                 runtime: tokio::runtime::Handle::current(),
             }),
@@ -270,6 +277,17 @@ impl Inner {
         self.started.elapsed().as_millis() as u64 + 1
     }
 
+    /// Whether this loss of a server is the one to warn of ([`LOSS_WARN_EVERY`]).
+    fn may_warn_of_loss(&self) -> bool {
+        let now = self.now_ms();
+        let last = self.loss_warned_ms.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= LOSS_WARN_EVERY.as_millis() as u64)
+            && self
+                .loss_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     fn idle(&self, h: &Held) -> bool {
         let unused = self
             .now_ms()
@@ -338,7 +356,13 @@ async fn follow(inner: Arc<Inner>, name: CompactString, held: Arc<Held>) {
                 held.leader_known.store(false, Ordering::Relaxed);
                 if heard {
                     pause = FIRST_PAUSE;
-                    tracing::warn!(service = %name, reason = %why, index = held.index.load(Ordering::Relaxed), "view lost its server; resubscribing (answers come from the view meanwhile)");
+                    let index = held.index.load(Ordering::Relaxed);
+                    if inner.may_warn_of_loss() {
+                        let views = lock(&inner.held).len();
+                        tracing::warn!(service = %name, reason = %why, index, views, "a view lost its server; resubscribing (answers come from the views meanwhile; further losses within 10 s are logged at debug)");
+                    } else {
+                        tracing::debug!(service = %name, reason = %why, index, "view lost its server; resubscribing");
+                    }
                 } else {
                     tracing::debug!(service = %name, reason = %why, "resubscribing");
                 }

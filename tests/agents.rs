@@ -1033,4 +1033,67 @@ async fn a_client_answers_dns_and_stale_health_queries_from_its_views() {
         (status == 200 && body.as_array().map(Vec::len) == Some(2)).then_some(())
     })
     .await;
+    eventually("api in the client's DNS again", || async {
+        (srv(client, "api").await == both).then_some(())
+    })
+    .await;
+
+    // Forty more changes to `api` (its answer unchanged), so its index is well above anything
+    // a new cluster reaches on its own in this test.
+    for i in 0..40 {
+        let mut again = instance("ext1", 7001);
+        again["Service"]["Meta"] = json!({"round": i.to_string()});
+        let (status, _) = put(
+            &pool.servers[0].url("/v1/catalog/register"),
+            again.to_string(),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // The servers lose their data: a new cluster, whose indexes start below the client's.
+    // The client, asked about `api` all along (so its view is never idle), drops what it had
+    // from the old cluster instead of waiting for the new one to pass its index.
+    let dns = client.server.dns;
+    let asking = tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                ask(dns, "api.service.consul.", RecordType::SRV),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    for s in &mut pool.servers {
+        s.server.kill();
+        std::fs::remove_dir_all(&s.dir).unwrap();
+    }
+    for s in &mut pool.servers {
+        s.server = Server::spawn(&s.args, &s.dir);
+    }
+    for s in &mut pool.servers {
+        s.server.wait_ready();
+    }
+    eventually("a leader in the new cluster", || async {
+        let (_, v) = get_json(&pool.servers[0].url("/v1/status/leader")).await;
+        (v.as_str().is_some_and(|l| !l.is_empty())).then_some(())
+    })
+    .await;
+    let (status, _) = put(
+        &pool.servers[0].url("/v1/catalog/register"),
+        instance("ext3", 7003).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let client = &pool.clients[0];
+    eventually("the client's DNS follows the new cluster", || async {
+        (srv(client, "api").await == ["ext3.node.dc1.consul."]).then_some(())
+    })
+    .await;
+    asking.abort();
+    eventually("the client's node names follow it too", || async {
+        let reply = ask(client.server.dns, "ext3.node.consul.", RecordType::A).await;
+        (!reply.answers.is_empty()).then_some(())
+    })
+    .await;
 }

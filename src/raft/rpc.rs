@@ -77,6 +77,12 @@ pub struct ServiceWatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServiceEvent {
     Snapshot(crate::catalog::ServiceSnapshot),
+    /// The subscriber's index is from another history (above anything this cluster has
+    /// applied, even caught up with the leader: the servers' data was lost and the cluster
+    /// started again). Everything the subscriber holds from the old history is to be dropped,
+    /// then this snapshot applied whatever its index (Consul's clients reset an index that
+    /// goes backwards).
+    Restart(crate::catalog::ServiceSnapshot),
     /// Nothing changed for [`STREAM_HEARTBEAT`]: the server is still there, and whether it
     /// knows a leader (one that does not may be cut off from the cluster, and behind).
     Heartbeat {
@@ -288,7 +294,11 @@ impl Rpc {
                 encode(&reply)
             }
             Method::CatalogRows => {
-                let wait: CatalogWait = decode(&body)?;
+                let mut wait: CatalogWait = decode(&body)?;
+                if from_another_history(node, wait.after).await {
+                    // The caller replaces its copy with what this answer holds.
+                    wait.after = 0;
+                }
                 encode(&catalog_rows(node.view(), wait).await)
             }
             Method::ServiceStream => Err("ServiceStream is a stream: subscribe to it".into()),
@@ -348,13 +358,18 @@ impl Handler for Rpc {
                 let view = self.node.view().clone();
                 let node = self.node.clone();
                 tokio::spawn(async move {
+                    let restart = from_another_history(&node, watch.after).await;
+                    let first = std::sync::atomic::AtomicBool::new(restart);
                     let pushed = crate::view::stream::follow_service(
                         view,
                         &watch.service,
-                        watch.after,
+                        if restart { 0 } else { watch.after },
                         STREAM_HEARTBEAT,
                         tx,
                         |snapshot| match snapshot {
+                            Some(s) if first.swap(false, std::sync::atomic::Ordering::Relaxed) => {
+                                encode(&ServiceEvent::Restart(s.clone()))
+                            }
                             Some(s) => encode(&ServiceEvent::Snapshot(s.clone())),
                             None => encode(&ServiceEvent::Heartbeat {
                                 known_leader: node.leader_addr().is_some(),
@@ -378,6 +393,18 @@ impl Handler for Rpc {
 fn catalog_index(state: &crate::catalog::State) -> u64 {
     let i = state.indexes();
     i.nodes.max(i.services).max(i.checks)
+}
+
+/// Whether a client's index `after` comes from another history: above this server's applied
+/// catalog index even once caught up with the leader, so the servers lost their data and the
+/// cluster started again, and no server will ever pass it in the same history. False while
+/// there is no leader to catch up with (the server may just be behind: the caller waits, as
+/// before). Costs a read barrier, only when `after` is ahead of this server.
+async fn from_another_history(node: &RaftNode, after: u64) -> bool {
+    if after <= catalog_index(&node.view().load()) {
+        return false;
+    }
+    node.read_barrier(false).await.is_ok() && after > catalog_index(&node.view().load())
 }
 
 /// Waits until the catalog's index passes `wait.after` (or the wait ends), then returns the

@@ -10,6 +10,9 @@
 //! says it knows no leader (it may be cut off, and behind). It resumes from the last index it
 //! has: a server behind that index sends nothing until it catches up, so a view never goes
 //! back, and each push is a whole snapshot of the name, so none is missed or applied twice.
+//! The one exception is a server that says its cluster never had that index (its data was
+//! lost and it started again, [`ServiceEvent::Restart`]): then every view is emptied and
+//! fetched afresh, as Consul's clients reset an index that goes backwards.
 //! With no server reachable, every view keeps answering from what it has;
 //! [`Views::oldest_contact`] says how old that is.
 //!
@@ -72,6 +75,10 @@ struct Inner {
     held: Mutex<HashMap<CompactString, Arc<Held>>>,
     idle: Duration,
     stop: CancellationToken,
+    /// Bumped when a server says the views come from another history
+    /// ([`ServiceEvent::Restart`]): every follower subscribed before it starts again from
+    /// nothing.
+    epoch: AtomicU64,
     /// Counts since start, for metrics.
     resubscriptions: AtomicU64,
     /// When a view last warned that it lost its server (ms since `started`): one warning per
@@ -119,6 +126,7 @@ impl Views {
                 held: Mutex::new(HashMap::new()),
                 idle,
                 stop,
+                epoch: AtomicU64::new(0),
                 resubscriptions: AtomicU64::new(0),
                 loss_warned_ms: AtomicU64::new(0),
                 started: Instant::now(),
@@ -321,6 +329,21 @@ impl Inner {
         true
     }
 
+    /// Drops every view's contents and index, so each follower takes a fresh snapshot; the
+    /// views stay held. For [`ServiceEvent::Restart`].
+    fn restart_all(&self) {
+        let held = lock(&self.held);
+        let _one = lock(&self.publishing);
+        for h in held.values() {
+            h.index.store(0, Ordering::Release);
+        }
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.catalog.publish_changes(
+            crate::catalog::State::default(),
+            &[crate::catalog::Change::Everything],
+        );
+    }
+
     fn forget(&self, name: &str) {
         let _one = lock(&self.publishing);
         let mut state = (*self.catalog.load()).clone();
@@ -386,6 +409,7 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
     let Some(server) = inner.servers.candidates().into_iter().next() else {
         return resubscribe("no server is alive in the gossip pool".into(), false);
     };
+    let mut epoch = inner.epoch.load(Ordering::Acquire);
     let watch = ServiceWatch {
         service: name.to_string(),
         after: held.index.load(Ordering::Acquire),
@@ -421,6 +445,12 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
         if inner.idle(held) {
             return Ended::Idle;
         }
+        if inner.epoch.load(Ordering::Acquire) != epoch {
+            return resubscribe(
+                "the servers' history changed: starting afresh".into(),
+                false,
+            );
+        }
         let bytes = match next {
             Err(_) if last_heard.elapsed() < SILENT_FOR => continue,
             Err(_) => {
@@ -449,6 +479,20 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
                     return resubscribe(format!("{addr}: knows no leader"), heard);
                 }
                 held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
+            }
+            Ok(ServiceEvent::Restart(snapshot)) => {
+                tracing::warn!(service = %name, had = held.index.load(Ordering::Relaxed), index = snapshot.index, "the servers hold none of this agent's view history (their data was lost or replaced): every view starts afresh");
+                inner.restart_all();
+                held.leader_known.store(true, Ordering::Relaxed);
+                held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
+                held.empty
+                    .store(snapshot.instances.is_empty(), Ordering::Relaxed);
+                let index = snapshot.index;
+                inner.apply(snapshot);
+                held.index.store(index, Ordering::Release);
+                held.ready.notify_waiters();
+                // This stream started before the new epoch, and follows the new history.
+                epoch = inner.epoch.load(Ordering::Acquire);
             }
             Ok(ServiceEvent::Snapshot(snapshot)) => {
                 let index = snapshot.index;

@@ -811,6 +811,12 @@ tls.internal_rpc.verify_server_hostname = true
     );
 }
 
+/// `PUT /v1/catalog/register` of `body` on `agent`, which must accept it.
+async fn catalog_register(agent: &Agent, body: serde_json::Value) {
+    let (status, reply) = put(&agent.url("/v1/catalog/register"), body.to_string()).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
 /// The value of a metric on an agent, from its Prometheus page.
 async fn metric_on(agent: &Agent, name: &str) -> Option<f64> {
     let page = http()
@@ -845,12 +851,7 @@ async fn a_client_answers_dns_and_stale_health_queries_from_its_views() {
                "Check": {"CheckID": format!("api-{port}"), "Name": "c", "Status": "passing",
                          "ServiceID": format!("api-{port}")}})
     };
-    let (status, _) = put(
-        &pool.servers[0].url("/v1/catalog/register"),
-        instance("ext1", 7001).to_string(),
-    )
-    .await;
-    assert_eq!(status, 200);
+    catalog_register(&pool.servers[0], instance("ext1", 7001)).await;
 
     let client = &pool.clients[0];
     // DNS on the client: the name's view starts on the first question.
@@ -920,12 +921,7 @@ async fn a_client_answers_dns_and_stale_health_queries_from_its_views() {
     ))));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!blocked.is_finished(), "nothing changed yet");
-    let (status, _) = put(
-        &pool.servers[2].url("/v1/catalog/register"),
-        instance("ext2", 7002).to_string(),
-    )
-    .await;
-    assert_eq!(status, 200);
+    catalog_register(&pool.servers[2], instance("ext2", 7002)).await;
     let (status, woke_index, _, cache, body) = blocked.await.unwrap();
     assert_eq!((status, cache.as_str()), (200, "HIT"));
     assert!(woke_index.parse::<u64>().unwrap() > index.parse::<u64>().unwrap());
@@ -944,12 +940,7 @@ async fn a_client_answers_dns_and_stale_health_queries_from_its_views() {
     for (status, targets) in [("critical", &both[..1]), ("passing", &both[..])] {
         let mut flipped = instance("ext2", 7002);
         flipped["Check"]["Status"] = json!(status);
-        let (code, _) = put(
-            &pool.servers[1].url("/v1/catalog/register"),
-            flipped.to_string(),
-        )
-        .await;
-        assert_eq!(code, 200);
+        catalog_register(&pool.servers[1], flipped).await;
         eventually(&format!("ext2 {status} in the client's DNS"), || async {
             (srv(client, "api").await == targets).then_some(())
         })
@@ -1043,12 +1034,7 @@ async fn a_client_answers_dns_and_stale_health_queries_from_its_views() {
     for i in 0..40 {
         let mut again = instance("ext1", 7001);
         again["Service"]["Meta"] = json!({"round": i.to_string()});
-        let (status, _) = put(
-            &pool.servers[0].url("/v1/catalog/register"),
-            again.to_string(),
-        )
-        .await;
-        assert_eq!(status, 200);
+        catalog_register(&pool.servers[0], again).await;
     }
     // The servers lose their data: a new cluster, whose indexes start below the client's.
     // The client, asked about `api` all along (so its view is never idle), drops what it had
@@ -1079,12 +1065,7 @@ async fn a_client_answers_dns_and_stale_health_queries_from_its_views() {
         (v.as_str().is_some_and(|l| !l.is_empty())).then_some(())
     })
     .await;
-    let (status, _) = put(
-        &pool.servers[0].url("/v1/catalog/register"),
-        instance("ext3", 7003).to_string(),
-    )
-    .await;
-    assert_eq!(status, 200);
+    catalog_register(&pool.servers[0], instance("ext3", 7003)).await;
     let client = &pool.clients[0];
     eventually("the client's DNS follows the new cluster", || async {
         (srv(client, "api").await == ["ext3.node.dc1.consul."]).then_some(())

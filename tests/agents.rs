@@ -1036,17 +1036,25 @@ async fn a_client_answers_dns_and_stale_health_queries_from_its_views() {
         again["Service"]["Meta"] = json!({"round": i.to_string()});
         catalog_register(&pool.servers[0], again).await;
     }
+    // A second name, so a restart of the views meets more than one follower.
+    let mut db = instance("ext4", 7004);
+    db["Service"]["Service"] = json!("db");
+    catalog_register(&pool.servers[0], db).await;
+    eventually("db on the client", || async {
+        (srv(client, "db").await == ["ext4.node.dc1.consul."]).then_some(())
+    })
+    .await;
     // The servers lose their data: a new cluster, whose indexes start below the client's.
-    // The client, asked about `api` all along (so its view is never idle), drops what it had
-    // from the old cluster instead of waiting for the new one to pass its index.
+    // The client, asked about `api` and `db` all along (so their views are never idle), drops
+    // what it had from the old cluster instead of waiting for the new one to pass its index.
     let dns = client.server.dns;
     let asking = tokio::spawn(async move {
         loop {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                ask(dns, "api.service.consul.", RecordType::SRV),
-            )
-            .await;
+            for name in ["api.service.consul.", "db.service.consul."] {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), ask(dns, name, RecordType::SRV))
+                        .await;
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
@@ -1066,9 +1074,14 @@ async fn a_client_answers_dns_and_stale_health_queries_from_its_views() {
     })
     .await;
     catalog_register(&pool.servers[0], instance("ext3", 7003)).await;
+    let mut db = instance("ext5", 7005);
+    db["Service"]["Service"] = json!("db");
+    catalog_register(&pool.servers[1], db).await;
     let client = &pool.clients[0];
     eventually("the client's DNS follows the new cluster", || async {
-        (srv(client, "api").await == ["ext3.node.dc1.consul."]).then_some(())
+        (srv(client, "api").await == ["ext3.node.dc1.consul."]
+            && srv(client, "db").await == ["ext5.node.dc1.consul."])
+        .then_some(())
     })
     .await;
     asking.abort();

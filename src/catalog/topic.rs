@@ -34,6 +34,10 @@ pub struct ServiceSnapshot {
     pub index: Index,
     /// In the catalog's order (node, then service ID).
     pub instances: Vec<InstanceRow>,
+    /// The cluster whose history `index` belongs to (`State::cluster_id`; empty before the
+    /// cluster has one): indexes of two clusters do not compare.
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 /// One instance with its node and checks: node checks, then the service's own.
@@ -59,6 +63,7 @@ impl State {
                     checks: i.checks.into_iter().cloned().collect(),
                 })
                 .collect(),
+            cluster_id: self.cluster_id().to_string(),
         }
     }
 

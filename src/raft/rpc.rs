@@ -71,23 +71,23 @@ pub struct ServiceWatch {
     pub service: String,
     /// The index the subscriber already has (0: none); the first push is above it.
     pub after: u64,
+    /// The cluster `after` came from (empty: none yet). A server of another cluster (the
+    /// servers lost their data and formed a new one) sends the name at once whatever its
+    /// index, since indexes of two clusters do not compare (Consul's clients reset an index
+    /// that goes backwards).
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 /// One push of `Method::ServiceStream`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServiceEvent {
+    /// The name's instances; its `cluster_id` differing from the one the subscriber named
+    /// means the subscriber's history is gone (see [`ServiceWatch::cluster_id`]).
     Snapshot(crate::catalog::ServiceSnapshot),
-    /// The subscriber's index is from another history (above anything this cluster has
-    /// applied, even caught up with the leader: the servers' data was lost and the cluster
-    /// started again). Everything the subscriber holds from the old history is to be dropped,
-    /// then this snapshot applied whatever its index (Consul's clients reset an index that
-    /// goes backwards).
-    Restart(crate::catalog::ServiceSnapshot),
     /// Nothing changed for [`STREAM_HEARTBEAT`]: the server is still there, and whether it
     /// knows a leader (one that does not may be cut off from the cluster, and behind).
-    Heartbeat {
-        known_leader: bool,
-    },
+    Heartbeat { known_leader: bool },
 }
 
 /// How long a service stream stays silent before a heartbeat; a subscriber that hears nothing
@@ -95,12 +95,16 @@ pub enum ServiceEvent {
 pub const STREAM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A client agent's long poll for the catalog (`Method::CatalogRows`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CatalogWait {
     /// Answer once the catalog's index is above this (0: at once).
     pub after: u64,
     /// Answer after this long (milliseconds) even if nothing changed.
     pub wait_ms: u64,
+    /// The cluster of the caller's copy (empty: none yet); another cluster's copy is answered
+    /// at once ([`ServiceWatch::cluster_id`]).
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 impl Method {
@@ -295,9 +299,11 @@ impl Rpc {
             }
             Method::CatalogRows => {
                 let mut wait: CatalogWait = decode(&body)?;
-                if from_another_history(node, wait.after).await {
+                match cluster_of(node.view(), &wait.cluster_id) {
+                    Cluster::Same => {}
                     // The caller replaces its copy with what this answer holds.
-                    wait.after = 0;
+                    Cluster::Another => wait.after = 0,
+                    Cluster::Unknown => return Err("this server has no cluster ID yet".into()),
                 }
                 encode(&catalog_rows(node.view(), wait).await)
             }
@@ -358,18 +364,19 @@ impl Handler for Rpc {
                 let view = self.node.view().clone();
                 let node = self.node.clone();
                 tokio::spawn(async move {
-                    let restart = from_another_history(&node, watch.after).await;
-                    let first = std::sync::atomic::AtomicBool::new(restart);
+                    let after = match cluster_of(&view, &watch.cluster_id) {
+                        Cluster::Same => watch.after,
+                        Cluster::Another => 0,
+                        // Ending the stream sends the client to another server.
+                        Cluster::Unknown => return,
+                    };
                     let pushed = crate::view::stream::follow_service(
                         view,
                         &watch.service,
-                        if restart { 0 } else { watch.after },
+                        after,
                         STREAM_HEARTBEAT,
                         tx,
                         |snapshot| match snapshot {
-                            Some(s) if first.swap(false, std::sync::atomic::Ordering::Relaxed) => {
-                                encode(&ServiceEvent::Restart(s.clone()))
-                            }
                             Some(s) => encode(&ServiceEvent::Snapshot(s.clone())),
                             None => encode(&ServiceEvent::Heartbeat {
                                 known_leader: node.leader_addr().is_some(),
@@ -395,16 +402,27 @@ fn catalog_index(state: &crate::catalog::State) -> u64 {
     i.nodes.max(i.services).max(i.checks)
 }
 
-/// Whether a client's index `after` comes from another history: above this server's applied
-/// catalog index even once caught up with the leader, so the servers lost their data and the
-/// cluster started again, and no server will ever pass it in the same history. False while
-/// there is no leader to catch up with (the server may just be behind: the caller waits, as
-/// before). Costs a read barrier, only when `after` is ahead of this server.
-async fn from_another_history(node: &RaftNode, after: u64) -> bool {
-    if after <= catalog_index(&node.view().load()) {
-        return false;
+/// How a client's `cluster_id` compares with this server's.
+#[derive(Debug, PartialEq, Eq)]
+enum Cluster {
+    /// The same, or the client has none yet: its index compares with ours.
+    Same,
+    /// Another: its indexes belong to a history these servers do not have.
+    Another,
+    /// The client names one and this server has none yet (a new cluster still forming, or a
+    /// new server not caught up): it cannot tell, so the client should ask another server.
+    Unknown,
+}
+
+fn cluster_of(view: &crate::view::View, theirs: &str) -> Cluster {
+    let state = view.load();
+    let ours = state.cluster_id();
+    match (theirs.is_empty(), ours.is_empty()) {
+        (true, _) => Cluster::Same,
+        (false, true) => Cluster::Unknown,
+        (false, false) if theirs == ours => Cluster::Same,
+        (false, false) => Cluster::Another,
     }
-    node.read_barrier(false).await.is_ok() && after > catalog_index(&node.view().load())
 }
 
 /// Waits until the catalog's index passes `wait.after` (or the wait ends), then returns the

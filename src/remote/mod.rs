@@ -112,11 +112,18 @@ impl Servers {
         Err(CallError::Unreachable(failures.join("; ")))
     }
 
-    /// The catalog's nodes, services and checks once its index passes `after`.
-    pub async fn catalog(&self, after: u64, wait: Duration) -> Result<Rows, CallError> {
+    /// The catalog's nodes, services and checks once its index passes `after` (an index of
+    /// cluster `cluster_id`; a server of another cluster answers at once).
+    pub async fn catalog(
+        &self,
+        after: u64,
+        cluster_id: &str,
+        wait: Duration,
+    ) -> Result<Rows, CallError> {
         let body = CatalogWait {
             after,
             wait_ms: wait.as_millis() as u64,
+            cluster_id: cluster_id.to_string(),
         };
         self.call(Method::CatalogRows, &body, wait + Duration::from_secs(10))
             .await
@@ -126,18 +133,20 @@ impl Servers {
     /// a long poll per change, so DNS on this agent reads memory and never waits on a server.
     pub async fn replicate(self, view: View, stop: tokio_util::sync::CancellationToken) {
         let mut after = 0;
+        let mut cluster_id = String::new();
         let mut pause = Duration::from_millis(100);
         let mut warned = false;
         loop {
             let polled = tokio::select! {
                 _ = stop.cancelled() => return,
-                polled = self.catalog(after, Duration::from_secs(300)) => polled,
+                polled = self.catalog(after, &cluster_id, Duration::from_secs(300)) => polled,
             };
             match polled {
                 Ok(rows) => {
                     let state = State::from_rows(rows);
                     let i = state.indexes();
                     after = i.nodes.max(i.services).max(i.checks);
+                    cluster_id = state.cluster_id().to_string();
                     view.publish_changes(state, &[Change::Everything]);
                     pause = Duration::from_millis(100);
                     if warned {

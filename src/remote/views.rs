@@ -10,9 +10,10 @@
 //! says it knows no leader (it may be cut off, and behind). It resumes from the last index it
 //! has: a server behind that index sends nothing until it catches up, so a view never goes
 //! back, and each push is a whole snapshot of the name, so none is missed or applied twice.
-//! The one exception is a server that says its cluster never had that index (its data was
-//! lost and it started again, [`ServiceEvent::Restart`]): then every view is emptied and
-//! fetched afresh, as Consul's clients reset an index that goes backwards.
+//! The one exception is a snapshot from another cluster than the views' (the servers lost
+//! their data and formed a new one, whose indexes do not compare with the old): then every
+//! view is emptied and fetched afresh, as Consul's clients reset an index that goes
+//! backwards. A subscription names its cluster, so such a server answers at once.
 //! With no server reachable, every view keeps answering from what it has;
 //! [`Views::oldest_contact`] says how old that is.
 //!
@@ -75,10 +76,12 @@ struct Inner {
     held: Mutex<HashMap<CompactString, Arc<Held>>>,
     idle: Duration,
     stop: CancellationToken,
-    /// Bumped when a server says the views come from another history
-    /// ([`ServiceEvent::Restart`]): every follower subscribed before it starts again from
-    /// nothing.
+    /// Bumped when a snapshot comes from another cluster than the views' (`Inner::apply`):
+    /// every follower subscribed before it starts again from nothing.
     epoch: AtomicU64,
+    /// The cluster the views' indexes belong to (empty until the first snapshot that names
+    /// one). Taken alone, never while taking another lock.
+    cluster_id: Mutex<String>,
     /// Counts since start, for metrics.
     resubscriptions: AtomicU64,
     /// When a view last warned that it lost its server (ms since `started`): one warning per
@@ -127,6 +130,7 @@ impl Views {
                 idle,
                 stop,
                 epoch: AtomicU64::new(0),
+                cluster_id: Mutex::new(String::new()),
                 resubscriptions: AtomicU64::new(0),
                 loss_warned_ms: AtomicU64::new(0),
                 started: Instant::now(),
@@ -308,11 +312,50 @@ impl Inner {
         unused >= idle.as_millis() as u64 && h.readers.load(Ordering::Acquire) == 0
     }
 
-    fn apply(&self, snapshot: ServiceSnapshot) {
+    /// Applies `snapshot` of `held`'s name, from a subscription made in `epoch`: the epoch
+    /// the follower is in now and whether the snapshot was newer than the view, or `None` when
+    /// the views were restarted since that subscription began (the follower starts again).
+    /// A snapshot of another cluster than the views' restarts them: every view emptied, its
+    /// index 0, the epoch moved on, so every other follower subscribes afresh.
+    fn apply(&self, held: &Held, snapshot: ServiceSnapshot, epoch: u64) -> Option<(u64, bool)> {
+        let another = {
+            let ours = lock(&self.cluster_id);
+            !ours.is_empty() && !snapshot.cluster_id.is_empty() && *ours != snapshot.cluster_id
+        };
+        // `held` before `publishing`, as in `drop_if_idle`.
+        let views = another.then(|| lock(&self.held));
         let _one = lock(&self.publishing);
-        let mut state = (*self.catalog.load()).clone();
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return None;
+        }
+        let index = snapshot.index;
+        let (mut state, epoch) = match &views {
+            Some(views) => {
+                tracing::warn!(service = %snapshot.name, cluster = %snapshot.cluster_id, views = views.len(), "the servers are another cluster than this agent's views came from (their data was lost or replaced): every view starts afresh");
+                for h in views.values() {
+                    h.index.store(0, Ordering::Release);
+                }
+                let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                (crate::catalog::State::default(), epoch)
+            }
+            None if index <= held.index.load(Ordering::Acquire) => return Some((epoch, false)),
+            None => ((*self.catalog.load()).clone(), epoch),
+        };
+        {
+            let mut ours = lock(&self.cluster_id);
+            if ours.is_empty() || another {
+                ours.clone_from(&snapshot.cluster_id);
+            }
+        }
         let changes = state.replace_service(snapshot);
-        self.catalog.publish_changes(state, &changes);
+        if another {
+            self.catalog
+                .publish_changes(state, &[crate::catalog::Change::Everything]);
+        } else {
+            self.catalog.publish_changes(state, &changes);
+        }
+        held.index.store(index, Ordering::Release);
+        Some((epoch, true))
     }
 
     /// Drops `name`'s view if it is still idle. Decided under the map's lock, which `want` and
@@ -327,21 +370,6 @@ impl Inner {
         self.forget(name);
         tracing::debug!(service = %name, "dropped an idle view");
         true
-    }
-
-    /// Drops every view's contents and index, so each follower takes a fresh snapshot; the
-    /// views stay held. For [`ServiceEvent::Restart`].
-    fn restart_all(&self) {
-        let held = lock(&self.held);
-        let _one = lock(&self.publishing);
-        for h in held.values() {
-            h.index.store(0, Ordering::Release);
-        }
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.catalog.publish_changes(
-            crate::catalog::State::default(),
-            &[crate::catalog::Change::Everything],
-        );
     }
 
     fn forget(&self, name: &str) {
@@ -413,6 +441,7 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
     let watch = ServiceWatch {
         service: name.to_string(),
         after: held.index.load(Ordering::Acquire),
+        cluster_id: lock(&inner.cluster_id).clone(),
     };
     let body = match encode(&watch) {
         Ok(body) => body,
@@ -480,31 +509,23 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
                 }
                 held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
             }
-            Ok(ServiceEvent::Restart(snapshot)) => {
-                tracing::warn!(service = %name, had = held.index.load(Ordering::Relaxed), index = snapshot.index, "the servers hold none of this agent's view history (their data was lost or replaced): every view starts afresh");
-                inner.restart_all();
-                held.leader_known.store(true, Ordering::Relaxed);
-                held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
-                held.empty
-                    .store(snapshot.instances.is_empty(), Ordering::Relaxed);
-                let index = snapshot.index;
-                inner.apply(snapshot);
-                held.index.store(index, Ordering::Release);
-                held.ready.notify_waiters();
-                // This stream started before the new epoch, and follows the new history.
-                epoch = inner.epoch.load(Ordering::Acquire);
-            }
             Ok(ServiceEvent::Snapshot(snapshot)) => {
-                let index = snapshot.index;
-                // The server sends only what is above `after`; this guards the view anyway.
+                // The server sends only what is above `after` (or, from another cluster,
+                // anything); `apply` guards the view anyway.
                 held.leader_known.store(true, Ordering::Relaxed);
                 held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
-                if index > held.index.load(Ordering::Acquire) {
-                    held.empty
-                        .store(snapshot.instances.is_empty(), Ordering::Relaxed);
-                    inner.apply(snapshot);
-                    held.index.store(index, Ordering::Release);
-                    held.ready.notify_waiters();
+                let empty = snapshot.instances.is_empty();
+                match inner.apply(held, snapshot, epoch) {
+                    None => {
+                        return resubscribe("the views started afresh".into(), false);
+                    }
+                    Some((now_in, applied)) => {
+                        epoch = now_in;
+                        if applied {
+                            held.empty.store(empty, Ordering::Relaxed);
+                            held.ready.notify_waiters();
+                        }
+                    }
                 }
             }
             Err(e) => return resubscribe(format!("{addr}: {e}"), heard),

@@ -5,10 +5,9 @@
 //! agents spread over the servers (each client's views use the server it prefers). A
 //! subscriber resumes elsewhere by naming the last index it has: a server behind that index
 //! says nothing until it has caught up, so a view never goes back. A snapshot restore moves
-//! every service index (`State::restore`), which sends every name again. An index above what
-//! the cluster has applied even once this server caught up with the leader is from a history
-//! the servers lost (data dirs wiped): the server answers with a `Restart` at once
-//! (`raft::rpc`), and the client starts its views afresh.
+//! every service index (`State::restore`), which sends every name again. A subscriber whose
+//! index is from another cluster (the servers lost their data and formed a new one) is sent
+//! the name at once (`raft::rpc`), and the client starts its views afresh.
 //!
 //! Backpressure coalesces: a snapshot is taken only once the stream's queue on the connection
 //! has room, so a subscriber whose connection backs up receives the newest state, not a queue

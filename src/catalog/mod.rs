@@ -390,6 +390,12 @@ impl State {
         &self.cluster_id
     }
 
+    /// Names the cluster a client agent's views came from (`remote::views`); a server's
+    /// is set only by its log (`Command::InitCluster`).
+    pub fn set_cluster_id(&mut self, id: &str) {
+        id.clone_into(&mut self.cluster_id);
+    }
+
     /// Index of the last change to the instances (or health) of a service name; falls back to
     /// the services table index for a name never seen.
     pub fn service_index(&self, name: &str) -> Index {

@@ -88,6 +88,8 @@ pub(crate) struct AnswerCache {
     /// Estimated bytes held (`MAX_BYTES`).
     bytes: usize,
     generation: u64,
+    /// The clusters of the catalog and of the views the entries were built from.
+    clusters: (String, String),
     seed: u64,
 }
 
@@ -97,16 +99,23 @@ impl AnswerCache {
             entries: HashMap::new(),
             bytes: 0,
             generation: 0,
+            clusters: Default::default(),
             seed: rand::random(),
         }
     }
 
-    /// Drops everything when the DNS settings were reloaded.
-    pub fn sync_generation(&mut self, generation: u64) {
-        if generation != self.generation {
+    /// Drops everything when the DNS settings were reloaded, or when the catalog (or a client
+    /// agent's views) now comes from another cluster: the servers lost their data and formed
+    /// a new one, whose indexes do not compare with those the entries were checked against.
+    /// Once per batch: two short string comparisons.
+    pub fn sync(&mut self, generation: u64, loaded: &Loaded) {
+        let catalog = loaded.catalog.cluster_id();
+        let views = loaded.views.as_ref().map_or("", |v| v.cluster_id());
+        if generation != self.generation || catalog != self.clusters.0 || views != self.clusters.1 {
             self.entries.clear();
             self.bytes = 0;
             self.generation = generation;
+            self.clusters = (catalog.to_string(), views.to_string());
         }
     }
 

@@ -179,7 +179,7 @@ impl Receiver {
             let behind = received == BATCH;
             was_behind = behind;
             let loaded = self.handler.load();
-            self.cache.sync_generation(self.handler.generation());
+            self.cache.sync(self.handler.generation(), &loaded);
             let (mut hits, mut dropped, mut malformed, mut full) = (0, 0, 0, 0);
             let mut ready = 0;
             for i in 0..received {
@@ -388,7 +388,7 @@ impl Harness {
         }
         let src = SocketAddr::from(([127, 0, 0, 1], 5353));
         let loaded = self.handler.load();
-        self.cache.sync_generation(self.handler.generation());
+        self.cache.sync(self.handler.generation(), &loaded);
         let mut out = Vec::new();
         if self
             .cache

@@ -299,7 +299,7 @@ impl Rpc {
             }
             Method::CatalogRows => {
                 let mut wait: CatalogWait = decode(&body)?;
-                match cluster_of(node.view(), &wait.cluster_id) {
+                match cluster_of(node, &wait.cluster_id) {
                     Cluster::Same => {}
                     // The caller replaces its copy with what this answer holds.
                     Cluster::Another => wait.after = 0,
@@ -364,7 +364,7 @@ impl Handler for Rpc {
                 let view = self.node.view().clone();
                 let node = self.node.clone();
                 tokio::spawn(async move {
-                    let after = match cluster_of(&view, &watch.cluster_id) {
+                    let after = match cluster_of(&node, &watch.cluster_id) {
                         Cluster::Same => watch.after,
                         Cluster::Another => 0,
                         // Ending the stream sends the client to another server.
@@ -410,18 +410,22 @@ enum Cluster {
     /// Another: its indexes belong to a history these servers do not have.
     Another,
     /// The client names one and this server has none yet (a new cluster still forming, or a
-    /// new server not caught up): it cannot tell, so the client should ask another server.
+    /// new server not caught up), or names another while this server knows no leader: it
+    /// cannot tell, so the client should ask another server.
     Unknown,
 }
 
-fn cluster_of(view: &crate::view::View, theirs: &str) -> Cluster {
-    let state = view.load();
+/// `Another` only from a server that knows a leader: a server of the old cluster still up
+/// during a staggered wipe would otherwise send the client back and forth.
+fn cluster_of(node: &RaftNode, theirs: &str) -> Cluster {
+    let state = node.view().load();
     let ours = state.cluster_id();
     match (theirs.is_empty(), ours.is_empty()) {
         (true, _) => Cluster::Same,
         (false, true) => Cluster::Unknown,
         (false, false) if theirs == ours => Cluster::Same,
-        (false, false) => Cluster::Another,
+        (false, false) if node.leader_addr().is_some() => Cluster::Another,
+        (false, false) => Cluster::Unknown,
     }
 }
 

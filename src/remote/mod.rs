@@ -106,7 +106,12 @@ impl Servers {
                     self.skip(server);
                     return Err(e);
                 }
-                Err(e) => return Err(e),
+                // The server could not handle it (say, it has no cluster ID yet): the next
+                // call starts with another.
+                Err(e) => {
+                    self.skip(server);
+                    return Err(e);
+                }
             }
         }
         Err(CallError::Unreachable(failures.join("; ")))
@@ -145,7 +150,16 @@ impl Servers {
                 Ok(rows) => {
                     let state = State::from_rows(rows);
                     let i = state.indexes();
-                    after = i.nodes.max(i.services).max(i.checks);
+                    let index = i.nodes.max(i.services).max(i.checks);
+                    if index < after && state.cluster_id() == cluster_id {
+                        // A server behind this copy answered at its deadline: keep the copy.
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(MIN_POLL_GAP) => {}
+                        }
+                        continue;
+                    }
+                    after = index;
                     cluster_id = state.cluster_id().to_string();
                     view.publish_changes(state, &[Change::Everything]);
                     pause = Duration::from_millis(100);

@@ -80,7 +80,7 @@ struct Inner {
     /// every follower subscribed before it starts again from nothing.
     epoch: AtomicU64,
     /// The cluster the views' indexes belong to (empty until the first snapshot that names
-    /// one). Taken alone, never while taking another lock.
+    /// one). A leaf: nothing else is locked while it is held.
     cluster_id: Mutex<String>,
     /// Counts since start, for metrics.
     resubscriptions: AtomicU64,
@@ -329,6 +329,16 @@ impl Inner {
             return None;
         }
         let index = snapshot.index;
+        if !another && index <= held.index.load(Ordering::Acquire) {
+            return Some((epoch, false));
+        }
+        {
+            // Before the epoch moves: a follower that sees the new epoch sees this cluster.
+            let mut ours = lock(&self.cluster_id);
+            if ours.is_empty() || another {
+                ours.clone_from(&snapshot.cluster_id);
+            }
+        }
         let (mut state, epoch) = match &views {
             Some(views) => {
                 tracing::warn!(service = %snapshot.name, cluster = %snapshot.cluster_id, views = views.len(), "the servers are another cluster than this agent's views came from (their data was lost or replaced): every view starts afresh");
@@ -338,14 +348,11 @@ impl Inner {
                 let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
                 (crate::catalog::State::default(), epoch)
             }
-            None if index <= held.index.load(Ordering::Acquire) => return Some((epoch, false)),
             None => ((*self.catalog.load()).clone(), epoch),
         };
-        {
-            let mut ours = lock(&self.cluster_id);
-            if ours.is_empty() || another {
-                ours.clone_from(&snapshot.cluster_id);
-            }
+        if state.cluster_id() != snapshot.cluster_id && !snapshot.cluster_id.is_empty() {
+            // So DNS's pre-encoded answers from the old cluster go (`dns::cache`).
+            state.set_cluster_id(&snapshot.cluster_id);
         }
         let changes = state.replace_service(snapshot);
         if another {
@@ -384,6 +391,8 @@ impl Inner {
 enum Ended {
     Idle,
     Stopped,
+    /// The views started afresh (another cluster): subscribe again at once.
+    Restarted,
     /// Move on (to the next server after this one); whether this subscription brought
     /// anything.
     Resubscribe {
@@ -401,6 +410,10 @@ async fn follow(inner: Arc<Inner>, name: CompactString, held: Arc<Held>) {
             Ended::Stopped => return,
             Ended::Idle if inner.drop_if_idle(&name, &held) => return,
             Ended::Idle => continue,
+            Ended::Restarted => {
+                pause = FIRST_PAUSE;
+                continue;
+            }
             Ended::Resubscribe { why, heard } => {
                 inner.resubscriptions.fetch_add(1, Ordering::Relaxed);
                 // Until a server that knows a leader is heard again.
@@ -475,10 +488,7 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
             return Ended::Idle;
         }
         if inner.epoch.load(Ordering::Acquire) != epoch {
-            return resubscribe(
-                "the servers' history changed: starting afresh".into(),
-                false,
-            );
+            return Ended::Restarted;
         }
         let bytes = match next {
             Err(_) if last_heard.elapsed() < SILENT_FOR => continue,
@@ -516,9 +526,7 @@ async fn subscribe_once(inner: &Inner, name: &str, held: &Held) -> Ended {
                 held.contact_ms.store(inner.now_ms(), Ordering::Relaxed);
                 let empty = snapshot.instances.is_empty();
                 match inner.apply(held, snapshot, epoch) {
-                    None => {
-                        return resubscribe("the views started afresh".into(), false);
-                    }
+                    None => return Ended::Restarted,
                     Some((now_in, applied)) => {
                         epoch = now_in;
                         if applied {

@@ -385,6 +385,13 @@ impl State {
         self.indexes
     }
 
+    /// The index of the catalog proper (nodes, services, checks; not KV or sessions): what a
+    /// client agent's copy of it follows (`remote::Servers::replicate`).
+    pub fn catalog_index(&self) -> Index {
+        let i = &self.indexes;
+        i.nodes.max(i.services).max(i.checks)
+    }
+
     /// The cluster's name, empty until the first leader sets it.
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id

@@ -396,12 +396,6 @@ impl Handler for Rpc {
     }
 }
 
-/// The catalog's index as a client agent's DNS copy follows it.
-fn catalog_index(state: &crate::catalog::State) -> u64 {
-    let i = state.indexes();
-    i.nodes.max(i.services).max(i.checks)
-}
-
 /// How a client's `cluster_id` compares with this server's.
 #[derive(Debug, PartialEq, Eq)]
 enum Cluster {
@@ -442,7 +436,7 @@ async fn catalog_rows(view: &crate::view::View, wait: CatalogWait) -> crate::cat
             .map(|n| Box::pin(n.notified()))
             .collect::<Vec<_>>();
         let state = view.load();
-        if catalog_index(&state) > wait.after || tokio::time::Instant::now() >= deadline {
+        if state.catalog_index() > wait.after || tokio::time::Instant::now() >= deadline {
             return state.catalog_rows();
         }
         tokio::select! {

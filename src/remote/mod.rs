@@ -149,23 +149,16 @@ impl Servers {
             match polled {
                 Ok(rows) => {
                     let state = State::from_rows(rows);
-                    let i = state.indexes();
-                    let index = i.nodes.max(i.services).max(i.checks);
-                    if index < after && state.cluster_id() == cluster_id {
-                        // A server behind this copy answered at its deadline: keep the copy.
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(MIN_POLL_GAP) => {}
+                    // Kept when a server behind this copy answered at its deadline.
+                    if state.catalog_index() >= after || state.cluster_id() != cluster_id {
+                        after = state.catalog_index();
+                        cluster_id = state.cluster_id().to_string();
+                        view.publish_changes(state, &[Change::Everything]);
+                        pause = Duration::from_millis(100);
+                        if warned {
+                            tracing::info!(index = after, "catalog copy current again");
+                            warned = false;
                         }
-                        continue;
-                    }
-                    after = index;
-                    cluster_id = state.cluster_id().to_string();
-                    view.publish_changes(state, &[Change::Everything]);
-                    pause = Duration::from_millis(100);
-                    if warned {
-                        tracing::info!(index = after, "catalog copy current again");
-                        warned = false;
                     }
                     tokio::select! {
                         _ = stop.cancelled() => return,
